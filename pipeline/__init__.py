@@ -1,0 +1,31 @@
+"""Real-time NDJSON pipelines whose stages are plain Python functions.
+
+Stage authors need one import line::
+
+    from pipeline import Chunk, Envelope, Message, sink, stream_transform
+"""
+
+from __future__ import annotations
+
+from pipeline.errors import (
+    ConfigError,
+    PipelineError,
+    StageLoadError,
+    StageParamsError,
+)
+from pipeline.stage import sink, stream_transform
+from pipeline.types import Chunk, Envelope, Message
+
+__all__ = [
+    "Chunk",
+    "ConfigError",
+    "Envelope",
+    "Message",
+    "PipelineError",
+    "StageLoadError",
+    "StageParamsError",
+    "sink",
+    "stream_transform",
+]
+
+__version__ = "0.1.0"

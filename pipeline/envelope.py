@@ -1,0 +1,123 @@
+"""Build status envelopes and encode them: the only place envelopes become bytes.
+
+Encoding uses orjson. Values orjson cannot encode natively go through one documented
+fallback (`default`):
+
+=====================  ==============================================================
+value                  encoded as
+=====================  ==============================================================
+set, frozenset         a JSON array (sorted when the items are sortable)
+decimal.Decimal        a JSON string with the exact decimal text (``"1.10"``)
+bytes, bytearray       a string: UTF-8 text when it decodes, else ``"base64:..."``
+pydantic model         its ``model_dump(mode="json")``
+object with __json__   whatever ``obj.__json__()`` returns
+non-string dict keys   ``str`` of the key (ints, floats, bools, None, enums, dates)
+dataclass, datetime,   natively by orjson (datetimes in data drop a zero microsecond
+UUID, enum, numpy      part; the envelope ``timestamp`` never does)
+NaN / Infinity         ``null`` (orjson's behaviour; JSON has no such numbers)
+=====================  ==============================================================
+
+Anything else raises `UnencodableError`; the engine turns that into a ``chunk_error``.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from pipeline.types import Envelope
+
+__all__ = ["UnencodableError", "encode", "encode_sse", "jsonable", "now"]
+
+_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+class UnencodableError(TypeError):
+    """A value has no JSON form, not even through the fallback."""
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, set | frozenset):
+        try:
+            return sorted(obj)
+        except TypeError:
+            return list(obj)
+    if isinstance(obj, Decimal):
+        return str(obj)
+    if isinstance(obj, bytes | bytearray | memoryview):
+        raw = bytes(obj)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "base64:" + base64.b64encode(raw).decode("ascii")
+    dump = getattr(obj, "model_dump", None)
+    if callable(dump):
+        return dump(mode="json")
+    to_json = getattr(obj, "__json__", None)
+    if callable(to_json):
+        return to_json()
+    msg = f"`{type(obj).__qualname__}` is not JSON serializable"
+    raise UnencodableError(msg)
+
+
+def encode(envelope: Envelope) -> bytes:
+    """Encode one envelope as one NDJSON line (UTF-8, ending in ``\\n``).
+
+    Raises:
+        UnencodableError: a value has no JSON form, even through the fallback.
+
+    Example:
+        >>> encode({"status": "starting", "seq": 1})
+        b'{"status":"starting","seq":1}\\n'
+    """
+    try:
+        return orjson.dumps(envelope, default=_default, option=_OPTIONS)
+    except orjson.JSONEncodeError as exc:
+        raise UnencodableError(str(exc)) from exc
+
+
+def jsonable(value: Any) -> bool:
+    """Return whether ``value`` can be encoded (through the fallback if needed)."""
+    try:
+        orjson.dumps(value, default=_default, option=_OPTIONS)
+    except (orjson.JSONEncodeError, UnencodableError):
+        return False
+    return True
+
+
+def encode_sse(line: bytes, status: str, run: str, seq: int | None) -> bytes:
+    """Frame an encoded NDJSON line as one Server-Sent Event (``id``, ``event``, ``data``).
+
+    Example:
+        >>> encode_sse(b'{"seq":1}\\n', "starting", "r1", 1)
+        b'id: r1:1\\nevent: starting\\ndata: {"seq":1}\\n\\n'
+    """
+    head = f"id: {run}:{seq}\nevent: {status}\n" if seq is not None else f"event: {status}\n"
+    return head.encode() + b"data: " + line + b"\n"
+
+
+class _Clock:
+    """RFC 3339 UTC timestamps with microseconds and ``Z``, caching the seconds part."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self) -> str:
+        ns = time.time_ns()
+        second, rest = divmod(ns, 1_000_000_000)
+        if second != self._second:
+            self._second = second
+            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._prefix}.{rest // 1000:06d}Z"
+
+
+now = _Clock()
+"""Return the current time as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""

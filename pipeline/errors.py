@@ -1,0 +1,81 @@
+"""Every exception the framework raises, as one tree.
+
+```
+PipelineError
+├── ConfigError            problems: list of Problem(file, line, path, message)
+│   └── EnvVarError        undefined ${VAR} without default (never prints the value)
+├── StageLoadError         `use:` cannot be imported / is not callable / has the wrong shape
+├── StageParamsError       `with:` does not match the stage's signature
+├── RunError               a run failed as a whole (carries pipeline, run, stage)
+└── SinkError              a sink failed for good
+```
+
+Failures of one chunk are not exceptions here: they are values (see `pipeline.isolate`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class PipelineError(Exception):
+    """Base of every exception raised by the framework."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One problem of a config file, printed as ``FILE:LINE: path: message``."""
+
+    file: str
+    line: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(PipelineError):
+    """A config file has one or more problems; ``str()`` lists one per line."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class EnvVarError(ConfigError):
+    """A ``${VAR}`` without a default names a variable that is not set."""
+
+
+class StageLoadError(PipelineError):
+    """A ``use:`` could not be imported, is not callable, or has the wrong shape."""
+
+
+class StageParamsError(PipelineError):
+    """A ``with:`` mapping does not match the stage's signature.
+
+    ``errors`` holds ``(location, message)`` pairs, the location relative to ``with``.
+    """
+
+    def __init__(self, message: str, errors: list[tuple[tuple[str | int, ...], str]]) -> None:
+        self.errors = errors
+        super().__init__(message)
+
+
+class RunError(PipelineError):
+    """A run failed as a whole."""
+
+    def __init__(self, message: str, *, pipeline: str, run: str, stage: str) -> None:
+        self.pipeline = pipeline
+        self.run = run
+        self.stage = stage
+        super().__init__(message)
+
+
+class SinkError(PipelineError):
+    """A sink failed for good."""
+
+    def __init__(self, message: str, *, stage: str) -> None:
+        self.stage = stage
+        super().__init__(message)

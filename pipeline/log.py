@@ -1,0 +1,58 @@
+"""structlog configuration: logs go to stderr, never stdout (stdout carries data).
+
+Console format on a terminal, JSON lines (orjson) otherwise, or as chosen with
+``--log-format``. Configured once, at the edge, by the CLI; library code only asks for
+loggers with `get_logger` and passes bound loggers along.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Literal
+
+import orjson
+import structlog
+
+__all__ = ["LogFormat", "configure", "get_logger"]
+
+LogFormat = Literal["auto", "console", "json"]
+
+
+def _orjson_dumps(obj: Any, default: Any = None) -> str:
+    return orjson.dumps(obj, default=default or repr).decode()
+
+
+def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
+    """Configure structlog (and stdlib logging, for uvicorn) to write to stderr."""
+    if fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "json"
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=True)
+        if fmt == "console"
+        else structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+    )
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if fmt == "json":
+        processors.append(structlog.processors.dict_tracebacks)
+    processors.append(renderer)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s", force=True)
+
+
+def get_logger(**context: Any) -> Any:
+    """Return a structlog logger bound to ``context``."""
+    return structlog.get_logger("pipeline").bind(**context)
+
+
+# Safe default before `configure` runs: never let structlog print to stdout.
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))

@@ -1,0 +1,42 @@
+"""The shared vocabulary: chunks, envelopes, statuses and acknowledgements.
+
+Nothing here imports from the rest of the package; every other module may import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeAlias
+
+Chunk: TypeAlias = Any
+"""One unit of data flowing through a pipeline (usually a dict)."""
+
+Envelope: TypeAlias = dict[str, Any]
+"""A status envelope as a plain dict, exactly as it is encoded on the wire."""
+
+Status = Literal["starting", "processing", "chunk_error", "error", "complete"]
+Reason = Literal["finished", "error", "shutdown", "cancelled"]
+StageKind = Literal["source", "map", "flat_map", "stream", "sink"]
+
+AckFn: TypeAlias = Callable[[], "Awaitable[None] | None"]
+"""Called once every sink has accepted the envelope of an acknowledged chunk."""
+
+STATUSES: tuple[Status, ...] = ("starting", "processing", "chunk_error", "error", "complete")
+
+
+@dataclass(slots=True)
+class Message:
+    """A chunk with an acknowledgement attached, yielded by a source.
+
+    The engine calls ``ack`` once every sink has accepted the envelope that came from
+    ``data`` (or the dead-letter sink its ``chunk_error``), or when a transform drops it.
+    Broker sources use this for at-least-once delivery.
+
+    Example:
+        >>> async def source():
+        ...     yield Message({"id": 1}, ack=lambda: None)
+    """
+
+    data: Chunk
+    ack: AckFn | None = None
