@@ -14,9 +14,10 @@ from pipeline.errors import (
     StageParamsError,
 )
 from pipeline.stage import sink, stream_transform
-from pipeline.types import Chunk, Envelope, Message
+from pipeline.types import BadChunk, Chunk, Envelope, Message
 
 __all__ = [
+    "BadChunk",
     "Chunk",
     "ConfigError",
     "Envelope",

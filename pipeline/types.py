@@ -40,3 +40,19 @@ class Message:
 
     data: Chunk
     ack: AckFn | None = None
+
+
+@dataclass(slots=True)
+class BadChunk:
+    """Yielded by a source for a record it could not decode: becomes a ``chunk_error``.
+
+    The run goes on. ``raw`` is what the source read (shown as the envelope's ``chunk``).
+
+    Example:
+        >>> async def source():
+        ...     yield BadChunk("{not json", ValueError("bad JSON"))
+    """
+
+    raw: Chunk
+    error: BaseException
+    ack: AckFn | None = None

@@ -1,0 +1,26 @@
+"""The built-in stage library.
+
+`BUILTINS` is the only registry: for each role, a short name -> ``module:attr`` import
+string, resolved lazily by `pipeline.loader` so a broken module only affects the
+pipelines that use it. Everything else is a ``module:attr`` the user writes.
+"""
+
+from __future__ import annotations
+
+BUILTINS: dict[str, dict[str, str]] = {
+    "source": {
+        "counter": "stages.sources:counter",
+        "file": "stages.sources:file",
+        "stdin": "stages.sources:stdin",
+    },
+    "transform": {
+        "parse_json": "stages.transforms:parse_json",
+        "batch": "stages.transforms:batch",
+        "throttle": "stages.transforms:throttle",
+        "dedupe": "stages.transforms:dedupe",
+    },
+    "sink": {
+        "stdout": "stages.sinks:stdout",
+        "file": "stages.sinks:file",
+    },
+}

@@ -1,0 +1,43 @@
+"""Shared fixtures: anyio on asyncio, free ports, config writers."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """aiostream is asyncio-based: run async tests on asyncio only."""
+    return "asyncio"
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    """Write a dedented pipelines.yaml (and optional extra files) into tmp_path."""
+
+    def write(text: str, name: str = "pipelines.yaml", **files: str) -> Path:
+        for fname, body in files.items():
+            (tmp_path / fname).write_text(textwrap.dedent(body))
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return write
