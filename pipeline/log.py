@@ -28,7 +28,9 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
     renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=True)
+        structlog.dev.ConsoleRenderer(
+            colors=True, exception_formatter=structlog.dev.plain_traceback
+        )
         if fmt == "console"
         else structlog.processors.JSONRenderer(serializer=_orjson_dumps)
     )
@@ -54,5 +56,17 @@ def get_logger(**context: Any) -> Any:
     return structlog.get_logger("pipeline").bind(**context)
 
 
-# Safe default before `configure` runs: never let structlog print to stdout.
-structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+def _default() -> None:
+    """Before `configure` runs (library use, tests): JSON lines to stderr, never stdout."""
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.dict_tracebacks,
+            structlog.processors.JSONRenderer(serializer=_orjson_dumps),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
+
+
+_default()

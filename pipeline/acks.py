@@ -1,0 +1,109 @@
+"""Acknowledgements that travel with chunks, for at-least-once sources.
+
+A source yields `pipeline.Message(data, ack=fn)`. The engine wraps ``fn`` in an `Ack`
+and carries it with the chunk (`Carry`) through every transform. A flat-map that turns
+one chunk into *k* chunks raises the ack's count to *k*; a drop releases it; a stream
+transform hands the acks of the chunks it consumed to the next chunk it yields. Fanout
+releases an ack once every sink has accepted the envelope made from its chunk. ``fn``
+runs when the count reaches zero; when it returns an awaitable, the `AckRunner` of the
+run awaits it, in order, outside the chunk's hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections import deque
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.types import AckFn, Chunk
+
+__all__ = ["Ack", "AckRunner", "Carry", "release_all", "retain_all"]
+
+
+class AckRunner:
+    """Awaits the awaitables that ack functions return, one at a time, in order."""
+
+    def __init__(self, log: Any = None) -> None:
+        self._pending: deque[Awaitable[Any]] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._log = log
+        self.done = 0
+
+    def submit(self, awaitable: Awaitable[Any]) -> None:
+        """Queue an awaitable returned by an ack function (never blocks)."""
+        self._pending.append(awaitable)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+        self._wake.set()
+
+    async def _drain(self) -> None:
+        while True:
+            while self._pending:
+                aw = self._pending.popleft()
+                try:
+                    await aw
+                    self.done += 1
+                except Exception:
+                    if self._log is not None:
+                        self._log.exception("ack_failed")
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def aclose(self) -> None:
+        """Await every queued ack, then stop."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        while self._pending:
+            aw = self._pending.popleft()
+            try:
+                await aw
+                self.done += 1
+            except Exception:
+                if self._log is not None:
+                    self._log.exception("ack_failed")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+class Ack:
+    """A reference-counted acknowledgement; ``fn`` runs when the count reaches zero."""
+
+    __slots__ = ("count", "fn", "runner")
+
+    def __init__(self, fn: AckFn, runner: AckRunner) -> None:
+        self.fn = fn
+        self.runner = runner
+        self.count = 1
+
+    def release(self) -> None:
+        """Drop one reference; run the acknowledgement when none are left."""
+        self.count -= 1
+        if self.count == 0:
+            result = self.fn()
+            if inspect.isawaitable(result):
+                self.runner.submit(result)
+
+
+def release_all(acks: Iterable[Ack]) -> None:
+    """Release one reference of each ack."""
+    for ack in acks:
+        ack.release()
+
+
+def retain_all(acks: Iterable[Ack], extra: int) -> None:
+    """Add ``extra`` references to each ack (a chunk became ``extra + 1`` chunks)."""
+    for ack in acks:
+        ack.count += extra
+
+
+@dataclass(slots=True)
+class Carry:
+    """A chunk travelling with the acks it must release once delivered."""
+
+    chunk: Chunk
+    acks: tuple[Ack, ...]

@@ -1,0 +1,310 @@
+"""The chain of one run: the source, then one async-generator layer per transform.
+
+Items between layers are plain chunks, `Carry` (a chunk with acks) or `Failure` (a
+chunk that failed; it skips the remaining transforms). A layer per stage costs about as
+much as a bare loop's step (one async-generator hop); aiostream's ``map`` is used only
+where its concurrency earns its cost (``concurrency > 1``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from contextlib import aclosing
+from typing import Any
+
+from aiostream import stream, streamcontext
+
+from pipeline.acks import Ack, AckRunner, Carry, release_all, retain_all
+from pipeline.isolate import Failure, failure, flat_caller, map_caller
+from pipeline.stage import ResolvedStage
+from pipeline.types import BadChunk, Message
+
+__all__ = ["FAIRNESS_EVERY", "SourceReader", "StageCrash", "build_chain"]
+
+FAIRNESS_EVERY = 64
+"""The source yields to the event loop at least once every this many chunks."""
+
+_SPECIAL = (Carry, Failure)
+
+
+class StageCrash(Exception):
+    """A whole-stream transform raised: the run fails as a whole."""
+
+    def __init__(self, stage: str, exc: BaseException) -> None:
+        self.stage = stage
+        self.exc = exc
+        super().__init__(f"{type(exc).__name__}: {exc}")
+
+
+def _open(stage: ResolvedStage, params: dict[str, Any]) -> AsyncIterator[Any]:
+    made = stage.fn(**params)
+    if isinstance(made, AsyncIterator):
+        return made
+    if isinstance(made, AsyncIterable):
+        return aiter(made)
+    if inspect.isawaitable(made):
+        return _awaited(made)
+    return _from_sync(iter(made), blocking=stage.blocking)
+
+
+async def _awaited(made: Any) -> AsyncIterator[Any]:
+    result = await made
+    if isinstance(result, AsyncIterable):
+        async for item in result:
+            yield item
+    else:
+        for item in result:
+            yield item
+
+
+async def _from_sync(it: Iterable[Any], *, blocking: bool) -> AsyncIterator[Any]:
+    done = object()
+    iterator = iter(it)
+    if blocking:
+        while (item := await asyncio.to_thread(next, iterator, done)) is not done:
+            yield item
+    else:
+        for item in iterator:
+            yield item
+
+
+class SourceReader:
+    """Reads the source as an async generator of chain items; can be stopped gracefully.
+
+    `stop` ends the source at the next chunk boundary, interrupting a source that is
+    waiting (sleeping, polling a broker) by cancelling only that wait. A source that
+    raises ends the stream too; the exception is kept in `error` for the engine.
+    """
+
+    def __init__(
+        self, stage: ResolvedStage, runner: AckRunner, params: dict[str, Any] | None = None
+    ) -> None:
+        self.stage = stage
+        self.params = dict(stage.params) if params is None else params
+        self.runner = runner
+        self.error: BaseException | None = None
+        self.stopping = False
+        self.read = 0
+        self._waiting: asyncio.Task[Any] | None = None
+
+    def stop(self) -> None:
+        """Stop reading: end the stream after the chunk being read, if any."""
+        if self.stopping:
+            return
+        self.stopping = True
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    def _item(self, raw: Any) -> Any:
+        if type(raw) is Message:
+            if raw.ack is None:
+                return raw.data
+            return Carry(raw.data, (Ack(raw.ack, self.runner),))
+        if type(raw) is BadChunk:
+            acks = () if raw.ack is None else (Ack(raw.ack, self.runner),)
+            fail = failure(self.stage.id, raw.error, raw.raw)
+            return Carry(fail, acks) if acks else fail
+        return raw
+
+    async def items(self) -> AsyncIterator[Any]:
+        """Yield the source's chunks as chain items until it ends, fails or is stopped."""
+        try:
+            source = _open(self.stage, self.params)
+        except Exception as exc:
+            self.error = exc
+            return
+        task = asyncio.current_task()
+        async with aclosing(source):  # type: ignore[type-var]
+            while not self.stopping:
+                self._waiting = task
+                try:
+                    raw = await anext(source)
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError:
+                    if self.stopping and task is not None and task.uncancel() == 0:
+                        return
+                    raise
+                except Exception as exc:
+                    self.error = exc
+                    return
+                finally:
+                    self._waiting = None
+                self.read += 1
+                yield self._item(raw)
+                if self.read % FAIRNESS_EVERY == 0:
+                    await asyncio.sleep(0)
+
+
+def _unwrap(item: Any) -> tuple[Any, tuple[Ack, ...]]:
+    if type(item) is Carry:
+        return item.chunk, item.acks
+    return item, ()
+
+
+async def _map_fast(upstream: AsyncIterator[Any], stage: ResolvedStage) -> AsyncIterator[Any]:
+    """A sync map without timeout, retry or thread: a direct call per chunk."""
+    fn = functools.partial(stage.fn, **stage.params) if stage.params else stage.fn
+    sid = stage.id
+    async with aclosing(upstream):  # type: ignore[type-var]
+        async for item in upstream:
+            if type(item) in _SPECIAL:
+                out = _special_map(item, fn, sid)
+                if out is not None:
+                    yield out
+                continue
+            try:
+                result = fn(item)
+            except Exception as exc:
+                yield failure(sid, exc, item)
+                continue
+            if result is not None:
+                yield result
+
+
+def _special_map(item: Any, fn: Callable[[Any], Any], sid: str) -> Any:
+    if type(item) is Failure or type(item.chunk) is Failure:
+        return item
+    try:
+        result = fn(item.chunk)
+    except Exception as exc:
+        return Carry(failure(sid, exc, item.chunk), item.acks)
+    if result is None:
+        release_all(item.acks)
+        return None
+    return Carry(result, item.acks)
+
+
+async def _map_general(upstream: AsyncIterator[Any], stage: ResolvedStage) -> AsyncIterator[Any]:
+    """An async, blocking, timed or retried map, one chunk at a time."""
+    call = map_caller(stage)
+    async with aclosing(upstream):  # type: ignore[type-var]
+        async for item in upstream:
+            out = await _apply_map(call, item)
+            if out is not None:
+                yield out
+
+
+async def _apply_map(call: Callable[[Any], Any], item: Any) -> Any:
+    chunk, acks = _unwrap(item)
+    if type(chunk) is Failure:
+        return item
+    result = await call(chunk)
+    if result is None:
+        release_all(acks)
+        return None
+    return Carry(result, acks) if acks else result
+
+
+async def _flat(upstream: AsyncIterator[Any], stage: ResolvedStage) -> AsyncIterator[Any]:
+    """A flat-map, one chunk at a time: outputs stream as the stage yields them."""
+    call = flat_caller(stage)
+    async with aclosing(upstream):  # type: ignore[type-var]
+        async for item in upstream:
+            chunk, acks = _unwrap(item)
+            if type(chunk) is Failure:
+                yield item
+                continue
+            outputs = [out async for out in call(chunk)] if acks else None
+            if outputs is None:
+                async with aclosing(call(chunk)) as outs:  # type: ignore[type-var]
+                    async for out in outs:
+                        yield out
+                continue
+            for out in _spread(outputs, acks):
+                yield out
+
+
+def _spread(outputs: list[Any], acks: tuple[Ack, ...]) -> list[Any]:
+    if not outputs:
+        release_all(acks)
+        return []
+    retain_all(acks, len(outputs) - 1)
+    return [Carry(out, acks) for out in outputs]
+
+
+async def _concurrent(upstream: AsyncIterator[Any], stage: ResolvedStage) -> AsyncIterator[Any]:
+    """Up to ``concurrency`` chunks in flight (aiostream ``map`` with ``task_limit``)."""
+    if stage.kind == "flat_map":
+        call = flat_caller(stage)
+
+        async def one(item: Any) -> list[Any]:
+            chunk, acks = _unwrap(item)
+            if type(chunk) is Failure:
+                return [item]
+            outputs = [out async for out in call(chunk)]
+            return _spread(outputs, acks) if acks else outputs
+
+    else:
+        mapped = map_caller(stage)
+
+        async def one(item: Any) -> list[Any]:
+            out = await _apply_map(mapped, item)
+            return [] if out is None else [out]
+
+    results = stream.map(upstream, one, ordered=stage.ordered, task_limit=stage.concurrency)
+    async with streamcontext(results) as streamer:
+        async for outs in streamer:
+            for out in outs:
+                yield out
+
+
+async def _stream(upstream: AsyncIterator[Any], stage: ResolvedStage) -> AsyncIterator[Any]:
+    """A whole-stream transform: failures bypass it; consumed acks ride on the next output."""
+    bypass: deque[Any] = deque()
+    held: list[Ack] = []
+
+    async def feed() -> AsyncIterator[Any]:
+        async with aclosing(upstream):  # type: ignore[type-var]
+            async for item in upstream:
+                chunk, acks = _unwrap(item)
+                if type(chunk) is Failure:
+                    bypass.append(item)
+                    continue
+                held.extend(acks)
+                yield chunk
+
+    produced = stage.fn(feed(), **stage.params)
+    try:
+        async with aclosing(produced):
+            async for out in produced:
+                while bypass:
+                    yield bypass.popleft()
+                if held:
+                    acks = tuple(held)
+                    held.clear()
+                    yield Carry(out, acks)
+                else:
+                    yield out
+    except StageCrash:
+        raise
+    except Exception as exc:
+        raise StageCrash(stage.id, exc) from exc
+    while bypass:
+        yield bypass.popleft()
+    release_all(held)
+
+
+def _layer(stage: ResolvedStage) -> Callable[[AsyncIterator[Any], ResolvedStage], Any]:
+    if stage.kind == "stream":
+        return _stream
+    if stage.concurrency > 1:
+        return _concurrent
+    if stage.kind == "flat_map":
+        return _flat
+    plain = stage.timeout is None and stage.retry.attempts <= 1 and not stage.blocking
+    if plain and not inspect.iscoroutinefunction(stage.fn):
+        return _map_fast
+    return _map_general
+
+
+def build_chain(source: AsyncIterator[Any], transforms: Iterable[ResolvedStage]) -> Any:
+    """Return the async iterator of chain items after every transform."""
+    items: Any = source
+    for stage in transforms:
+        items = _layer(stage)(items, stage)
+    return items

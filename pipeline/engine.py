@@ -1,0 +1,270 @@
+"""One run of one pipeline: the only coroutine that numbers envelopes.
+
+`Run.execute` emits ``starting``, drives the chain (source -> transforms), turns each
+item into a ``processing`` or ``chunk_error`` envelope with the next ``seq``, hands it to
+`Fanout`, and always ends with exactly one ``complete`` carrying ``stats`` and
+``reason``, also after ``error``, on shutdown and on cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import aclosing
+from typing import Any, Literal
+
+from pipeline.acks import AckRunner, Carry
+from pipeline.chain import SourceReader, StageCrash, build_chain
+from pipeline.envelope import UnencodableError, encode, now
+from pipeline.fanout import Fanout
+from pipeline.isolate import Failure
+from pipeline.log import get_logger
+from pipeline.stage import ResolvedStage
+from pipeline.types import Envelope, Reason
+
+__all__ = ["Run", "RunState", "new_run_id"]
+
+RunState = Literal["pending", "running", "completed", "failed"]
+_TRACEBACKS_PER_STAGE = 5
+
+
+def new_run_id() -> str:
+    """A new run id: 16 hex digits, unique per run (never contains ``:``)."""
+    return uuid.uuid4().hex[:16]
+
+
+class Run:
+    """One run of a pipeline, from ``starting`` to ``complete``."""
+
+    def __init__(
+        self,
+        name: str,
+        source: ResolvedStage,
+        transforms: Sequence[ResolvedStage] = (),
+        sinks: Sequence[ResolvedStage] = (),
+        dead_letter: ResolvedStage | None = None,
+        *,
+        max_chunk_errors: int | None = None,
+        publish: Callable[[Envelope, bytes], None] | None = None,
+        source_params: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        sink_buffer: int = 256,
+    ) -> None:
+        self.name = name
+        self.id = run_id or new_run_id()
+        self.source = source
+        self.transforms = tuple(transforms)
+        self.max_chunk_errors = max_chunk_errors
+        self.state: RunState = "pending"
+        self.reason: Reason | None = None
+        self.seq = 0
+        self.processed = 0
+        self.chunk_errors = 0
+        self.errors = 0
+        self.counts: dict[str, int] = {}
+        self.log = get_logger(pipeline=name, run=self.id)
+        self.acks = AckRunner(self.log)
+        self._params = None if source_params is None else dict(source_params)
+        self._fanout = Fanout(
+            sinks, dead_letter, publish=publish, on_failure=self._sink_failed, buffer=sink_buffer
+        )
+        self._reader: SourceReader | None = None
+        self._driver: asyncio.Task[None] | None = None
+        self._halt: tuple[Reason, str, BaseException] | None = None
+        self._stopping = False
+        self._aborted: Reason | None = None
+        self._started = 0.0
+        self._tracebacks: dict[str, int] = {}
+        self.done = asyncio.Event()
+
+    # -- control ---------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop gracefully: the source stops, in-flight chunks finish, then ``complete``."""
+        self._stopping = True
+        if self._reader is not None:
+            self._reader.stop()
+
+    def abort(self, reason: Reason = "shutdown") -> None:
+        """Stop now: in-flight chunks are dropped; ``complete`` still comes last."""
+        self._aborted = reason
+        if self._driver is not None:
+            self._driver.cancel()
+
+    def _sink_failed(self, stage: str, exc: BaseException) -> None:
+        self.log.error("sink_failed", stage=stage, error=f"{type(exc).__name__}: {exc}")
+        self._halt_run(stage, exc)
+
+    def _halt_run(self, stage: str, exc: BaseException) -> None:
+        if self._halt is None:
+            self._halt = ("error", stage, exc)
+        if self._driver is not None and asyncio.current_task() is not self._driver:
+            self._driver.cancel()
+
+    # -- the run ---------------------------------------------------------------------
+
+    async def execute(self) -> Reason:
+        """Run to the end; return the ``complete`` reason. Re-raises cancellation."""
+        self._started = time.monotonic()
+        self.state = "running"
+        self.log.info("run_started")
+        await self._fanout.start()
+        outer_cancel = False
+        try:
+            await self._emit(self._base("starting"))
+            outer_cancel = await self._drive_to_end()
+            reason = self._final_reason(outer_cancel)
+            await self._emit_complete(reason)
+        finally:
+            await self._finish()
+        if outer_cancel:
+            raise asyncio.CancelledError
+        return reason
+
+    async def _drive_to_end(self) -> bool:
+        """Run the driver task; return whether *we* were cancelled from outside."""
+        self._driver = asyncio.get_running_loop().create_task(self._drive())
+        try:
+            await self._driver
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                if not self._driver.done():
+                    self._driver.cancel()
+                await asyncio.gather(self._driver, return_exceptions=True)
+                return True
+        except StageCrash as crash:
+            await self._emit_error(crash.stage, crash.exc)
+        except Exception as exc:  # a bug of ours must still end the run cleanly
+            self.log.exception("engine_failed")
+            await self._emit_error("engine", exc)
+        if self._halt is not None:
+            await self._emit_error(self._halt[1], self._halt[2])
+        return False
+
+    def _final_reason(self, outer_cancel: bool) -> Reason:
+        if self.errors:
+            return "error"
+        if outer_cancel:
+            return "cancelled"
+        if self._aborted is not None:
+            return self._aborted
+        return "shutdown" if self._stopping else "finished"
+
+    async def _drive(self) -> None:
+        reader = SourceReader(self.source, self.acks, self._params)
+        self._reader = reader
+        if self._stopping:
+            reader.stop()
+        chain = build_chain(reader.items(), self.transforms)
+        async with aclosing(chain):
+            async for item in chain:
+                await self._emit_item(item)
+                if self._halt is not None:
+                    return
+        if reader.error is not None:
+            await self._emit_error(self.source.id, reader.error)
+
+    async def _finish(self) -> None:
+        await self._fanout.close()
+        await self.acks.aclose()
+        self.state = "failed" if self.reason == "error" else "completed"
+        self.done.set()
+
+    # -- envelopes -------------------------------------------------------------------
+
+    def _base(self, status: str) -> Envelope:
+        self.seq += 1
+        return {
+            "status": status,
+            "pipeline": self.name,
+            "run": self.id,
+            "seq": self.seq,
+            "timestamp": now(),
+        }
+
+    async def _emit(self, env: Envelope, acks: tuple[Any, ...] = ()) -> None:
+        line = encode(env)
+        status = env["status"]
+        self.counts[status] = self.counts.get(status, 0) + 1
+        await self._fanout.deliver(env, line, acks)
+
+    async def _emit_item(self, item: Any) -> None:
+        acks: tuple[Any, ...] = ()
+        if type(item) is Carry:
+            acks, item = item.acks, item.chunk
+        if type(item) is Failure:
+            await self._emit_failure(item, acks)
+            return
+        seq = self.seq + 1
+        env = {
+            "status": "processing",
+            "pipeline": self.name,
+            "run": self.id,
+            "seq": seq,
+            "timestamp": now(),
+            "data": item,
+        }
+        try:
+            line = encode(env)
+        except UnencodableError as exc:
+            last = self.transforms[-1].id if self.transforms else self.source.id
+            await self._emit_failure(Failure(last, type(exc).__name__, str(exc), item), acks)
+            return
+        self.seq = seq
+        self.processed += 1
+        self.counts["processing"] = self.processed
+        await self._fanout.deliver(env, line, acks)
+
+    async def _emit_failure(self, f: Failure, acks: tuple[Any, ...]) -> None:
+        self.chunk_errors += 1
+        self._log_failure(f)
+        env = self._base("chunk_error")
+        env["stage"] = f.stage
+        env["error"] = {"type": f.type, "message": f.message}
+        env["chunk"] = f.chunk
+        try:
+            line = encode(env)
+        except UnencodableError:
+            del env["chunk"]
+            line = encode(env)
+        self.counts["chunk_error"] = self.chunk_errors
+        await self._fanout.deliver(env, line, acks)
+        limit = self.max_chunk_errors
+        if limit is not None and self.chunk_errors > limit and self._halt is None:
+            msg = f"more than {limit} chunk errors (max_chunk_errors)"
+            self._halt_run(f.stage, RuntimeError(msg))
+
+    def _log_failure(self, f: Failure) -> None:
+        seen = self._tracebacks.get(f.stage, 0)
+        self._tracebacks[f.stage] = seen + 1
+        exc_info = f.exc if seen < _TRACEBACKS_PER_STAGE and f.exc is not None else None
+        self.log.warning("chunk_failed", stage=f.stage, error=f.type, exc_info=exc_info)
+
+    async def _emit_error(self, stage: str, exc: BaseException) -> None:
+        self.errors += 1
+        message = str(exc) if not isinstance(exc, TimeoutError) else "stage timed out"
+        self.log.error("run_failed", stage=stage, error=type(exc).__name__, exc_info=exc)
+        env = self._base("error")
+        env["stage"] = stage
+        env["error"] = {"type": type(exc).__name__, "message": message}
+        await self._emit(env)
+
+    async def _emit_complete(self, reason: Reason) -> None:
+        self.reason = reason
+        env = self._base("complete")
+        env["stats"] = self.stats()
+        env["reason"] = reason
+        await self._emit(env)
+        self.log.info("run_completed", reason=reason, **env["stats"])
+
+    def stats(self) -> dict[str, Any]:
+        """The run's stats so far, as in the ``complete`` envelope."""
+        return {
+            "processed": self.processed,
+            "chunk_errors": self.chunk_errors,
+            "errors": self.errors,
+            "duration_s": round(time.monotonic() - self._started, 6) if self._started else 0.0,
+        }
