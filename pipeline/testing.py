@@ -108,7 +108,7 @@ async def collect_source(fn: Callable[..., Any], **params: Any) -> list[Chunk]:
 async def run_transform(
     fn: Callable[..., Any], chunks: Sequence[Chunk], **params: Any
 ) -> list[Envelope]:
-    """Run one transform over ``chunks``; return the ``processing`` and ``chunk_error`` envelopes."""
+    """Run one transform over ``chunks``; return its ``processing``/``chunk_error`` envelopes."""
 
     async def source() -> Any:
         for chunk in chunks:

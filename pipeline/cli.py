@@ -1,0 +1,236 @@
+"""The ``pipeline`` command: parse arguments, call plain functions, map errors to exits.
+
+Exit codes: 0 every run ended without ``error``; 1 a run failed; 2 bad config or usage.
+Only this module decides exit codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+
+from pipeline import log as logmod
+from pipeline.errors import ConfigError, PipelineError
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _common(fn: F) -> F:
+    fn = click.option(
+        "--log-format",
+        type=click.Choice(["auto", "console", "json"]),
+        default="auto",
+        show_default=True,
+        help="Log format on stderr: console on a terminal, JSON lines otherwise.",
+    )(fn)
+    return click.option(
+        "--log-level",
+        type=click.Choice(["debug", "info", "warning", "error"]),
+        default="info",
+        show_default=True,
+    )(fn)
+
+
+def _config_option(fn: F) -> F:
+    return click.option(
+        "-c",
+        "--config",
+        "config_path",
+        envvar="PIPELINE_CONFIG",
+        default="pipelines.yaml",
+        show_default=True,
+        help="Config file (or $PIPELINE_CONFIG).",
+    )(fn)
+
+
+def _fail_config(exc: ConfigError) -> None:
+    for problem in exc.problems:
+        click.echo(str(problem), err=True)
+    sys.exit(2)
+
+
+def load_pipelines(config_path: str) -> tuple[Any, dict[str, Any]]:
+    """Load and resolve a config; exit 2 with every problem printed when it is bad."""
+    from pipeline import config, loader
+
+    try:
+        cfg = config.load(config_path)
+        return cfg, loader.resolve(cfg)
+    except ConfigError as exc:
+        _fail_config(exc)
+        raise  # unreachable
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ndjson-pipeline", prog_name="pipeline")
+def main() -> None:
+    """Real-time NDJSON pipelines whose stages are plain Python functions."""
+
+
+@main.command()
+@click.argument("names", nargs=-1)
+@_config_option
+@click.option("--serve", is_flag=True, help="Serve the pipelines over HTTP.")
+@click.option("--host", default=None, help="Bind address (default: server.host).")
+@click.option("--port", type=int, default=None, help="Port, 0 for any free one.")
+@_common
+def run(
+    names: tuple[str, ...],
+    config_path: str,
+    serve: bool,
+    host: str | None,
+    port: int | None,
+    log_format: logmod.LogFormat,
+    log_level: str,
+) -> None:
+    """Run pipelines: envelopes to stdout, or served over HTTP with --serve."""
+    logmod.configure(log_format, log_level)
+    cfg, resolved = load_pipelines(config_path)
+    unknown = [n for n in names if n not in resolved]
+    if unknown:
+        known = ", ".join(f"`{n}`" for n in resolved)
+        click.echo(f"{config_path}: unknown pipeline `{unknown[0]}` (known: {known})", err=True)
+        sys.exit(2)
+    if serve:
+        from pipeline.serve import serve as serve_fn
+
+        sys.exit(serve_fn(cfg, resolved, names=list(names), host=host, port=port))
+    picked = list(names) or [n for n, p in resolved.items() if p.config.trigger == "start"]
+    sys.exit(run_to_stdout(resolved, picked, shutdown_timeout=cfg.server.shutdown_timeout))
+
+
+def run_to_stdout(resolved: dict[str, Any], names: list[str], *, shutdown_timeout: float) -> int:
+    """Run ``names`` to completion, every envelope to stdout; return the exit code."""
+    from pipeline.fanout import stdout_stage
+    from pipeline.supervisor import Supervisor
+
+    sup = Supervisor(
+        {n: resolved[n] for n in names},
+        extra_sinks=[stdout_stage()],
+        shutdown_timeout=shutdown_timeout,
+    )
+
+    async def go() -> dict[str, Any]:
+        _install_signals(sup)
+        sup.start(names)
+        return await sup.wait()
+
+    reasons = asyncio.run(go())
+    return 1 if any(r == "error" for r in reasons.values()) else 0
+
+
+def _install_signals(sup: Any) -> None:
+    loop = asyncio.get_running_loop()
+    hits = [0]
+    log = logmod.get_logger()
+
+    def on_signal(signum: int) -> None:
+        hits[0] += 1
+        if hits[0] > 1:
+            log.warning("forced_exit", signal=signal.Signals(signum).name)
+            os._exit(1)
+        log.info("signal_received", signal=signal.Signals(signum).name)
+        loop.create_task(sup.shutdown())
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+
+@main.command()
+@_config_option
+@_common
+def validate(config_path: str, log_format: logmod.LogFormat, log_level: str) -> None:
+    """Load the config, import every stage, check every parameter."""
+    logmod.configure(log_format, log_level)
+    _, resolved = load_pipelines(config_path)
+    click.echo(f"{config_path}: ok ({len(resolved)} pipelines: {', '.join(resolved)})")
+
+
+@main.command(name="list")
+@_config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@_common
+def list_(config_path: str, as_json: bool, log_format: logmod.LogFormat, log_level: str) -> None:
+    """List the pipelines of a config (values from the environment are masked)."""
+    from pipeline import config
+
+    logmod.configure(log_format, log_level)
+    try:
+        cfg = config.load(config_path)
+    except ConfigError as exc:
+        _fail_config(exc)
+    described = config.describe(cfg)
+    if as_json:
+        click.echo(orjson.dumps(described, option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo(_render_list(described))
+
+
+def _render_list(described: dict[str, Any]) -> str:
+    lines = []
+    for name, p in described.get("pipelines", {}).items():
+        lines.append(f"{name}  [trigger: {p.get('trigger', 'start')}]")
+        if p.get("description"):
+            lines.append(f"  {p['description']}")
+        for role in ("source", "transforms", "sinks", "dead_letter"):
+            stages = p.get(role)
+            if not stages:
+                continue
+            for st in stages if isinstance(stages, list) else [stages]:
+                params = orjson.dumps(st.get("with", {})).decode()
+                lines.append(f"  {role:<11} {st['use']} {params}")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option("--markdown", is_flag=True, help="Print docs/stages.md instead of text.")
+def stages(markdown: bool) -> None:
+    """List the built-in stages and their parameters."""
+    from pipeline import catalog
+
+    docs = catalog.catalog()
+    click.echo(catalog.render_markdown(docs) if markdown else catalog.render_text(docs), nl=False)
+
+
+@main.command()
+@click.argument("target")
+@_config_option
+@click.option("--since", default=None, help="Resume after SEQ or RUN:SEQ.")
+@click.option("--raw", is_flag=True, help="Print raw NDJSON.")
+@click.option("--token", envvar="PIPELINE_TOKEN", default=None, help="Bearer token.")
+@_common
+def tail(
+    target: str,
+    config_path: str,
+    since: str | None,
+    raw: bool,
+    token: str | None,
+    log_format: logmod.LogFormat,
+    log_level: str,
+) -> None:
+    """Follow a pipeline's stream (a URL, or a NAME served by the config's server)."""
+    from pipeline import tail as tailmod
+
+    logmod.configure(log_format, log_level)
+    try:
+        code = tailmod.tail(
+            target, since=since, raw=raw, token=token, config_path=Path(config_path)
+        )
+    except PipelineError as exc:
+        click.echo(f"pipeline tail: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
