@@ -133,6 +133,7 @@ def _install_signals(sup: Any) -> None:
     loop = asyncio.get_running_loop()
     hits = [0]
     log = logmod.get_logger()
+    tasks: list[asyncio.Task[None]] = []
 
     def on_signal(signum: int) -> None:
         hits[0] += 1
@@ -140,7 +141,7 @@ def _install_signals(sup: Any) -> None:
             log.warning("forced_exit", signal=signal.Signals(signum).name)
             os._exit(1)
         log.info("signal_received", signal=signal.Signals(signum).name)
-        loop.create_task(sup.shutdown())
+        tasks.append(loop.create_task(sup.shutdown()))
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
