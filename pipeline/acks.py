@@ -31,6 +31,7 @@ class AckRunner:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._log = log
+        self._closing = False
         self.done = 0
 
     def submit(self, awaitable: Awaitable[Any]) -> None:
@@ -50,24 +51,17 @@ class AckRunner:
                 except Exception:
                     if self._log is not None:
                         self._log.exception("ack_failed")
+            if self._closing:
+                return
             self._wake.clear()
             await self._wake.wait()
 
     async def aclose(self) -> None:
         """Await every queued ack, then stop."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        while self._pending:
-            aw = self._pending.popleft()
-            try:
-                await aw
-                self.done += 1
-            except Exception:
-                if self._log is not None:
-                    self._log.exception("ack_failed")
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
 
 
 class Ack:
