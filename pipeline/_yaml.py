@@ -107,7 +107,8 @@ def parse(text: str) -> Parsed:
     parsed = Parsed(data, builder.lines, builder.problems, builder.poisoned)
     if not isinstance(data, dict):
         found = _kind(node)
-        parsed.problems.append(((), node.start_mark.line + 1, f"expected a mapping, found {found}"))
+        msg = f"the top level must be a mapping with `pipelines`, found {found}"
+        parsed.problems.append(((), node.start_mark.line + 1, msg))
         parsed.data = None
     return parsed
 

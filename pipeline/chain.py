@@ -99,16 +99,15 @@ class SourceReader:
         if self._waiting is not None:
             self._waiting.cancel()
 
-    def _item(self, raw: Any) -> Any:
+    def _item(self, raw: Message | BadChunk) -> Any:
         if type(raw) is Message:
             if raw.ack is None:
                 return raw.data
             return Carry(raw.data, (Ack(raw.ack, self.runner),))
-        if type(raw) is BadChunk:
-            acks = () if raw.ack is None else (Ack(raw.ack, self.runner),)
-            fail = failure(self.stage.id, raw.error, raw.raw)
-            return Carry(fail, acks) if acks else fail
-        return raw
+        assert type(raw) is BadChunk
+        acks = () if raw.ack is None else (Ack(raw.ack, self.runner),)
+        fail = failure(self.stage.id, raw.error, raw.raw)
+        return Carry(fail, acks) if acks else fail
 
     async def items(self) -> AsyncIterator[Any]:
         """Yield the source's chunks as chain items until it ends, fails or is stopped."""
@@ -118,11 +117,14 @@ class SourceReader:
             self.error = exc
             return
         task = asyncio.current_task()
+        step = source.__anext__
+        wrapped = (Message, BadChunk)
+        budget = FAIRNESS_EVERY
         async with aclosing(source):  # type: ignore[type-var]
             while not self.stopping:
                 self._waiting = task
                 try:
-                    raw = await anext(source)
+                    raw = await step()
                 except StopAsyncIteration:
                     return
                 except asyncio.CancelledError:
@@ -135,8 +137,10 @@ class SourceReader:
                 finally:
                     self._waiting = None
                 self.read += 1
-                yield self._item(raw)
-                if self.read % FAIRNESS_EVERY == 0:
+                yield self._item(raw) if type(raw) in wrapped else raw
+                budget -= 1
+                if not budget:
+                    budget = FAIRNESS_EVERY
                     await asyncio.sleep(0)
 
 
@@ -146,27 +150,37 @@ def _unwrap(item: Any) -> tuple[Any, tuple[Ack, ...]]:
     return item, ()
 
 
-async def _map_fast(upstream: AsyncIterator[Any], stage: ResolvedStage) -> AsyncIterator[Any]:
-    """A sync map without timeout, retry or thread: a direct call per chunk."""
-    fn = functools.partial(stage.fn, **stage.params) if stage.params else stage.fn
-    sid = stage.id
+async def _maps_fast(
+    upstream: AsyncIterator[Any], stages: list[ResolvedStage]
+) -> AsyncIterator[Any]:
+    """Consecutive sync maps without timeout, retry or thread: direct calls, one hop."""
+    steps = [(functools.partial(s.fn, **s.params) if s.params else s.fn, s.id) for s in stages]
     async with aclosing(upstream):  # type: ignore[type-var]
         async for item in upstream:
             if type(item) in _SPECIAL:
-                out = _special_map(item, fn, sid)
-                if out is not None:
-                    yield out
+                for fn, sid in steps:
+                    item = _special_map(item, fn, sid)
+                    if item is None:
+                        break
+                if item is not None:
+                    yield item
                 continue
-            try:
-                result = fn(item)
-            except Exception as exc:
-                yield failure(sid, exc, item)
-                continue
-            if result is not None:
-                yield result
+            for fn, sid in steps:
+                try:
+                    result = fn(item)
+                except Exception as exc:
+                    item = failure(sid, exc, item)
+                    break
+                if result is None:
+                    item = None
+                    break
+                item = result
+            if item is not None:
+                yield item
 
 
 def _special_map(item: Any, fn: Callable[[Any], Any], sid: str) -> Any:
+    """Apply one sync map to a `Carry` or pass a `Failure` through; None when dropped."""
     if type(item) is Failure or type(item.chunk) is Failure:
         return item
     try:
@@ -246,7 +260,12 @@ async def _concurrent(upstream: AsyncIterator[Any], stage: ResolvedStage) -> Asy
             out = await _apply_map(mapped, item)
             return [] if out is None else [out]
 
-    results = stream.map(upstream, one, ordered=stage.ordered, task_limit=stage.concurrency)
+    results: Any = stream.map(
+        upstream,
+        one,  # type: ignore[arg-type]
+        ordered=stage.ordered,
+        task_limit=stage.concurrency,
+    )
     async with streamcontext(results) as streamer:
         async for outs in streamer:
             for out in outs:
@@ -289,6 +308,17 @@ async def _stream(upstream: AsyncIterator[Any], stage: ResolvedStage) -> AsyncIt
     release_all(held)
 
 
+def _is_fast(stage: ResolvedStage) -> bool:
+    return (
+        stage.kind == "map"
+        and stage.concurrency == 1
+        and stage.timeout is None
+        and stage.retry.attempts <= 1
+        and not stage.blocking
+        and not inspect.iscoroutinefunction(stage.fn)
+    )
+
+
 def _layer(stage: ResolvedStage) -> Callable[[AsyncIterator[Any], ResolvedStage], Any]:
     if stage.kind == "stream":
         return _stream
@@ -296,15 +326,23 @@ def _layer(stage: ResolvedStage) -> Callable[[AsyncIterator[Any], ResolvedStage]
         return _concurrent
     if stage.kind == "flat_map":
         return _flat
-    plain = stage.timeout is None and stage.retry.attempts <= 1 and not stage.blocking
-    if plain and not inspect.iscoroutinefunction(stage.fn):
-        return _map_fast
     return _map_general
 
 
 def build_chain(source: AsyncIterator[Any], transforms: Iterable[ResolvedStage]) -> Any:
-    """Return the async iterator of chain items after every transform."""
+    """Return the async iterator of chain items after every transform.
+
+    Runs of consecutive plain sync maps share one layer (direct calls, one async hop).
+    """
     items: Any = source
+    fast: list[ResolvedStage] = []
     for stage in transforms:
+        if _is_fast(stage):
+            fast.append(stage)
+            continue
+        if fast:
+            items, fast = _maps_fast(items, fast), []
         items = _layer(stage)(items, stage)
+    if fast:
+        items = _maps_fast(items, fast)
     return items

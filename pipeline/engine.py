@@ -28,6 +28,7 @@ __all__ = ["Run", "RunState", "new_run_id"]
 
 RunState = Literal["pending", "running", "completed", "failed"]
 _TRACEBACKS_PER_STAGE = 5
+_SPECIAL = (Carry, Failure)
 
 
 def new_run_id() -> str:
@@ -63,7 +64,6 @@ class Run:
         self.processed = 0
         self.chunk_errors = 0
         self.errors = 0
-        self.counts: dict[str, int] = {}
         self.log = get_logger(pipeline=name, run=self.id)
         self.acks = AckRunner(self.log)
         self._params = None if source_params is None else dict(source_params)
@@ -160,12 +160,39 @@ class Run:
             reader.stop()
         chain = build_chain(reader.items(), self.transforms)
         async with aclosing(chain):
-            async for item in chain:
-                await self._emit_item(item)
-                if self._halt is not None:
-                    return
+            await self._pump(chain)
         if reader.error is not None:
             await self._emit_error(self.source.id, reader.error)
+
+    async def _pump(self, chain: Any) -> None:
+        """The hot path: number, stamp and encode each plain chunk, hand it on."""
+        fanout, name, run_id = self._fanout, self.name, self.id
+        publish = fanout.publish if fanout.direct else None
+        async for item in chain:
+            if type(item) in _SPECIAL:
+                await self._emit_item(item)
+            else:
+                env = {
+                    "status": "processing",
+                    "pipeline": name,
+                    "run": run_id,
+                    "seq": self.seq + 1,
+                    "timestamp": now(),
+                    "data": item,
+                }
+                try:
+                    line = encode(env)
+                except UnencodableError as exc:
+                    await self._emit_unencodable(item, (), exc)
+                    continue
+                self.seq += 1
+                self.processed += 1
+                if publish is not None:
+                    publish(env, line)
+                else:
+                    await fanout.deliver(env, line)
+            if self._halt is not None:
+                return
 
     async def _finish(self) -> None:
         await self._fanout.close()
@@ -187,8 +214,6 @@ class Run:
 
     async def _emit(self, env: Envelope, acks: tuple[Any, ...] = ()) -> None:
         line = encode(env)
-        status = env["status"]
-        self.counts[status] = self.counts.get(status, 0) + 1
         await self._fanout.deliver(env, line, acks)
 
     async def _emit_item(self, item: Any) -> None:
@@ -198,25 +223,22 @@ class Run:
         if type(item) is Failure:
             await self._emit_failure(item, acks)
             return
-        seq = self.seq + 1
-        env = {
-            "status": "processing",
-            "pipeline": self.name,
-            "run": self.id,
-            "seq": seq,
-            "timestamp": now(),
-            "data": item,
-        }
+        env = self._base("processing")
+        env["data"] = item
         try:
             line = encode(env)
         except UnencodableError as exc:
-            last = self.transforms[-1].id if self.transforms else self.source.id
-            await self._emit_failure(Failure(last, type(exc).__name__, str(exc), item), acks)
+            self.seq -= 1
+            await self._emit_unencodable(item, acks, exc)
             return
-        self.seq = seq
         self.processed += 1
-        self.counts["processing"] = self.processed
         await self._fanout.deliver(env, line, acks)
+
+    async def _emit_unencodable(
+        self, item: Any, acks: tuple[Any, ...], exc: UnencodableError
+    ) -> None:
+        last = self.transforms[-1].id if self.transforms else self.source.id
+        await self._emit_failure(Failure(last, type(exc).__name__, str(exc), item), acks)
 
     async def _emit_failure(self, f: Failure, acks: tuple[Any, ...]) -> None:
         self.chunk_errors += 1
@@ -230,7 +252,6 @@ class Run:
         except UnencodableError:
             del env["chunk"]
             line = encode(env)
-        self.counts["chunk_error"] = self.chunk_errors
         await self._fanout.deliver(env, line, acks)
         limit = self.max_chunk_errors
         if limit is not None and self.chunk_errors > limit and self._halt is None:
@@ -259,6 +280,18 @@ class Run:
         env["reason"] = reason
         await self._emit(env)
         self.log.info("run_completed", reason=reason, **env["stats"])
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Envelopes emitted so far, per status."""
+        counts = {
+            "starting": 1 if self.seq else 0,
+            "processing": self.processed,
+            "chunk_error": self.chunk_errors,
+            "error": self.errors,
+            "complete": 1 if self.reason else 0,
+        }
+        return {k: v for k, v in counts.items() if v}
 
     def stats(self) -> dict[str, Any]:
         """The run's stats so far, as in the ``complete`` envelope."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -101,23 +102,22 @@ def encode_sse(line: bytes, status: str, run: str, seq: int | None) -> bytes:
     return head.encode() + b"data: " + line + b"\n"
 
 
-class _Clock:
-    """RFC 3339 UTC timestamps with microseconds and ``Z``, caching the seconds part."""
+def make_clock(time_ns: Callable[[], int] = time.time_ns) -> Callable[[], str]:
+    """Make a clock of RFC 3339 UTC timestamps with microseconds and ``Z``.
 
-    __slots__ = ("_prefix", "_second")
+    The formatted seconds are cached; only the microseconds are formatted per call.
+    """
+    cache: list[Any] = [-1, ""]
 
-    def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
+    def now() -> str:
+        second, rest = divmod(time_ns(), 1_000_000_000)
+        if second != cache[0]:
+            cache[0] = second
+            cache[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{cache[1]}.{rest // 1000:06d}Z"
 
-    def __call__(self) -> str:
-        ns = time.time_ns()
-        second, rest = divmod(ns, 1_000_000_000)
-        if second != self._second:
-            self._second = second
-            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        return f"{self._prefix}.{rest // 1000:06d}Z"
+    return now
 
 
-now = _Clock()
+now = make_clock()
 """Return the current time as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""

@@ -88,6 +88,11 @@ class Fanout:
         if dead_letter is not None:
             self._workers.append(_Worker(dead_letter, dead_letter=True, buffer=buffer))
 
+    @property
+    def direct(self) -> bool:
+        """True when there is no sink: delivery is a plain call of ``publish``."""
+        return not self._workers and self.publish is not None
+
     async def start(self) -> None:
         """Start one task per sink."""
         loop = asyncio.get_running_loop()

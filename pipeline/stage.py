@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, get_type_hints
+from typing import Any, Literal, TypeVar, get_type_hints, overload
 
 import pydantic
 
@@ -69,7 +69,19 @@ def stream_transform(fn: F) -> F:
     return fn
 
 
-def sink(fn: F | None = None, *, stream: bool = False, receives: SinkReceives = "envelopes") -> Any:
+@overload
+def sink(fn: F, *, stream: bool = ..., receives: SinkReceives = ...) -> F: ...
+
+
+@overload
+def sink(
+    fn: None = None, *, stream: bool = ..., receives: SinkReceives = ...
+) -> Callable[[F], F]: ...
+
+
+def sink(
+    fn: F | None = None, *, stream: bool = False, receives: SinkReceives = "envelopes"
+) -> F | Callable[[F], F]:
     """Mark ``fn`` as a sink, optionally with options.
 
     A plain sink is called once per item. With ``stream=True`` it is called once per run

@@ -66,14 +66,12 @@ def test_unencodable_raises_typed_error() -> None:
     assert jsonable({"a": {1, 2}})
 
 
-def test_timestamp_always_has_microseconds(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_timestamp_always_has_microseconds() -> None:
     """A timestamp keeps `.000000` at a whole second (orjson would drop it)."""
-    clock = envelope._Clock()
-    monkeypatch.setattr(envelope.time, "time_ns", lambda: 1_767_225_600_000_000_000)
+    ticks = iter([1_767_225_600_000_000_000, 1_767_225_600_000_123_456, 1_767_225_601_500_000_000])
+    clock = envelope.make_clock(lambda: next(ticks))
     assert clock() == "2026-01-01T00:00:00.000000Z"
-    monkeypatch.setattr(envelope.time, "time_ns", lambda: 1_767_225_600_000_123_456)
     assert clock() == "2026-01-01T00:00:00.000123Z"
-    monkeypatch.setattr(envelope.time, "time_ns", lambda: 1_767_225_601_500_000_000)
     assert clock() == "2026-01-01T00:00:01.500000Z"
 
 

@@ -1,0 +1,495 @@
+"""The per-pipeline broadcast hub: one ring of encoded lines, one cursor per client.
+
+The producer (the pipeline's envelope-numbering coroutine, or a broker connector) calls
+`Hub.begin_run`, `Hub.publish`, `Hub.end_run` and `Hub.close`. None of them awaits or
+blocks: `publish` appends one right-sized line to the ring and wakes the readers that
+wait. Each client reads through a `Subscription`, a cursor into that ring:
+
+- a client may fall ``client_buffer`` envelopes behind: more than that published past
+  its cursor (or past the end of the replay it was handed at subscribe) and it is
+  *lapped*: its stream ends at once, `Subscription.dropped` is true and ``on_drop`` is
+  scheduled. It never slows the producer or other clients. Memory is one ring of
+  ``retain + client_buffer`` right-sized lines whatever the number of clients;
+- the last ``retain`` envelopes of the current run are replayed to clients that ask with
+  ``since`` (see `Hub.subscribe`); replay hands over to live envelopes with no gap and no
+  duplicate, because both are the same ring read from one cursor.
+
+A run's streams end right after its ``complete`` (`Hub.end_run`); at shutdown
+(`Hub.close`) every stream ends once it has drained what was published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable
+from typing import NamedTuple, Self, TypeVar
+
+from pipeline.envelope import encode, now
+from pipeline.errors import PipelineError
+from pipeline.types import Envelope
+
+__all__ = ["MAX_BATCH_BYTES", "BadSince", "Hub", "Item", "Subscription", "parse_since"]
+
+MAX_BATCH_BYTES = 256 * 1024
+"""A batch holds at most this many bytes, unless a single line is larger."""
+
+_SWEEP_MIN = 64
+_T = TypeVar("_T")
+_SINCE = re.compile(r"(?:(.+):)?([0-9]{1,18})", re.ASCII | re.DOTALL)
+
+
+class BadSince(PipelineError, ValueError):
+    """A ``since`` (or ``Last-Event-ID``) token is neither ``SEQ`` nor ``RUN:SEQ``."""
+
+
+class Item(NamedTuple):
+    """One envelope as a client receives it: ``line`` is the encoded NDJSON line.
+
+    ``seq`` is None for a transport notice (``lagged``), which has no ``id`` in SSE.
+    """
+
+    run: str
+    seq: int | None
+    status: str
+    line: bytes
+
+
+def parse_since(since: str | None) -> tuple[str | None, int] | None:
+    """Parse a resume token into ``(run or None, seq)``; None stays None (live only).
+
+    Raises:
+        BadSince: the token is not an integer >= 0 nor ``RUN:SEQ``.
+
+    Example:
+        >>> parse_since("r1:41"), parse_since("7"), parse_since(None)
+        (('r1', 41), (None, 7), None)
+    """
+    if since is None:
+        return None
+    match = _SINCE.fullmatch(since)
+    if match is None:
+        shown = since if len(since) <= 64 else since[:64] + "..."
+        msg = f"`since` must be SEQ (an integer >= 0) or RUN:SEQ, got {shown!r}"
+        raise BadSince(msg)
+    return match[1], int(match[2])
+
+
+class _Run:
+    """One run as the hub sees it: where it starts in the ring and where it ended."""
+
+    __slots__ = ("counts", "end", "id", "last_seq", "start")
+
+    def __init__(self, run_id: str, start: int) -> None:
+        self.id = run_id
+        self.start = start
+        self.end: int | None = None
+        self.last_seq = 0
+        self.counts: dict[str, int] = {}
+
+
+class Hub:
+    """Broadcast the envelopes of one pipeline to any number of clients.
+
+    Args:
+        name: the pipeline's name (it goes into ``lagged`` notices).
+        retain: how many envelopes of the current run are kept for replay (>= 0).
+        client_buffer: how many envelopes a client may fall behind (beyond the replay
+            it was handed) before it is dropped (>= 1).
+
+    Example:
+        >>> hub = Hub("demo", retain=100, client_buffer=100)
+        >>> hub.begin_run("r1")
+        >>> env = {"status": "starting", "pipeline": "demo", "run": "r1", "seq": 1}
+        >>> hub.publish(env, encode(env))
+        >>> hub.run, hub.last_seq, hub.counts, hub.clients
+        ('r1', 1, {'starting': 1}, 0)
+    """
+
+    def __init__(self, name: str, *, retain: int, client_buffer: int) -> None:
+        if retain < 0 or client_buffer < 1:
+            msg = (
+                f"hub `{name}`: need retain >= 0 and client_buffer >= 1, "
+                f"got retain={retain}, client_buffer={client_buffer}"
+            )
+            raise ValueError(msg)
+        self.name = name
+        self.retain = retain
+        self.client_buffer = client_buffer
+        # Replay backlog (<= retain) plus client_buffer envelopes behind it must fit.
+        self._cap = retain + client_buffer
+        # Three parallel rings indexed by position % cap (positions count every line ever).
+        self._lines: list[bytes] = []
+        self._items: list[Item] = []
+        self._offsets: list[int] = []  # bytes published before this line
+        self._head = 0
+        self._bytes = 0
+        self._run: _Run | None = None
+        self._subs: set[Subscription] = set()
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._closed = False
+        self._dropped = 0
+        self._sweep_every = max(_SWEEP_MIN, client_buffer // 8)
+
+    # -- counters --------------------------------------------------------------------
+
+    @property
+    def run(self) -> str | None:
+        """The current (or last) run id; None before the first run."""
+        return None if self._run is None else self._run.id
+
+    @property
+    def last_seq(self) -> int:
+        """The last ``seq`` published in the current run (0 before any)."""
+        return 0 if self._run is None else self._run.last_seq
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Envelopes published in the current run, per status (a copy)."""
+        return {} if self._run is None else dict(self._run.counts)
+
+    @property
+    def clients(self) -> int:
+        """Subscriptions open right now."""
+        return len(self._subs)
+
+    @property
+    def dropped_clients(self) -> int:
+        """Clients dropped since the hub was made because they were lapped."""
+        return self._dropped
+
+    @property
+    def buffered(self) -> int:
+        """Lines the ring holds now (never more than ``retain + client_buffer``)."""
+        return len(self._lines)
+
+    # -- producer side: never awaits -------------------------------------------------
+
+    def begin_run(self, run: str) -> None:
+        """Start a new run: its envelopes replace the previous run's for replay.
+
+        Readers of the previous run still get its envelopes up to where it ended.
+        Clients that subscribed before the first run follow this one from its start.
+        """
+        old = self._run
+        if old is not None and old.end is None:
+            old.end = self._head
+        self._run = new = _Run(run, self._head)
+        for sub in self._subs:
+            if sub._run is None:
+                sub._run = new
+        self._wake()
+
+    def publish(self, envelope: Envelope, line: bytes) -> None:
+        """Append one envelope (and its encoded line) to the ring and wake the readers.
+
+        ``envelope`` needs ``status``, ``run`` and ``seq``. An envelope of a run other
+        than the current one (or after `end_run`) begins that run first.
+        """
+        run = self._run
+        if run is None or run.end is not None or envelope["run"] != run.id:
+            self.begin_run(envelope["run"])
+            run = self._run
+            assert run is not None
+        seq: int = envelope["seq"]
+        status: str = envelope["status"]
+        line = memoryview(line).tobytes()  # orjson's bytes hold ~4 KiB each: right-size
+        item = Item(run.id, seq, status, line)
+        i = self._head % self._cap
+        if i == len(self._lines):
+            self._lines.append(line)
+            self._items.append(item)
+            self._offsets.append(self._bytes)
+        else:
+            self._lines[i] = line
+            self._items[i] = item
+            self._offsets[i] = self._bytes
+        self._bytes += len(line)
+        self._head += 1
+        run.last_seq = seq
+        run.counts[status] = run.counts.get(status, 0) + 1
+        if self._waiters:
+            self._wake()
+        if self._head % self._sweep_every == 0:
+            self._sweep()
+
+    def end_run(self) -> None:
+        """End the current run after its ``complete``: its streams end once drained."""
+        run = self._run
+        if run is not None and run.end is None:
+            run.end = self._head
+            self._wake()
+
+    def close(self) -> None:
+        """Shut down: every subscription ends once it has drained what it can read."""
+        self._closed = True
+        self._wake()
+
+    # -- consumer side ---------------------------------------------------------------
+
+    def subscribe(
+        self, since: str | None = None, *, on_drop: Callable[[], object] | None = None
+    ) -> Subscription:
+        """Open a subscription; use it as ``async with hub.subscribe(since) as sub``.
+
+        ``since`` (SPEC §6) picks where the stream starts:
+
+        - None: live envelopes only. If the current run has already ended, its retained
+          envelopes and then the end of the stream (no ``lagged`` notice).
+        - ``"SEQ"``: retained envelopes of the current run with a higher seq, then live
+          (``"0"``: everything retained). A SEQ past the last one means live only.
+        - ``"RUN:SEQ"``: like ``SEQ`` when RUN is the current run; for another run, the
+          current run from its first retained envelope.
+        - Before the first run, every client waits and then gets the first run from
+          its start, whatever ``since`` says.
+
+        When envelopes asked for are no longer retained, the stream starts with a
+        ``lagged`` notice whose ``missed`` counts them exactly. ``on_drop`` is
+        scheduled on the loop (never called by the producer) if the client is lapped.
+
+        Raises:
+            BadSince: ``since`` is neither ``SEQ`` nor ``RUN:SEQ``.
+        """
+        want = parse_since(since)
+        run = self._run
+        cursor, notice = self._head, None
+        if run is not None:
+            cursor, notice = self._start(run, want)
+        sub = Subscription(self, run, cursor, notice, on_drop)
+        self._subs.add(sub)
+        return sub
+
+    def _start(self, run: _Run, want: tuple[str | None, int] | None) -> tuple[int, Item | None]:
+        """Return the cursor and the ``lagged`` notice (if any) for a new subscription."""
+        head = self._head
+        oldest = max(run.start, head - self.retain)
+        if want is None:
+            return (head if run.end is None else oldest), None
+        want_run, seq = want
+        first = 1 if want_run is not None and want_run != run.id else seq
+        oldest_seq = self._items[oldest % self._cap].seq if oldest < head else run.last_seq + 1
+        assert oldest_seq is not None
+        if first >= oldest_seq:
+            cursor = bisect_left(range(oldest, head), first, key=self._seq_at) + oldest
+            return cursor, None
+        notice: Envelope = {
+            "status": "lagged",
+            "pipeline": self.name,
+            "run": run.id,
+            "missed": oldest_seq - first,
+            "timestamp": now(),
+        }
+        line = memoryview(encode(notice)).tobytes()
+        return oldest, Item(run.id, None, "lagged", line)
+
+    def _seq_at(self, pos: int) -> int:
+        seq = self._items[pos % self._cap].seq
+        assert seq is not None
+        return seq
+
+    def _offset(self, pos: int) -> int:
+        return self._bytes if pos == self._head else self._offsets[pos % self._cap]
+
+    def _slice(self, ring: list[_T], start: int, stop: int) -> list[_T]:
+        i = start % self._cap
+        j = i + stop - start
+        return ring[i:j] if j <= self._cap else ring[i:] + ring[: j - self._cap]
+
+    def _wake(self) -> None:
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._waiters.clear()
+
+    def _sweep(self) -> None:
+        """Drop every lapped client now, so that even a frozen one is noticed."""
+        head = self._head
+        for sub in [s for s in self._subs if s._lapped(head)]:
+            self._drop(sub)
+
+    def _drop(self, sub: Subscription) -> None:
+        if sub._dropped:
+            return
+        sub._dropped = True
+        self._dropped += 1
+        sub._finish()
+        if sub._on_drop is not None:
+            asyncio.get_running_loop().call_soon(sub._on_drop)
+
+
+class Subscription:
+    """One client's cursor into a `Hub`: an async iterator of ready batches.
+
+    - ``async for batch in sub``: ``bytes``, every ready line concatenated (NDJSON);
+    - ``async for items in sub.items()``: ``list[Item]`` (SSE frames, WebSocket frames).
+
+    Use one of the two per subscription. A batch is everything ready when the client
+    reads (at most `MAX_BATCH_BYTES`): a lone envelope comes at once, a backlog in one
+    piece. The iteration ends after the run's ``complete``, at `Hub.close`, or when the
+    client is lapped (then `dropped` is true; `last` is where to resume from).
+    """
+
+    __slots__ = (
+        "_closed",
+        "_cursor",
+        "_dropped",
+        "_fut",
+        "_hub",
+        "_last",
+        "_more",
+        "_notice",
+        "_on_drop",
+        "_replay_end",
+        "_run",
+    )
+
+    def __init__(
+        self,
+        hub: Hub,
+        run: _Run | None,
+        cursor: int,
+        notice: Item | None,
+        on_drop: Callable[[], object] | None,
+    ) -> None:
+        self._hub = hub
+        self._run = run
+        self._cursor = cursor
+        self._notice = notice
+        self._on_drop = on_drop
+        # Replay backlog does not count as lagging: only what was published after it.
+        self._replay_end = hub._head
+        self._fut: asyncio.Future[None] | None = None
+        self._closed = False
+        self._dropped = False
+        self._more = False
+        self._last: tuple[str, int] | None = None
+
+    @property
+    def dropped(self) -> bool:
+        """Whether the client was lapped and its stream cut short."""
+        return self._dropped
+
+    @property
+    def last(self) -> str | None:
+        """``RUN:SEQ`` of the last envelope handed out (a resume token), or None."""
+        return None if self._last is None else f"{self._last[0]}:{self._last[1]}"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Unsubscribe (idempotent); a reader waiting in another task ends."""
+        self._closed = True
+        self._finish()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        """Return the next batch of NDJSON lines as one ``bytes``."""
+        start, stop, notice = await self._next()
+        lines = self._hub._slice(self._hub._lines, start, stop)
+        if notice is not None:
+            lines.insert(0, notice.line)
+        return b"".join(lines)
+
+    def items(self) -> _Items:
+        """Iterate the same stream as lists of `Item` (for SSE and WebSocket framing)."""
+        return _Items(self)
+
+    async def _next_items(self) -> list[Item]:
+        start, stop, notice = await self._next()
+        items = self._hub._slice(self._hub._items, start, stop)
+        if notice is not None:
+            items.insert(0, notice)
+        return items
+
+    async def _next(self) -> tuple[int, int, Item | None]:
+        """Wait for something to read; advance the cursor past it and return its span."""
+        if self._more:
+            self._more = False
+            await asyncio.sleep(0)  # a backlog goes out in pieces: let others run between
+        while True:
+            start, stop = self._span()
+            if stop > start or self._notice is not None:
+                notice, self._notice = self._notice, None
+                self._advance(start, stop)
+                return start, stop, notice
+            if self._done():
+                self._finish()
+                raise StopAsyncIteration
+            await self._wait()
+
+    def _span(self) -> tuple[int, int]:
+        """Return the positions ready to read, capped at `MAX_BATCH_BYTES`."""
+        hub, run, start = self._hub, self._run, self._cursor
+        if run is None or self._closed or self._dropped:
+            return start, start
+        if self._lapped(hub._head):
+            hub._drop(self)
+            return start, start
+        stop = hub._head if run.end is None else run.end
+        base = hub._offset(start)
+        if stop - start > 1 and hub._offset(stop) - base > MAX_BATCH_BYTES:
+            fits = bisect_right(range(start + 1, stop), base + MAX_BATCH_BYTES, key=hub._offset)
+            stop, self._more = start + max(fits, 1), True
+        return start, stop
+
+    def _lapped(self, head: int) -> bool:
+        """Whether the head is further ahead than this client may lag (and it needs more)."""
+        run = self._run
+        if run is None or self._cursor == run.end:
+            return False
+        return head - max(self._cursor, self._replay_end) > self._hub.client_buffer
+
+    def _advance(self, start: int, stop: int) -> None:
+        if stop > start:
+            hub = self._hub
+            self._cursor = stop
+            last = hub._items[(stop - 1) % hub._cap]
+            assert last.seq is not None
+            self._last = (last.run, last.seq)
+
+    def _done(self) -> bool:
+        if self._closed or self._dropped:
+            return True
+        run = self._run
+        if run is None:
+            return self._hub._closed
+        return self._cursor == run.end or self._hub._closed
+
+    def _finish(self) -> None:
+        self._notice = None
+        self._hub._subs.discard(self)
+        fut = self._fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def _wait(self) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self._fut = fut
+        self._hub._waiters.add(fut)
+        try:
+            await fut
+        finally:
+            self._hub._waiters.discard(fut)
+            self._fut = None
+
+
+class _Items:
+    """``sub.items()``: the subscription's batches as lists of `Item`."""
+
+    __slots__ = ("_sub",)
+
+    def __init__(self, sub: Subscription) -> None:
+        self._sub = sub
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> list[Item]:
+        return await self._sub._next_items()

@@ -1,0 +1,99 @@
+r"""Built-in sinks: `stdout` and `file`, both writing envelopes as NDJSON lines.
+
+Both are stream sinks receiving each envelope already encoded by `pipeline.envelope`
+(one line of UTF-8 JSON ending in ``\n``), so the bytes they write are exactly the bytes
+HTTP clients get. Each line is flushed as soon as it is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from pipeline import sink
+
+__all__ = ["file", "stdout"]
+
+
+@sink(stream=True, receives="lines")
+async def stdout(lines: AsyncIterator[bytes]) -> None:
+    """Write every envelope to standard output, one NDJSON line each, flushed at once.
+
+    ``pipeline run`` already writes every envelope to stdout; list this sink only when
+    running pipelines from your own code, or to make the output explicit.
+
+    Args:
+        lines: The encoded envelopes (given by the engine).
+
+    Example:
+        sinks:
+          - use: stdout
+    """
+    write, flush = _stdout_writer()
+    try:
+        async for line in lines:
+            write(line)
+            flush()
+    finally:
+        flush()
+
+
+@sink(stream=True, receives="lines")
+async def file(
+    lines: AsyncIterator[bytes], *, path: str, append: bool = False, fsync: bool = True
+) -> None:
+    """Write every envelope to a file, one NDJSON line each.
+
+    Missing parent folders are created. Each line is flushed to the operating system as
+    soon as it is written, so ``tail -f`` sees it at once. When the run ends (normally,
+    with an error, or cancelled) the file is flushed, synced to disk and closed.
+
+    Args:
+        lines: The encoded envelopes (given by the engine).
+        path: The file to write.
+        append: Add to the end of an existing file instead of replacing it.
+        fsync: Sync the file to disk when the run ends.
+
+    Example:
+        sinks:
+          - use: file
+            with: {path: out/sensors.ndjson, append: true}
+    """
+    target = Path(path)
+    await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+    fh = await asyncio.to_thread(_open, target, append)
+    try:
+        async for line in lines:
+            fh.write(line)
+            fh.flush()
+    finally:
+        # In a thread: the close runs to its end even if this task is cancelled again.
+        await asyncio.to_thread(_finish, fh, fsync)
+
+
+def _open(target: Path, append: bool) -> BinaryIO:
+    return target.open("ab" if append else "wb")
+
+
+def _finish(fh: BinaryIO, fsync: bool) -> None:
+    """Flush, optionally fsync, and close ``fh``; it is closed whatever fails."""
+    try:
+        fh.flush()
+        if fsync:
+            os.fsync(fh.fileno())
+    finally:
+        fh.close()
+
+
+def _stdout_writer() -> tuple[Callable[[bytes], object], Callable[[], None]]:
+    """Return ``write`` and ``flush`` for the current ``sys.stdout`` (bytes if it can)."""
+    out = sys.stdout
+    buffer = getattr(out, "buffer", None)
+    if buffer is not None:
+        out.flush()  # text written earlier goes first
+        return buffer.write, buffer.flush
+    return (lambda line: out.write(line.decode())), out.flush

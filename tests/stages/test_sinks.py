@@ -1,0 +1,165 @@
+"""Built-in sinks: stdout and file, with their lifecycle on end, error and cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncGenerator, Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from pipeline.envelope import encode
+from pipeline.stage import meta_of
+from stages import sinks
+
+LINES = [encode({"status": "processing", "seq": i, "data": {"n": i}}) for i in range(1, 4)]
+
+
+def open_fds(path: Path) -> list[str]:
+    """File descriptors of this process that point at ``path``."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == str(path.resolve()):
+                found.append(fd)
+        except OSError:
+            continue
+    return found
+
+
+async def feed(
+    lines: list[bytes], *, then: Callable[[], object] | None = None
+) -> AsyncGenerator[bytes, None]:
+    for line in lines:
+        yield line
+    if then is not None:
+        result = then()
+        if asyncio.iscoroutine(result):
+            await result
+
+
+def test_markers() -> None:
+    """Both sinks are stream sinks receiving encoded lines."""
+    for fn in (sinks.stdout, sinks.file):
+        meta = meta_of(fn)
+        assert meta is not None
+        assert (meta.role, meta.stream, meta.receives) == ("sink", True, "lines")
+
+
+# -- file ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_file_writes_every_line_and_closes(tmp_path: Path) -> None:
+    """Missing folders are created; every line is written; the file is closed at the end."""
+    path = tmp_path / "out" / "deep" / "run.ndjson"
+    with anyio.fail_after(10):
+        await sinks.file(feed(LINES), path=str(path))
+    assert path.read_bytes() == b"".join(LINES)
+    assert open_fds(path) == []
+
+
+@pytest.mark.anyio
+async def test_file_replaces_or_appends(tmp_path: Path) -> None:
+    """By default the file is replaced; with append the lines are added at its end."""
+    path = tmp_path / "run.ndjson"
+    path.write_bytes(b"old\n")
+    await sinks.file(feed(LINES[:1]), path=str(path))
+    assert path.read_bytes() == LINES[0]
+    await sinks.file(feed(LINES[1:]), path=str(path), append=True)
+    assert path.read_bytes() == b"".join(LINES)
+
+
+@pytest.mark.anyio
+async def test_file_flushes_each_line_before_the_next_arrives(tmp_path: Path) -> None:
+    """A line is on disk (visible to other readers) before the sink asks for the next one."""
+    path = tmp_path / "run.ndjson"
+    seen: list[bytes] = []
+
+    async def lines() -> AsyncGenerator[bytes, None]:
+        for line in LINES:
+            yield line
+            seen.append(path.read_bytes())
+
+    await sinks.file(lines(), path=str(path), fsync=False)
+    assert seen == [b"".join(LINES[: i + 1]) for i in range(len(LINES))]
+
+
+@pytest.mark.anyio
+async def test_file_fsyncs_at_the_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With fsync (the default) the file is synced once at the end; without, never."""
+    calls: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    await sinks.file(feed(LINES), path=str(tmp_path / "a.ndjson"))
+    assert len(calls) == 1
+    await sinks.file(feed(LINES), path=str(tmp_path / "b.ndjson"), fsync=False)
+    assert len(calls) == 1
+
+
+@pytest.mark.anyio
+async def test_file_closes_when_the_iteration_fails(tmp_path: Path) -> None:
+    """An error in the middle of the iteration: lines so far are kept, the file is closed."""
+    path = tmp_path / "run.ndjson"
+
+    def boom() -> None:
+        raise RuntimeError("upstream failed")
+
+    with pytest.raises(RuntimeError, match="upstream failed"):
+        await sinks.file(feed(LINES[:2], then=boom), path=str(path))
+    assert path.read_bytes() == b"".join(LINES[:2])
+    assert open_fds(path) == []
+
+
+@pytest.mark.anyio
+async def test_file_closes_when_cancelled(tmp_path: Path) -> None:
+    """Cancelled while waiting for the next line: lines so far are kept, the file is closed."""
+    path = tmp_path / "run.ndjson"
+    waiting = asyncio.Event()
+
+    async def wait_forever() -> None:
+        waiting.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(sinks.file(feed(LINES[:2], then=wait_forever), path=str(path)))
+    with anyio.fail_after(10):
+        await waiting.wait()
+        assert path.read_bytes() == b"".join(LINES[:2])
+        assert open_fds(path) != []
+        task.cancel()
+        await asyncio.wait([task])
+    assert task.cancelled()
+    assert path.read_bytes() == b"".join(LINES[:2])
+    assert open_fds(path) == []
+
+
+# -- stdout -------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_stdout_writes_every_line(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    """Every line goes to stdout as it is, in order."""
+    with anyio.fail_after(10):
+        await sinks.stdout(feed(LINES))
+    assert capsysbinary.readouterr().out == b"".join(LINES)
+
+
+@pytest.mark.anyio
+async def test_stdout_flushes_when_the_iteration_fails(
+    capsysbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    """Lines written before an error are flushed, and the error passes through."""
+
+    def boom() -> None:
+        raise RuntimeError("upstream failed")
+
+    with pytest.raises(RuntimeError, match="upstream failed"):
+        await sinks.stdout(feed(LINES[:1], then=boom))
+    assert capsysbinary.readouterr().out == LINES[0]
