@@ -262,7 +262,7 @@ async def _concurrent(upstream: AsyncIterator[Any], stage: ResolvedStage) -> Asy
 
     results: Any = stream.map(
         upstream,
-        one,  # type: ignore[arg-type]
+        one,
         ordered=stage.ordered,
         task_limit=stage.concurrency,
     )
