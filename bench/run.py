@@ -1,0 +1,328 @@
+"""``python -m bench``: run the groups of `bench.variants`, print a table, save JSON + docs.
+
+Each group is measured round-robin: repetition r runs every variant of the group once
+(the order rotates), so ratios to the group's base are same-run ratios. Tables show the
+median over repetitions and (min-max).
+
+Examples::
+
+    python -m bench                            # everything, N = 200 000, 5 reps (< 10 min)
+    python -m bench --quick                    # smoke test: N = 20 000, 3 reps, no docs
+    python -m bench --only http --only inproc  # groups or variant names
+    python -m bench --only framework --reps 7
+    python -m bench --sweep fanout-clients     # a curve (see bench/sweeps.py)
+    python -m bench --report bench/results/latest.json   # rebuild docs from saved JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.common import cpu_plan, fmt_range, summary
+from bench.harness import ROOT, Server, measure_http, run_json, servers_for
+from bench.variants import GROUPS, Group, HttpVariant, Params, ProcVariant, Variant
+
+RESULTS = ROOT / "bench" / "results"
+PACKAGES = ("orjson", "starlette", "uvicorn", "uvloop", "httptools", "nexios", "anyio")
+DEFAULT_N = 200_000
+DEFAULT_REPS = 5
+DEFAULT_BUDGET = 570.0
+
+
+def log(msg: str) -> None:
+    """Progress goes to stderr; the final table to stdout."""
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+def _selected(group: Group, only: list[str]) -> list[Variant]:
+    if not only or group.name in only:
+        return list(group.variants)
+    return [v for v in group.variants if v.name in only]
+
+
+def _summarise(group: Group, results: dict[str, dict[str, Any]]) -> None:
+    """Add per-variant summaries and same-run ratios to the base, in place."""
+    metric = "p50_ms" if group.kind == "latency" else "rate"
+    base = results.get(group.base or "")
+    for res in results.values():
+        ok = [r for r in res["reps"] if r.get("ok")]
+        res["ok_reps"] = len(ok)
+        if not ok:
+            continue
+        keys = ["rate", "mb_s", "server_cpu_frac", "client_cpu_frac", "elapsed"]
+        if group.kind == "latency":
+            keys += ["p50_ms", "p99_ms", "max_ms"]
+        res["summary"] = {
+            k: summary([float(r[k]) for r in ok if isinstance(r.get(k), int | float)])
+            for k in keys
+            if any(isinstance(r.get(k), int | float) for r in ok)
+        }
+        if base is not None and base is not res:
+            ratios = [
+                float(r[metric]) / float(b[metric])
+                for r, b in zip(res["reps"], base["reps"], strict=False)
+                if r.get("ok") and b.get("ok") and b.get(metric)
+            ]
+            if ratios:
+                res["ratio"] = summary(ratios)
+
+
+def run_group(
+    group: Group,
+    variants: list[Variant],
+    params: Params,
+    reps: int,
+    *,
+    deadline: float,
+) -> dict[str, Any]:
+    """Measure ``variants`` of ``group`` round-robin ``reps`` times; return its results."""
+    server_cpu, client_cpu = cpu_plan()
+    logdir = RESULTS / "logs"
+    results: dict[str, dict[str, Any]] = {
+        v.name: {"label": v.label, "note": v.note, "status": "ok", "message": "", "reps": []}
+        for v in variants
+    }
+    http = [v for v in variants if isinstance(v, HttpVariant)]
+    log(f"== {group.name}: {group.title} (n={params.n}, reps={reps})")
+    with servers_for(http, params, cpu=server_cpu, logdir=logdir) as servers:
+        live: list[Variant] = []
+        for v in variants:
+            if isinstance(v, HttpVariant):
+                srv = servers[v.server_key or v.name]
+                if isinstance(srv, str):
+                    results[v.name].update(status="skipped", message=srv)
+                    log(f"   SKIP {v.name}: {srv}")
+                    continue
+            live.append(v)
+        # warm-up: one short read per variant (imports, caches, JIT-free but lazy paths)
+        for v in live:
+            warm = replace(params, n=min(params.n, 2000), interval=0.0, rep=-1)
+            res = _measure(v, servers, warm, group, client_cpu, server_cpu, check=False)
+            if res.get("skipped"):
+                results[v.name].update(status="skipped", message=res["skipped"])
+                log(f"   SKIP {v.name}: {res['skipped']}")
+        live = [v for v in live if results[v.name]["status"] == "ok"]
+        for rep in range(reps):
+            order = live[rep % len(live) :] + live[: rep % len(live)] if live else []
+            for v in order:
+                if results[v.name]["status"] != "ok":
+                    continue
+                if time.monotonic() > deadline:
+                    results[v.name].update(status="partial", message="time budget exhausted")
+                    continue
+                p = replace(params, rep=rep)
+                res = _measure(v, servers, p, group, client_cpu, server_cpu, check=True)
+                res["rep"] = rep
+                results[v.name]["reps"].append(res)
+                if not res.get("ok"):
+                    msg = res.get("error") or res.get("skipped") or "failed"
+                    results[v.name].update(status="failed", message=str(msg))
+                    log(f"   FAIL {v.name} rep {rep}: {msg}")
+                else:
+                    log(f"   {v.name:>15} rep {rep}: {_short(group, res)}")
+    _summarise(group, results)
+    return {
+        "title": group.title,
+        "kind": group.kind,
+        "base": group.base,
+        "reading": group.reading,
+        "params": {"n": params.n, "interval": params.interval, "clients": params.clients},
+        "reps": reps,
+        "variants": results,
+    }
+
+
+def _short(group: Group, res: dict[str, Any]) -> str:
+    if group.kind == "latency":
+        return f"p50 {res.get('p50_ms', 0):.3f} ms, p99 {res.get('p99_ms', 0):.3f} ms"
+    return f"{res.get('rate', 0) / 1e3:,.1f} k env/s"
+
+
+def _measure(
+    v: Variant,
+    servers: dict[str, Server | str],
+    params: Params,
+    group: Group,
+    client_cpu: int | None,
+    server_cpu: int | None,
+    *,
+    check: bool,
+) -> dict[str, Any]:
+    if isinstance(v, ProcVariant):
+        return run_json(v.command(params), cpu=server_cpu, timeout=300.0)
+    srv = servers[v.server_key or v.name]
+    assert isinstance(srv, Server)
+    if not check:  # warm-up: any count is fine
+        v = replace(v, expect=lambda p: -1)
+    res = measure_http(v, srv, params, cpu=client_cpu, client_args=group.client_args)
+    if not check:
+        res["ok"] = True
+    return res
+
+
+def meta(args: argparse.Namespace) -> dict[str, Any]:
+    """Where and with what the numbers were measured."""
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    cpu_model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    server_cpu, client_cpu = cpu_plan()
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": "python -m bench " + shlex.join(sys.argv[1:]),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_model": cpu_model,
+        "cpus": len(os.sched_getaffinity(0)),
+        "server_cpu": server_cpu,
+        "client_cpu": client_cpu,
+        "load_avg_before": os.getloadavg(),
+        "n": args.n,
+        "reps": args.reps,
+        "versions": versions,
+    }
+
+
+def print_tables(results: dict[str, Any]) -> None:
+    """The summary table of every group, on stdout."""
+    for name, g in results["groups"].items():
+        print(f"\n## {name}: {g['title']}  (n={g['params']['n']}, reps={g['reps']})")
+        base = g.get("base")
+        for vname, res in g["variants"].items():
+            s = res.get("summary")
+            if res["status"] not in ("ok", "partial") or not s:
+                print(f"  {vname:>15}  {res['status'].upper()}: {res['message']}")
+                continue
+            ratio = res.get("ratio")
+            rtxt = f"x{base} {fmt_range(ratio, lambda x: f'{x:.3g}')}" if ratio else ""
+            if g["kind"] == "latency":
+                p50 = fmt_range(s["p50_ms"], lambda x: f"{x:.3f}")
+                p99 = fmt_range(s["p99_ms"], lambda x: f"{x:.3f}")
+                print(f"  {vname:>15}  p50 {p50} ms  p99 {p99} ms  {rtxt}")
+            else:
+                cpu = s.get("server_cpu_frac")
+                ctxt = f"  server CPU {cpu['median']:.0%}" if cpu else ""
+                ccpu = s.get("client_cpu_frac")
+                ctxt += f"  client CPU {ccpu['median']:.0%}" if ccpu else ""
+                print(f"  {vname:>15}  {fmt_range(s['rate'])} env/s  {rtxt}{ctxt}")
+
+
+def save(results: dict[str, Any], stem: str) -> Path:
+    """Write ``bench/results/STEM-DATE.json`` and ``latest.json``; return the first."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = RESULTS / f"{stem}-{stamp}.json"
+    data = orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    path.write_bytes(data)
+    (RESULTS / f"{stem}-latest.json").write_bytes(data)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The CLI."""
+    ap = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="NDJSON streaming benchmarks: baselines and the framework, same-run ratios.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Examples::", 1)[1] if __doc__ else None,
+    )
+    ap.add_argument("--n", type=int, default=None, help=f"envelopes per run ({DEFAULT_N})")
+    ap.add_argument("--reps", type=int, default=None, help=f"repetitions ({DEFAULT_REPS})")
+    ap.add_argument("--quick", action="store_true", help="N=20000, 3 reps, short latency run")
+    ap.add_argument(
+        "--only", action="append", default=[], metavar="NAME", help="a group or variant name"
+    )
+    ap.add_argument("--list", action="store_true", help="list groups and variants")
+    ap.add_argument("--sweep", default=None, help="run a sweep from bench/sweeps.py")
+    ap.add_argument("--budget", type=float, default=DEFAULT_BUDGET, help="seconds in all")
+    ap.add_argument(
+        "--docs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write docs/performance.md (default: only for a full, non-quick run)",
+    )
+    ap.add_argument("--report", type=Path, default=None, help="rebuild docs from a JSON file")
+    args = ap.parse_args(argv)
+    only = [x for item in args.only for x in item.split(",") if x]
+
+    if args.list:
+        for g in GROUPS:
+            print(f"{g.name}: {g.title} (base: {g.base})")
+            for v in g.variants:
+                print(f"    {v.name:>15}  {v.label}")
+        from bench.sweeps import SWEEPS
+
+        for s in SWEEPS.values():
+            print(f"sweep {s.name}: {s.title}")
+        return 0
+
+    from bench import report
+
+    if args.report is not None:
+        results = orjson.loads(args.report.read_bytes())
+        report.write(results)
+        print_tables(results)
+        return 0
+
+    args.n = args.n or (20_000 if args.quick else DEFAULT_N)
+    args.reps = args.reps or (3 if args.quick else DEFAULT_REPS)
+    deadline = time.monotonic() + args.budget
+    results: dict[str, Any] = {"meta": meta(args), "groups": {}, "sweeps": {}}
+
+    if args.sweep:
+        from bench.sweeps import SWEEPS, run_sweep
+
+        if args.sweep not in SWEEPS:
+            ap.error(f"unknown sweep {args.sweep!r}; known: {', '.join(SWEEPS)}")
+        results["sweeps"][args.sweep] = run_sweep(
+            SWEEPS[args.sweep], n=args.n, reps=args.reps, deadline=deadline
+        )
+        path = save(results, f"sweep-{args.sweep}")
+        report.plot_sweep(args.sweep, results["sweeps"][args.sweep], results["meta"])
+        log(f"results: {path.relative_to(ROOT)}")
+        return 0
+
+    known = {g.name for g in GROUPS} | {v.name for g in GROUPS for v in g.variants}
+    unknown = [x for x in only if x not in known]
+    if unknown:
+        ap.error(f"unknown --only {unknown}; see --list")
+    for group in GROUPS:
+        variants = _selected(group, only)
+        if not variants:
+            continue
+        params = group.params(args.n)
+        if args.quick and group.kind == "latency":
+            params = replace(params, n=200)
+        results["groups"][group.name] = run_group(
+            group, variants, params, args.reps, deadline=deadline
+        )
+    results["meta"]["load_avg_after"] = os.getloadavg()
+    path = save(results, "bench")
+    print_tables(results)
+    log(f"\nresults: {path.relative_to(ROOT)}")
+    write_docs = args.docs if args.docs is not None else not (only or args.quick)
+    if write_docs:
+        report.write(results)
+        log("docs: docs/performance.md, docs/perf/*.png")
+    return 0

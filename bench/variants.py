@@ -1,0 +1,261 @@
+"""The registry of benchmark variants, in groups. PLUG POINTS for the framework are here.
+
+A variant is a name, a label, and how to measure it:
+
+- `HttpVariant`: a command that starts a server on a given port (run from the repository
+  root, pinned to the server CPU), the URL path to read, and the line count to expect.
+  A server that does not start (exits, or does not listen within ``ready_timeout``) is
+  reported as *skipped* with the reason; a wrong status or count as *failed*.
+- `ProcVariant`: a command that measures itself and prints one JSON object (in-process
+  runs).
+
+A `Group` is measured round-robin: every repetition runs each of its variants once, so
+ratios to the group's ``base`` are taken within one repetition (same-run ratios).
+
+To add a framework variant, append an entry to a group's list below (see ``framework``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+PY = sys.executable
+CONFIG = "bench/configs/http.yaml"
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    """What one measurement of a group reads."""
+
+    n: int
+    """Envelopes per connection."""
+    rep: int = 0
+    interval: float = 0.0
+    clients: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class HttpVariant:
+    """A server command plus the stream to read from it."""
+
+    name: str
+    label: str
+    command: Callable[[int], list[str]]
+    """port -> argv."""
+    path: Callable[[Params], str]
+    expect: Callable[[Params], int] = lambda p: p.n
+    env: Callable[[Params], Mapping[str, str]] = lambda p: {}
+    """Extra environment of the server (computed once per group run)."""
+    server_key: str = ""
+    """Variants with the same key share one server process (default: the name)."""
+    ready_timeout: float = 20.0
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcVariant:
+    """A command that measures itself and prints one JSON object (``rate``, ``ok``...)."""
+
+    name: str
+    label: str
+    command: Callable[[Params], list[str]]
+    note: str = ""
+
+
+Variant = HttpVariant | ProcVariant
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Variants measured round-robin with the same parameters."""
+
+    name: str
+    title: str
+    variants: tuple[Variant, ...]
+    base: str | None = None
+    kind: Literal["rate", "latency"] = "rate"
+    params: Callable[[int], Params] = lambda n: Params(n=n)
+    """``--n`` -> the group's parameters."""
+    reps: Callable[[int], int] = lambda reps: reps
+    reading: str = ""
+    command_extra: str = ""
+    client_args: tuple[str, ...] = field(default=())
+
+
+def module_server(module: str) -> Callable[[int], list[str]]:
+    """``python -m bench.servers.MODULE --port PORT``."""
+    return lambda port: [PY, "-m", f"bench.servers.{module}", "--port", str(port)]
+
+
+def stream_path(route: str = "/stream") -> Callable[[Params], str]:
+    """``ROUTE?n=N&interval=S``."""
+
+    def path(p: Params) -> str:
+        q = f"{route}?n={p.n}"
+        return q + (f"&interval={p.interval}" if p.interval else "")
+
+    return path
+
+
+def blaster(per: int) -> HttpVariant:
+    """The client-ceiling server: pre-framed bytes, ``per`` envelopes per HTTP chunk."""
+    return HttpVariant(
+        name=f"blaster-{per}",
+        label=f"client ceiling: blaster, {per} envelope{'s' if per > 1 else ''} per chunk",
+        command=lambda port: [PY, "-m", "bench.blaster", "--port", str(port)],
+        path=lambda p: f"/blast?n={p.n}&per={per}",
+        server_key="blaster",
+    )
+
+
+# ---- PLUG POINT: the framework over HTTP ---------------------------------------------
+# `python -m pipeline run --serve -c bench/configs/http.yaml --port PORT`, from the repo
+# root, with BENCH_N / BENCH_INTERVAL in the environment (the config interpolates them).
+# It streams `starting`, N `processing` and `complete`: N + 2 lines.
+
+
+def framework_command(port: int) -> list[str]:
+    """The framework's server for ``bench/configs/http.yaml``."""
+    return [PY, "-m", "pipeline", "run", "--serve", "-c", CONFIG, "--port", str(port)]
+
+
+def framework_env(p: Params) -> Mapping[str, str]:
+    """The config's knobs."""
+    return {"BENCH_N": str(p.n), "BENCH_INTERVAL": str(p.interval)}
+
+
+FRAMEWORK = HttpVariant(
+    name="framework",
+    label="framework: `pipeline run --serve`, counter + 3 transforms",
+    command=framework_command,
+    path=lambda p: "/pipelines/bench/stream?since=0",
+    expect=lambda p: p.n + 2,
+    env=framework_env,
+    ready_timeout=30.0,
+    note="bench/configs/http.yaml; N + 2 lines (starting, complete)",
+)
+# ---------------------------------------------------------------------------------------
+
+A = HttpVariant(
+    name="A",
+    label="(A) Nexios `response.stream`, json.dumps per item",
+    command=module_server("nexios_app"),
+    path=stream_path(),
+)
+B = HttpVariant(
+    name="B",
+    label="(B) Starlette StreamingResponse, orjson line per item",
+    command=module_server("starlette_line"),
+    path=stream_path(),
+)
+C = HttpVariant(
+    name="C",
+    label="(C) Starlette, producer task -> Queue, ready items coalesced",
+    command=module_server("starlette_coalesced"),
+    path=stream_path(),
+)
+D = HttpVariant(
+    name="D",
+    label="(D) raw ASGI, pre-encoded, 256 per body (wire reference)",
+    command=module_server("raw_asgi"),
+    path=stream_path(),
+    server_key="raw_asgi",
+)
+D_LIVE = HttpVariant(
+    name="D-live",
+    label="(D') raw ASGI, live work into bytearray, 256 per body",
+    command=module_server("raw_asgi"),
+    path=stream_path("/live"),
+    server_key="raw_asgi",
+)
+
+FANOUT_CLIENTS = 100
+
+
+def fanout_params(n: int, clients: int = FANOUT_CLIENTS) -> Params:
+    """Fan-out: ``n`` envelopes per client, ``clients`` connections (``--n`` / 10)."""
+    return Params(n=max(100, n // 10), clients=clients)
+
+
+def fanout_variants(clients: int) -> tuple[Variant, ...]:
+    """The broadcast baseline and the client's own ceiling for ``clients`` connections."""
+    return (
+        HttpVariant(
+            name="fanout-queues",
+            label=f"broadcast, per-client Queue(1024), coalesced writes, K={clients}",
+            command=module_server("fanout"),
+            path=lambda p: f"/fanout?n={p.n}&clients={p.clients}&run=r{p.rep}",
+        ),
+        replace(
+            blaster(256),
+            name="fanout-ceiling",
+            label=f"client ceiling: blaster, 256 per chunk, K={clients}",
+        ),
+    )
+
+
+def in_process(name: str, label: str) -> ProcVariant:
+    """``python -m bench.inproc NAME --n N``."""
+    return ProcVariant(
+        name=name,
+        label=label,
+        command=lambda p: [PY, "-m", "bench.inproc", name, "--n", str(p.n)],
+    )
+
+
+LATENCY_N = 500
+
+GROUPS: tuple[Group, ...] = (
+    Group(
+        name="clients",
+        title="The client alone (against a server replaying bytes)",
+        variants=(blaster(1), blaster(256)),
+        params=lambda n: Params(n=5 * n),
+        reading="The ceiling of `bench/client.py`: every HTTP number below must stay under it.",
+    ),
+    Group(
+        name="http",
+        title="HTTP streaming throughput, one client",
+        variants=(A, B, C, D, D_LIVE, FRAMEWORK),
+        base="B",
+    ),
+    Group(
+        name="inproc",
+        title="In-process (no HTTP)",
+        variants=(
+            in_process("plain", "plain `async for` loop (the limit)"),
+            in_process("engine", "framework engine (`pipeline.engine.Run`), 1 transform"),
+        ),
+        base="plain",
+    ),
+    Group(
+        name="fanout",
+        title=f"Fan-out: one source, K={FANOUT_CLIENTS} clients",
+        variants=fanout_variants(FANOUT_CLIENTS),
+        params=fanout_params,
+        base="fanout-ceiling",
+        reading="Aggregate = K x envelopes per client / elapsed. One client process reads all "
+        "K connections with `selectors`.",
+    ),
+    Group(
+        name="latency",
+        title="Latency at 100 envelopes/s (production to client read)",
+        variants=(
+            B,
+            C,
+            replace(FRAMEWORK, note="t set by the first transform unless the source sets it"),
+        ),
+        kind="latency",
+        base="B",
+        params=lambda n: Params(n=LATENCY_N, interval=0.01),
+        client_args=("--latency", "--skip", "5"),
+    ),
+)
+
+
+def groups_by_name() -> dict[str, Group]:
+    """The registry as a dict."""
+    return {g.name: g for g in GROUPS}
