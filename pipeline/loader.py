@@ -63,11 +63,11 @@ def resolve(config: Config) -> dict[str, ResolvedPipeline]:
     Raises:
         ConfigError: with every problem found, in line order.
     """
+    resolver = _Resolver(config, _builtins())  # before the config's folder can shadow it
     base = str(config.base_dir)
     if base not in sys.path:
         sys.path.insert(0, base)
     importlib.invalidate_caches()
-    resolver = _Resolver(config)
     pipelines = {name: resolver.pipeline(name, p) for name, p in config.pipelines.items()}
     if resolver.problems:
         raise ConfigError(sorted(resolver.problems, key=lambda p: p.line))
@@ -100,12 +100,15 @@ def request_params(rp: ResolvedPipeline, query: Mapping[str, str]) -> dict[str, 
 class _Resolver:
     """Resolves stages, collecting problems instead of stopping at the first."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, builtins: Mapping[str, Mapping[str, str]]) -> None:
         self.config = config
+        self.builtins = builtins
         self.problems: list[Problem] = []
         self.imported: dict[str, Callable[..., Any] | str] = {}
 
     def add(self, loc: Loc, message: str) -> None:
+        if loc[-1] == "use" and self.config.from_env(loc):  # the message would name it
+            message = "cannot load the stage named by the environment (its name is not shown)"
         self.problems.append(self.config.problem(loc, message))
 
     def pipeline(self, name: str, pc: PipelineConfig) -> ResolvedPipeline | None:
@@ -158,7 +161,7 @@ class _Resolver:
 
     def find(self, loc: Loc, use: str, role: str) -> tuple[Callable[..., Any], str] | None:
         """Turn ``use`` into the callable and the name used in the stage id."""
-        builtins = _builtins()
+        builtins = self.builtins
         target, name = builtins[role].get(use), use
         if target is None:
             if ":" not in use or not _IMPORT_RE.fullmatch(use):
@@ -328,11 +331,21 @@ def _import(target: str, base_dir: Path) -> Callable[..., Any] | str:
         try:
             obj = getattr(obj, part)
         except Exception:
-            return f"{owner} has no attribute `{part}`"
+            return f"{owner} has no attribute `{part}`{_shadow_hint(module_name, base_dir)}"
         done.append(part)
     if not callable(obj):
         return f"`{target}` is not callable"
     return obj  # type: ignore[no-any-return]
+
+
+def _shadow_hint(module_name: str, base_dir: Path) -> str:
+    """Say so when a module beside the config lost to an installed one of the same name."""
+    top = module_name.partition(".")[0]
+    origin = getattr(sys.modules.get(top), "__file__", None) or ""
+    beside = (base_dir / f"{top}.py").exists() or (base_dir / top).is_dir()
+    if beside and not Path(origin).resolve().is_relative_to(base_dir.resolve()):
+        return f" (`{top}` beside the config is shadowed by an installed `{top}`; rename it)"
+    return ""
 
 
 def _failed(module_name: str, exc: BaseException, base_dir: Path) -> str:

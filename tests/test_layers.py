@@ -19,6 +19,7 @@ LAYERS = {
     "config": 2,
     "isolate": 2,
     "hub": 2,
+    "subscription": 2,
     "catalog": 2,
     "loader": 3,
     "chain": 3,

@@ -1,0 +1,3 @@
+"""A stage module that fails on import."""
+
+RATIO = 1 / 0

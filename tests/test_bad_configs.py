@@ -1,0 +1,107 @@
+"""Every config in tests/bad_configs/ fails `pipeline validate` with its exact problems.
+
+Each ``NN_name.yaml`` has its expected stderr in ``NN_name.expected``. The CLI runs as a
+real subprocess from the corpus folder with a relative ``-c``, and ``SECRET`` set to a
+value that must never be printed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from pipeline import config, loader
+from pipeline.errors import ConfigError
+
+CORPUS = Path(__file__).parent / "bad_configs"
+CASES = sorted(p.name for p in CORPUS.glob("*.yaml"))
+SECRET = "hunter2-secret"
+ENV = {**os.environ, "SECRET": SECRET, "PYTHONDONTWRITEBYTECODE": "1"}
+ENV.pop("PIPELINE_TEST_UNDEFINED_COUNT", None)
+ENV.pop("TOKEN", None)
+
+
+def _validate(name: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "pipeline", "validate", "-c", name]
+    return subprocess.run(
+        cmd, cwd=CORPUS, env=ENV, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, subprocess.CompletedProcess[str]]:
+    """Run the whole corpus once, in parallel."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return dict(zip(CASES, pool.map(_validate, CASES), strict=True))
+
+
+def _expected(name: str) -> list[str]:
+    return (CORPUS / name).with_suffix(".expected").read_text().splitlines()
+
+
+def _problem_lines(name: str, stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith(f"{name}:")]
+
+
+def test_corpus_is_large_enough() -> None:
+    """The corpus holds at least 35 bad configs, each with its expected output."""
+    assert len(CASES) >= 35
+    assert all((CORPUS / n).with_suffix(".expected").exists() for n in CASES)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_validate_reports_exact_problems(
+    name: str, results: dict[str, subprocess.CompletedProcess[str]]
+) -> None:
+    """`pipeline validate` exits 2 and prints exactly the expected problems, no traceback."""
+    proc = results[name]
+    assert proc.returncode == 2, proc.stderr
+    assert _problem_lines(name, proc.stderr) == _expected(name)
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert SECRET not in proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def isolated_imports() -> Iterator[None]:
+    """Undo the loader's changes to sys.path and sys.modules after the test."""
+    path, modules, no_pyc = list(sys.path), set(sys.modules), sys.dont_write_bytecode
+    sys.dont_write_bytecode = True  # leave no __pycache__ beside the test configs
+    yield
+    sys.dont_write_bytecode = no_pyc
+    sys.path[:] = path
+    for name in set(sys.modules) - modules:
+        del sys.modules[name]
+
+
+@pytest.mark.usefixtures("isolated_imports")
+@pytest.mark.parametrize("name", CASES)
+def test_load_and_resolve_report_the_same_problems(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process, `config.load` then `loader.resolve` give the same problems."""
+    monkeypatch.chdir(CORPUS)
+    with pytest.raises(ConfigError) as info:
+        loader.resolve(config.load(name, environ={"SECRET": SECRET}))
+    assert [str(p) for p in info.value.problems] == _expected(name)
+    assert SECRET not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("missing.yaml", "missing.yaml: cannot read config file: No such file or directory"),
+        (".", ".: cannot read config file: Is a directory"),
+    ],
+)
+def test_unreadable_config_file(target: str, message: str) -> None:
+    """A missing file or a folder given as config exits 2 with one clear line."""
+    proc = _validate(target)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [message]
+    assert "Traceback" not in proc.stderr
