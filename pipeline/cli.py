@@ -61,11 +61,10 @@ def _fail_config(exc: ConfigError) -> None:
 
 def load_pipelines(config_path: str) -> tuple[Any, dict[str, Any]]:
     """Load and resolve a config; exit 2 with every problem printed when it is bad."""
-    from pipeline import config, loader
+    from pipeline import loader
 
     try:
-        cfg = config.load(config_path)
-        return cfg, loader.resolve(cfg)
+        return loader.load_and_resolve(config_path)
     except ConfigError as exc:
         _fail_config(exc)
         raise  # unreachable

@@ -206,7 +206,10 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
             key=lambda p: p.line,
         )
         env_only = len(found) == len(env.problems)
-        raise (EnvVarError if env_only else ConfigError)(found)
+        error = (EnvVarError if env_only else ConfigError)(found)
+        error.partial = config  # the pipelines that did validate, for one-pass reports
+        error.poisoned = frozenset(format_loc(loc) for loc in poisoned)
+        raise error
     return config
 
 

@@ -16,6 +16,7 @@ Failures of one chunk are not exceptions here: they are values (see `pipeline.is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 class PipelineError(Exception):
@@ -41,6 +42,8 @@ class ConfigError(PipelineError):
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
+        self.partial: Any = None  # what did validate, when the file could be read
+        self.poisoned: frozenset[str] = frozenset()  # paths whose values are unusable
         super().__init__("\n".join(str(p) for p in problems))
 
 

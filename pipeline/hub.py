@@ -21,59 +21,18 @@ A run's streams end right after its ``complete`` (`Hub.end_run`); at shutdown
 from __future__ import annotations
 
 import asyncio
-import re
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections.abc import Callable
-from typing import NamedTuple, Self, TypeVar
+from typing import TypeVar
 
 from pipeline.envelope import encode, now
-from pipeline.errors import PipelineError
+from pipeline.subscription import MAX_BATCH_BYTES, BadSince, Item, Subscription, parse_since
 from pipeline.types import Envelope
 
 __all__ = ["MAX_BATCH_BYTES", "BadSince", "Hub", "Item", "Subscription", "parse_since"]
 
-MAX_BATCH_BYTES = 256 * 1024
-"""A batch holds at most this many bytes, unless a single line is larger."""
-
 _SWEEP_MIN = 64
 _T = TypeVar("_T")
-_SINCE = re.compile(r"(?:(.+):)?([0-9]{1,18})", re.ASCII | re.DOTALL)
-
-
-class BadSince(PipelineError, ValueError):
-    """A ``since`` (or ``Last-Event-ID``) token is neither ``SEQ`` nor ``RUN:SEQ``."""
-
-
-class Item(NamedTuple):
-    """One envelope as a client receives it: ``line`` is the encoded NDJSON line.
-
-    ``seq`` is None for a transport notice (``lagged``), which has no ``id`` in SSE.
-    """
-
-    run: str
-    seq: int | None
-    status: str
-    line: bytes
-
-
-def parse_since(since: str | None) -> tuple[str | None, int] | None:
-    """Parse a resume token into ``(run or None, seq)``; None stays None (live only).
-
-    Raises:
-        BadSince: the token is not an integer >= 0 nor ``RUN:SEQ``.
-
-    Example:
-        >>> parse_since("r1:41"), parse_since("7"), parse_since(None)
-        (('r1', 41), (None, 7), None)
-    """
-    if since is None:
-        return None
-    match = _SINCE.fullmatch(since)
-    if match is None:
-        shown = since if len(since) <= 64 else since[:64] + "..."
-        msg = f"`since` must be SEQ (an integer >= 0) or RUN:SEQ, got {shown!r}"
-        raise BadSince(msg)
-    return match[1], int(match[2])
 
 
 class _Run:
@@ -267,7 +226,7 @@ class Hub:
         if want is None:
             return (head if run.end is None else oldest), None
         want_run, seq = want
-        first = 1 if want_run is not None and want_run != run.id else seq
+        first = 1 if want_run is not None and want_run != run.id else seq + 1
         oldest_seq = self._items[oldest % self._cap].seq if oldest < head else run.last_seq + 1
         assert oldest_seq is not None
         if first >= oldest_seq:
@@ -316,180 +275,3 @@ class Hub:
         sub._finish()
         if sub._on_drop is not None:
             asyncio.get_running_loop().call_soon(sub._on_drop)
-
-
-class Subscription:
-    """One client's cursor into a `Hub`: an async iterator of ready batches.
-
-    - ``async for batch in sub``: ``bytes``, every ready line concatenated (NDJSON);
-    - ``async for items in sub.items()``: ``list[Item]`` (SSE frames, WebSocket frames).
-
-    Use one of the two per subscription. A batch is everything ready when the client
-    reads (at most `MAX_BATCH_BYTES`): a lone envelope comes at once, a backlog in one
-    piece. The iteration ends after the run's ``complete``, at `Hub.close`, or when the
-    client is lapped (then `dropped` is true; `last` is where to resume from).
-    """
-
-    __slots__ = (
-        "_closed",
-        "_cursor",
-        "_dropped",
-        "_fut",
-        "_hub",
-        "_last",
-        "_more",
-        "_notice",
-        "_on_drop",
-        "_replay_end",
-        "_run",
-    )
-
-    def __init__(
-        self,
-        hub: Hub,
-        run: _Run | None,
-        cursor: int,
-        notice: Item | None,
-        on_drop: Callable[[], object] | None,
-    ) -> None:
-        self._hub = hub
-        self._run = run
-        self._cursor = cursor
-        self._notice = notice
-        self._on_drop = on_drop
-        # Replay backlog does not count as lagging: only what was published after it.
-        self._replay_end = hub._head
-        self._fut: asyncio.Future[None] | None = None
-        self._closed = False
-        self._dropped = False
-        self._more = False
-        self._last: tuple[str, int] | None = None
-
-    @property
-    def dropped(self) -> bool:
-        """Whether the client was lapped and its stream cut short."""
-        return self._dropped
-
-    @property
-    def last(self) -> str | None:
-        """``RUN:SEQ`` of the last envelope handed out (a resume token), or None."""
-        return None if self._last is None else f"{self._last[0]}:{self._last[1]}"
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Unsubscribe (idempotent); a reader waiting in another task ends."""
-        self._closed = True
-        self._finish()
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> bytes:
-        """Return the next batch of NDJSON lines as one ``bytes``."""
-        start, stop, notice = await self._next()
-        lines = self._hub._slice(self._hub._lines, start, stop)
-        if notice is not None:
-            lines.insert(0, notice.line)
-        return b"".join(lines)
-
-    def items(self) -> _Items:
-        """Iterate the same stream as lists of `Item` (for SSE and WebSocket framing)."""
-        return _Items(self)
-
-    async def _next_items(self) -> list[Item]:
-        start, stop, notice = await self._next()
-        items = self._hub._slice(self._hub._items, start, stop)
-        if notice is not None:
-            items.insert(0, notice)
-        return items
-
-    async def _next(self) -> tuple[int, int, Item | None]:
-        """Wait for something to read; advance the cursor past it and return its span."""
-        if self._more:
-            self._more = False
-            await asyncio.sleep(0)  # a backlog goes out in pieces: let others run between
-        while True:
-            start, stop = self._span()
-            if stop > start or self._notice is not None:
-                notice, self._notice = self._notice, None
-                self._advance(start, stop)
-                return start, stop, notice
-            if self._done():
-                self._finish()
-                raise StopAsyncIteration
-            await self._wait()
-
-    def _span(self) -> tuple[int, int]:
-        """Return the positions ready to read, capped at `MAX_BATCH_BYTES`."""
-        hub, run, start = self._hub, self._run, self._cursor
-        if run is None or self._closed or self._dropped:
-            return start, start
-        if self._lapped(hub._head):
-            hub._drop(self)
-            return start, start
-        stop = hub._head if run.end is None else run.end
-        base = hub._offset(start)
-        if stop - start > 1 and hub._offset(stop) - base > MAX_BATCH_BYTES:
-            fits = bisect_right(range(start + 1, stop), base + MAX_BATCH_BYTES, key=hub._offset)
-            stop, self._more = start + max(fits, 1), True
-        return start, stop
-
-    def _lapped(self, head: int) -> bool:
-        """Whether the head is further ahead than this client may lag (and it needs more)."""
-        run = self._run
-        if run is None or self._cursor == run.end:
-            return False
-        return head - max(self._cursor, self._replay_end) > self._hub.client_buffer
-
-    def _advance(self, start: int, stop: int) -> None:
-        if stop > start:
-            hub = self._hub
-            self._cursor = stop
-            last = hub._items[(stop - 1) % hub._cap]
-            assert last.seq is not None
-            self._last = (last.run, last.seq)
-
-    def _done(self) -> bool:
-        if self._closed or self._dropped:
-            return True
-        run = self._run
-        if run is None:
-            return self._hub._closed
-        return self._cursor == run.end or self._hub._closed
-
-    def _finish(self) -> None:
-        self._notice = None
-        self._hub._subs.discard(self)
-        fut = self._fut
-        if fut is not None and not fut.done():
-            fut.set_result(None)
-
-    async def _wait(self) -> None:
-        fut = asyncio.get_running_loop().create_future()
-        self._fut = fut
-        self._hub._waiters.add(fut)
-        try:
-            await fut
-        finally:
-            self._hub._waiters.discard(fut)
-            self._fut = None
-
-
-class _Items:
-    """``sub.items()``: the subscription's batches as lists of `Item`."""
-
-    __slots__ = ("_sub",)
-
-    def __init__(self, sub: Subscription) -> None:
-        self._sub = sub
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> list[Item]:
-        return await self._sub._next_items()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import os
 import re
 import sys
 import traceback
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config, PipelineConfig, StageConfig
+from pipeline.config import Config, PipelineConfig, StageConfig, load
 from pipeline.errors import ConfigError, Problem, StageParamsError
 from pipeline.stage import (
     ResolvedStage,
@@ -72,6 +73,43 @@ def resolve(config: Config) -> dict[str, ResolvedPipeline]:
     if resolver.problems:
         raise ConfigError(sorted(resolver.problems, key=lambda p: p.line))
     return {name: rp for name, rp in pipelines.items() if rp is not None}
+
+
+def load_and_resolve(
+    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
+) -> tuple[Config, dict[str, ResolvedPipeline]]:
+    """Load ``path`` and resolve it, reporting every problem of the file in one pass.
+
+    Schema problems do not hide import or parameter problems of the pipelines that did
+    validate: both are reported together, in line order.
+
+    Raises:
+        ConfigError: with every problem found.
+    """
+    try:
+        config = load(path, environ)
+    except ConfigError as exc:
+        partial = exc.partial
+        if not isinstance(partial, Config):
+            raise
+        try:
+            resolve(partial)
+        except ConfigError as more:
+            seen = set(exc.problems)
+            fresh = [
+                p
+                for p in more.problems
+                if p not in seen
+                and not any(
+                    p.path == bad or p.path.startswith((bad + ".", bad + "["))
+                    for bad in exc.poisoned
+                )
+            ]
+            merged = exc.problems + fresh
+            exc.problems = sorted(merged, key=lambda p: p.line)
+            exc.args = ("\n".join(str(p) for p in exc.problems),)
+        raise
+    return config, resolve(config)
 
 
 def request_params(rp: ResolvedPipeline, query: Mapping[str, str]) -> dict[str, Any]:

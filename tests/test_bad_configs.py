@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import config, loader
+from pipeline import loader
 from pipeline.errors import ConfigError
 
 CORPUS = Path(__file__).parent / "bad_configs"
@@ -84,10 +84,10 @@ def isolated_imports() -> Iterator[None]:
 def test_load_and_resolve_report_the_same_problems(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """In-process, `config.load` then `loader.resolve` give the same problems."""
+    """In-process, `loader.load_and_resolve` gives the same problems, all in one pass."""
     monkeypatch.chdir(CORPUS)
     with pytest.raises(ConfigError) as info:
-        loader.resolve(config.load(name, environ={"SECRET": SECRET}))
+        loader.load_and_resolve(name, environ={"SECRET": SECRET})
     assert [str(p) for p in info.value.problems] == _expected(name)
     assert SECRET not in str(info.value)
 
