@@ -48,6 +48,37 @@ async def plain(n: int) -> int:
     return seq
 
 
+def _tag(data: dict[str, Any]) -> dict[str, Any]:
+    data["unit"] = "celsius"
+    return data
+
+
+def _keep(data: dict[str, Any]) -> dict[str, Any] | None:
+    return data if data["id"] >= 0 else None
+
+
+THREE = (transform, _tag, _keep)
+"""The 3-transform pipeline of the issue: add value_f, set the unit, a filter."""
+
+
+async def plain3(n: int) -> int:
+    """The limit for three transforms: one loop calling all three, then encoding."""
+    clock = Clock()
+    dumps = orjson.dumps
+    buf = bytearray()
+    seq = 0
+    t1, t2, t3 = THREE
+    async for item in source(n):
+        data = t3(t2(t1(item)))
+        if data is None:
+            continue
+        seq += 1
+        buf += dumps(envelope(seq, data, clock), option=ENCODE_OPTS)
+        if len(buf) > SINK_RESET:
+            buf = bytearray()
+    return seq
+
+
 class _LineSink:
     """A ``publish`` hook: append each encoded line to a ``bytearray``, count data."""
 
@@ -65,7 +96,7 @@ class _LineSink:
             self.buf = bytearray()
 
 
-def engine_runner() -> Callable[[int], Awaitable[int]]:
+def engine_runner(transforms: tuple[Any, ...] = (transform,)) -> Callable[[int], Awaitable[int]]:
     """Return ``run(n) -> envelopes`` driving the framework's engine, or raise `Skip`.
 
     PLUG POINT: the same work as `plain` (the same source, one transform adding
@@ -89,7 +120,7 @@ def engine_runner() -> Callable[[int], Awaitable[int]]:
         engine_run = Run(
             "bench",
             make_stage(readings, "source"),
-            [make_stage(transform, "transform")],
+            [make_stage(t, "transform", id=f"t{i}") for i, t in enumerate(transforms)],
             [],
             publish=sink.publish,
             source_params={"count": n},
@@ -103,6 +134,8 @@ def engine_runner() -> Callable[[int], Awaitable[int]]:
 RUNNERS: dict[str, Callable[[], Callable[[int], Awaitable[int]]]] = {
     "plain": lambda: plain,
     "engine": engine_runner,
+    "plain3": lambda: plain3,
+    "engine3": lambda: engine_runner(THREE),
 }
 
 

@@ -232,6 +232,15 @@ GROUPS: tuple[Group, ...] = (
         base="plain",
     ),
     Group(
+        name="inproc3",
+        title="In-process (no HTTP), 3 per-chunk transforms",
+        variants=(
+            in_process("plain3", "plain `async for` loop calling the 3 transforms (the limit)"),
+            in_process("engine3", "framework engine (`pipeline.engine.Run`), 3 transforms"),
+        ),
+        base="plain3",
+    ),
+    Group(
         name="fanout",
         title=f"Fan-out: one source, K={FANOUT_CLIENTS} clients",
         variants=fanout_variants(FANOUT_CLIENTS),
