@@ -1,0 +1,1 @@
+"""Access-log example: a web server's Combined Log Format log, parsed and counted."""

@@ -1,0 +1,1 @@
+"""Sensors example: simulated temperature probes, validated and watched for anomalies."""
