@@ -175,7 +175,7 @@ def _measure(
 
 def meta(args: argparse.Namespace) -> dict[str, Any]:
     """Where and with what the numbers were measured."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in PACKAGES:
         try:
             versions[pkg] = importlib.metadata.version(pkg)
@@ -280,9 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     from bench import report
 
     if args.report is not None:
-        results = orjson.loads(args.report.read_bytes())
-        report.write(results)
-        print_tables(results)
+        saved = orjson.loads(args.report.read_bytes())
+        report.write(saved)
+        print_tables(saved)
         return 0
 
     args.n = args.n or (20_000 if args.quick else DEFAULT_N)

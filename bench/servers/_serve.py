@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from bench.common import HOST
 
@@ -42,7 +42,9 @@ class Pacer:
             await asyncio.sleep(delay)
 
 
-def serve(app: Any, argv: list[str] | None = None, *, lifespan: str = "off") -> int:
+def serve(
+    app: Any, argv: list[str] | None = None, *, lifespan: Literal["auto", "on", "off"] = "off"
+) -> int:
     """Run ``app`` on uvicorn (httptools + uvloop, no access log) on 127.0.0.1."""
     import uvicorn
 
