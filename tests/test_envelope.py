@@ -91,7 +91,7 @@ def test_only_envelope_module_encodes() -> None:
     from pathlib import Path
 
     root = Path(envelope.__file__).parent
-    path = ["engine", "chain", "fanout", "hub", "supervisor", "server", "serve", "tail"]
+    path = ["engine", "chain", "fanout", "hub", "subscription", "supervisor", "server", "serve"]
     offenders = [
         name
         for name in path

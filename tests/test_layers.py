@@ -28,6 +28,7 @@ LAYERS = {
     "supervisor": 4,
     "testing": 4,
     "server": 5,
+    "_responses": 5,
     "tail": 5,
     "serve": 6,
     "cli": 7,
