@@ -1,0 +1,286 @@
+"""Stream bodies for the HTTP server: NDJSON, SSE and WebSocket, written straight to ASGI.
+
+Each stream is a small ASGI callable, not a ``StreamingResponse`` behind middleware, so:
+
+- **one ``send`` per ready batch.** The hub's `Subscription` already coalesces whatever
+  is ready into one batch; a lone envelope goes out at once, a backlog in one piece;
+- **a disconnect is noticed at once.** The body is pumped by one task while another
+  waits for ``http.disconnect``; whichever ends first cancels the other, and the
+  subscription (and, for ``trigger: request``, the run) is closed before we return;
+- **heartbeats** after ``heartbeat`` seconds of silence: the wait for the next batch is
+  bounded with `asyncio.timeout` (safe: a cancelled wait leaves the cursor untouched);
+- **gzip without holding back:** each write is compressed and ``Z_SYNC_FLUSH``-ed;
+- **a client that does not read is cut:** a write that has not completed after
+  ``send_timeout`` seconds (or once the hub dropped the client for lagging) cancels the
+  pump and the connection is closed; it never holds envelopes in our memory.
+
+Shutdown and ends of runs need nothing special here: when the hub ends a subscription
+(after ``complete``, or at `pipeline.hub.Hub.close`), the body ends cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections.abc import Callable, Coroutine
+from contextvars import ContextVar
+from typing import Any
+
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from pipeline.envelope import encode, encode_sse, now
+from pipeline.hub import Hub, Item, Subscription
+from pipeline.log import get_logger
+
+__all__ = [
+    "JSONLStream",
+    "NDJSONStream",
+    "SSEStream",
+    "StreamOptions",
+    "WebSocketStream",
+    "install_cut_filter",
+]
+
+GZIP_LEVEL = 5
+DROP_GRACE = 1.0
+"""Seconds a dropped (lagging) client gets to take its last ``lagged`` notice."""
+SSE_RETRY_MS = 2000
+
+_CUT: ContextVar[bool] = ContextVar("pipeline_stream_cut", default=False)
+_INCOMPLETE = "ASGI callable returned without completing response."
+
+
+class _CutFilter(logging.Filter):
+    """Hide uvicorn's 'without completing response' error for streams we cut on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_CUT.get() and record.msg == _INCOMPLETE)
+
+
+_cut_filter = _CutFilter()
+
+
+def install_cut_filter() -> None:
+    """Attach the filter for deliberately cut streams to uvicorn's error logger."""
+    logging.getLogger("uvicorn.error").addFilter(_cut_filter)
+
+
+class StreamOptions:
+    """What one stream needs besides its hub: its settings and its lifecycle hooks."""
+
+    __slots__ = ("gzip", "heartbeat", "on_close", "run", "send_timeout", "since")
+
+    def __init__(
+        self,
+        *,
+        since: str | None,
+        heartbeat: float,
+        send_timeout: float,
+        gzip: bool = False,
+        run: Callable[[Hub], Coroutine[Any, Any, object]] | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self.since = since
+        self.heartbeat = heartbeat
+        self.send_timeout = send_timeout
+        self.gzip = gzip
+        self.run = run
+        self.on_close = on_close
+
+
+class _Stream(Response):
+    """Shared machinery: subscribe, start the run, pump vs disconnect, cut stuck writes."""
+
+    media_type = "application/x-ndjson"
+    websocket = False
+
+    def __init__(self, hub: Hub, options: StreamOptions) -> None:
+        self.hub = hub
+        self.opts = options
+        self.status_code = 200
+        self.background = None
+        self._limit = options.send_timeout
+        self._pump_task: asyncio.Task[None] | None = None
+        self._sending = False
+        self.cut: str | None = None
+        headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+        if options.gzip:
+            headers |= {"content-encoding": "gzip", "vary": "Accept-Encoding"}
+            self._z: Any = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            sub = self.hub.subscribe(self.opts.since, on_drop=self._on_drop)
+            async with sub:
+                run: asyncio.Task[object] | None = None
+                if self.opts.run is not None and scope.get("method") != "HEAD":
+                    run = asyncio.get_running_loop().create_task(self.opts.run(self.hub))
+                try:
+                    await self._serve(scope, receive, send, sub)
+                finally:
+                    if run is not None:
+                        run.cancel()
+                        await asyncio.gather(run, return_exceptions=True)
+        finally:
+            if self.opts.on_close is not None:
+                self.opts.on_close()
+        if self.cut is not None:
+            _CUT.set(True)
+            get_logger(pipeline=self.hub.name).warning("client_cut", reason=self.cut)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, sub: Subscription) -> None:
+        if not await self._start(scope, receive, send):
+            return
+        loop = asyncio.get_running_loop()
+        pump = self._pump_task = loop.create_task(self._pump(sub, send))
+        watch = loop.create_task(self._watch(receive))
+        try:
+            await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pump, watch):
+                task.cancel()
+            await asyncio.gather(pump, watch, return_exceptions=True)
+
+    async def _start(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Send the response head; return whether a body follows (not for HEAD)."""
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        if scope.get("method") == "HEAD":
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return False
+        return True
+
+    async def _watch(self, receive: Receive) -> None:
+        """Return when the client is gone."""
+        while (await receive())["type"] not in ("http.disconnect", "websocket.disconnect"):
+            pass
+
+    def _on_drop(self) -> None:
+        """The hub lapped this client: a write stuck on it is cut, the next ones hurry."""
+        self._limit = min(self._limit, DROP_GRACE)
+        if self._sending:
+            self._cut_now("lagging")
+
+    def _cut_now(self, reason: str) -> None:
+        if self.cut is None and self._pump_task is not None and not self._pump_task.done():
+            self.cut = reason
+            self._pump_task.cancel()
+
+    async def _send(self, send: Send, message: Message) -> None:
+        """One ASGI send, cut if the client has not taken it within the limit."""
+        timer = asyncio.get_running_loop().call_later(self._limit, self._cut_now, "send_timeout")
+        self._sending = True
+        try:
+            await send(message)
+        finally:
+            self._sending = False
+            timer.cancel()
+
+    async def _write(self, send: Send, data: bytes) -> None:
+        if self.opts.gzip:
+            data = self._z.compress(data) + self._z.flush(zlib.Z_SYNC_FLUSH)
+        await self._send(send, {"type": "http.response.body", "body": data, "more_body": True})
+
+    async def _end(self, send: Send) -> None:
+        tail = self._z.flush(zlib.Z_FINISH) if self.opts.gzip else b""
+        await self._send(send, {"type": "http.response.body", "body": tail, "more_body": False})
+
+    async def _next(self, batches: Any) -> Any:
+        """The next batch, or None after ``heartbeat`` seconds of silence."""
+        try:
+            async with asyncio.timeout(self.opts.heartbeat):
+                return await batches.__anext__()
+        except TimeoutError:
+            return None
+
+    async def _pump(self, sub: Subscription, send: Send) -> None:
+        batches = sub.__aiter__()
+        while True:
+            try:
+                batch = await self._next(batches)
+            except StopAsyncIteration:
+                break
+            await self._write(send, self._heartbeat() if batch is None else batch)
+        if sub.dropped:
+            await self._write(send, self._lagged_line(sub))
+        await self._end(send)
+
+    def _heartbeat(self) -> bytes:
+        return encode({"status": "heartbeat", "pipeline": self.hub.name, "timestamp": now()})
+
+    def _lagged_line(self, sub: Subscription) -> bytes:
+        """The notice a dropped client gets last: where to resume from."""
+        env: dict[str, Any] = {"status": "lagged", "pipeline": self.hub.name}
+        env["run"] = self.hub.run
+        last = sub.last
+        seen = int(last.rpartition(":")[2]) if last and last.startswith(f"{self.hub.run}:") else 0
+        env["missed"] = max(self.hub.last_seq - seen, 0)
+        env |= {"reason": "slow_client", "resume": last, "timestamp": now()}
+        return encode(env)
+
+
+class NDJSONStream(_Stream):
+    """``application/x-ndjson``: the encoded lines as they are, one write per batch."""
+
+
+class JSONLStream(NDJSONStream):
+    """The same stream, labelled ``application/jsonl`` for clients that ask for that."""
+
+    media_type = "application/jsonl"
+
+
+class SSEStream(_Stream):
+    """``text/event-stream``: ``id: RUN:SEQ``, ``event: <status>``, ``data: <envelope>``."""
+
+    media_type = "text/event-stream"
+
+    async def _pump(self, sub: Subscription, send: Send) -> None:
+        await self._write(send, b"retry: %d\n\n" % SSE_RETRY_MS)
+        batches = sub.items().__aiter__()
+        while True:
+            try:
+                items = await self._next(batches)
+            except StopAsyncIteration:
+                break
+            await self._write(send, b": keepalive\n\n" if items is None else _frames(items))
+        if sub.dropped:
+            await self._write(send, encode_sse(self._lagged_line(sub), "lagged", "", None))
+        await self._end(send)
+
+
+def _frames(items: list[Item]) -> bytes:
+    return b"".join(encode_sse(i.line, i.status, i.run, i.seq) for i in items)
+
+
+class WebSocketStream(_Stream):
+    """WebSocket: one text frame per envelope; the socket closes (1000) after the last."""
+
+    websocket = True
+
+    async def _start(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return False
+        await send({"type": "websocket.accept"})
+        return True
+
+    async def _text(self, send: Send, line: bytes) -> None:
+        await self._send(send, {"type": "websocket.send", "text": line[:-1].decode()})
+
+    async def _pump(self, sub: Subscription, send: Send) -> None:
+        batches = sub.items().__aiter__()
+        while True:
+            try:
+                items = await self._next(batches)
+            except StopAsyncIteration:
+                break
+            if items is None:
+                await self._text(send, self._heartbeat())
+                continue
+            for item in items:
+                await self._text(send, item.line)
+        if sub.dropped:
+            await self._text(send, self._lagged_line(sub))
+        await self._send(send, {"type": "websocket.close", "code": 1000})

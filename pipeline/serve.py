@@ -1,0 +1,234 @@
+"""Run the server: uvicorn, programmatically, with a shutdown that ends every stream.
+
+uvicorn waits for open responses on SIGTERM, and our streams never end by themselves.
+`PipelineServer` therefore turns the first SIGINT/SIGTERM into a drain::
+
+    signal ─► supervisor.shutdown()   sources stop; in-flight chunks get shutdown_timeout;
+              │                        every run ends with complete(reason=shutdown);
+              │                        sinks flushed and closed
+              ├► streams.close_hubs()  every stream ends after what it can still read
+              └► should_exit = True    uvicorn stops listening, waits for the streams
+                                       (bounded by timeout_graceful_shutdown), exits 0
+
+A second signal exits at once with status 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Generator, Iterable, Mapping
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from pipeline._responses import install_cut_filter
+from pipeline.config import Config
+from pipeline.hub import Hub
+from pipeline.log import get_logger
+from pipeline.server import Streams, create_app
+from pipeline.supervisor import Supervisor
+
+__all__ = ["GRACE", "PipelineServer", "bind", "build", "serve"]
+
+GRACE = 3
+"""Seconds uvicorn waits for streams after the drain before it cancels them (backstop)."""
+
+_SECRET_QUERY = re.compile(
+    r"([?&][^=&\s]*(?:token|key|secret|password|auth)[^=&\s]*=)[^&\s]*", re.I
+)
+
+
+class _Scrub(logging.Filter):
+    """Mask secrets in uvicorn's log lines: the token itself and secret-looking query values."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def _clean(self, value: str) -> str:
+        value = _SECRET_QUERY.sub(r"\1***", value)
+        for secret in self.secrets:
+            value = value.replace(secret, "***")
+        return value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._clean(a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = self._clean(record.msg)
+        return True
+
+
+class PipelineServer(uvicorn.Server):
+    """uvicorn's `Server`, whose exit signal drains the pipelines and their streams first."""
+
+    def __init__(self, config: uvicorn.Config, streams: Streams, start: list[str]) -> None:
+        super().__init__(config)
+        self.streams = streams
+        self.start = start
+        self.log = get_logger()
+        self.address: tuple[str, int] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain: asyncio.Task[None] | None = None
+        self._signals = 0
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start listening, then the pipelines; log ``listening`` with the real port."""
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+        if not self.started:
+            return
+        host, port = self.servers[0].sockets[0].getsockname()[:2]
+        self.address = (host, port)
+        self.streams.supervisor.start(self.start)
+        self.log.info("listening", host=host, port=port, url=f"http://{_netloc(host, port)}")
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """Like uvicorn's, but the signal is not raised again afterwards (we exit 0)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        sigs = (signal.SIGINT, signal.SIGTERM)
+        old = {sig: signal.signal(sig, self.handle_exit) for sig in sigs}
+        try:
+            yield
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """First signal: drain. Second: exit now, with status 1.
+
+        This runs as a Python signal handler, between two bytecodes of whatever the main
+        thread was doing (perhaps holding the log's lock): it neither logs nor locks.
+        """
+        self._signals += 1
+        name = signal.Signals(sig).name
+        if self._signals > 1:
+            os.write(2, b'{"event":"forced_exit","signal":"%s"}\n' % name.encode())
+            os._exit(1)
+        self.request_drain(name)
+
+    def request_drain(self, reason: str = "requested") -> None:
+        """Start the drain (thread-safe; idempotent)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self.should_exit = True
+            return
+        loop.call_soon_threadsafe(self._begin_drain, reason)
+
+    def _begin_drain(self, reason: str) -> None:
+        if self._drain is None:
+            self.log.info("drain_started", signal=reason)
+            self._drain = asyncio.get_running_loop().create_task(self.drain())
+
+    async def drain(self) -> None:
+        """Stop every run, end every stream, then let uvicorn finish."""
+        try:
+            await self.streams.supervisor.shutdown()
+        except Exception:
+            self.log.exception("shutdown_failed")
+        finally:
+            self.streams.close_hubs()
+            self.should_exit = True
+
+
+def _netloc(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Open the listening socket ourselves, so a port in use is a clear error.
+
+    Raises:
+        OSError: the address cannot be bound (in use, not ours, unknown host).
+    """
+    family, kind, proto, _, addr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def build(
+    cfg: Config,
+    resolved: Mapping[str, Any],
+    *,
+    names: list[str] | None = None,
+    send_timeout: float | None = None,
+) -> PipelineServer:
+    """Make the supervisor, the hubs, the app and the server (nothing runs yet).
+
+    ``names`` picks the pipelines served (default: all); the ``trigger: start`` ones
+    among them start with the server.
+    """
+    settings = cfg.server
+    picked = {n: resolved[n] for n in (names or list(resolved))}
+    hubs = {
+        n: Hub(n, retain=rp.config.retain, client_buffer=settings.client_buffer)
+        for n, rp in picked.items()
+        if rp.config.trigger == "start"
+    }
+    sup = Supervisor(picked, feeds=hubs, shutdown_timeout=settings.shutdown_timeout)
+    extra = {} if send_timeout is None else {"send_timeout": send_timeout}
+    streams = Streams(sup, picked, hubs, settings, **extra)
+    config = uvicorn.Config(
+        create_app(streams),
+        loop="auto",
+        http="httptools",
+        ws="auto",
+        lifespan="off",
+        log_config=None,
+        access_log=True,
+        server_header=False,
+        timeout_graceful_shutdown=GRACE,
+    )
+    return PipelineServer(config, streams, list(hubs))
+
+
+def serve(
+    cfg: Config,
+    resolved: Mapping[str, Any],
+    *,
+    names: list[str] | None = None,
+    host: str | None = None,
+    port: int | None = None,
+) -> int:
+    """Serve until SIGINT/SIGTERM; return the exit code (0, or 2 if it cannot listen)."""
+    host = cfg.server.host if host is None else host
+    port = cfg.server.port if port is None else port
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        hint = " (is another server running there? try --port 0)"
+        print(
+            f"pipeline run --serve: cannot listen on {_netloc(host, port)}: {reason}{hint}",
+            file=sys.stderr,
+        )
+        return 2
+    server = build(cfg, resolved, names=names)
+    scrub = _Scrub([cfg.server.token])
+    install_cut_filter()
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logging.getLogger(name).addFilter(scrub)
+    with sock:
+        server.run(sockets=[sock])
+    return 0

@@ -1,0 +1,292 @@
+"""The HTTP surface (SPEC §6): routes, auth, errors, CORS and ``max_clients``.
+
+`create_app` builds a Starlette app over a `Streams` registry (the supervisor, the
+resolved pipelines, one hub per ``trigger: start`` pipeline, the ``server:`` settings).
+Stream bodies live in `pipeline._responses`. Every error is JSON,
+``{"error": {"type": ..., "message": ...}}``, sent before any byte of a body; nothing
+after the first byte can become an HTTP error (failures travel as envelopes).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from pipeline._responses import JSONLStream, NDJSONStream, SSEStream, StreamOptions, WebSocketStream
+from pipeline.config import ServerConfig
+from pipeline.errors import StageParamsError
+from pipeline.hub import BadSince, Hub, parse_since
+from pipeline.loader import TRANSPORT_KEYS, ResolvedPipeline, request_params
+from pipeline.log import get_logger
+from pipeline.supervisor import Supervisor
+
+__all__ = ["SEND_TIMEOUT", "Streams", "create_app", "error"]
+
+SEND_TIMEOUT = 30.0
+"""Seconds one write to a client may take before the connection is cut."""
+
+_STATUS_TYPES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    426: "upgrade_required",
+    503: "unavailable",
+}
+
+
+class _Refused(Exception):
+    """A stream request refused before anything was sent (becomes a JSON error)."""
+
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message = status, kind, message
+
+
+class Streams:
+    """What the app serves, and the streams open right now (for limits and shutdown)."""
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        pipelines: Mapping[str, ResolvedPipeline],
+        hubs: Mapping[str, Hub],
+        settings: ServerConfig,
+        *,
+        send_timeout: float = SEND_TIMEOUT,
+    ) -> None:
+        self.supervisor = supervisor
+        self.pipelines = dict(pipelines)
+        self.hubs = dict(hubs)
+        self.settings = settings
+        self.send_timeout = send_timeout
+        self.open = 0
+        self.request_hubs: set[Hub] = set()
+        self.request_clients: dict[str, int] = dict.fromkeys(pipelines, 0)
+        self.request_dropped: dict[str, int] = dict.fromkeys(pipelines, 0)
+        self._token = settings.token.encode()
+
+    def close_hubs(self) -> None:
+        """End every open stream once it has drained (shutdown, after the runs ended)."""
+        for hub in (*self.hubs.values(), *self.request_hubs):
+            hub.close()
+
+    def authorized(self, conn: HTTPConnection) -> bool:
+        """Whether the request carries ``Authorization: Bearer <server.token>``."""
+        if not self._token:
+            return True
+        raw = dict(conn.scope["headers"]).get(b"authorization", b"")
+        scheme, _, credentials = raw.partition(b" ")
+        ok = hmac.compare_digest(credentials.strip(), self._token)
+        return scheme.lower() == b"bearer" and ok
+
+    def state(self, name: str) -> dict[str, Any]:
+        """The JSON state of one pipeline, with its clients."""
+        out = self.supervisor.state(name)
+        hub = self.hubs.get(name)
+        if hub is not None:
+            out |= {
+                "clients": hub.clients,
+                "dropped_clients": hub.dropped_clients,
+                "last_seq": hub.last_seq,
+            }
+        else:
+            out |= {
+                "clients": self.request_clients[name],
+                "dropped_clients": self.request_dropped[name],
+                "last_seq": None,
+            }
+        return out
+
+    def open_stream(self, conn: HTTPConnection, *, sse: bool = False) -> tuple[Hub, StreamOptions]:
+        """Check one stream request and reserve its slot; raise `_Refused` if refused."""
+        if not self.authorized(conn):
+            raise _Refused(401, "unauthorized", "missing or wrong bearer token")
+        name = conn.path_params["name"]
+        rp = self._pipeline(name)
+        since = conn.query_params.get("since")
+        if sse and "last-event-id" in conn.headers:
+            since = conn.headers["last-event-id"]
+        try:
+            parse_since(since)
+        except BadSince as exc:
+            raise _Refused(400, "bad_since", str(exc)) from None
+        if self.open >= self.settings.max_clients:
+            msg = f"too many clients: {self.settings.max_clients} streams are open"
+            raise _Refused(503, "too_many_clients", msg)
+        if rp.config.trigger == "request":
+            hub, opts = self._request_stream(rp, conn)
+        else:
+            _no_params(conn.query_params)
+            hub, opts = self.hubs[name], self._options(since, conn, None)
+        self.open += 1
+        return hub, opts
+
+    def _pipeline(self, name: str) -> ResolvedPipeline:
+        rp = self.pipelines.get(name)
+        if rp is None:
+            raise _Refused(404, "not_found", f"unknown pipeline `{name}`")
+        return rp
+
+    def _options(self, since: str | None, conn: HTTPConnection, rp: Any) -> StreamOptions:
+        return StreamOptions(
+            since=since,
+            heartbeat=self.settings.heartbeat,
+            send_timeout=self.send_timeout,
+            gzip=conn.scope["type"] == "http"
+            and _accepts_gzip(conn.headers.get("accept-encoding")),
+            on_close=self._closed,
+        )
+
+    def _closed(self) -> None:
+        self.open -= 1
+
+    def _request_stream(
+        self, rp: ResolvedPipeline, conn: HTTPConnection
+    ) -> tuple[Hub, StreamOptions]:
+        """A fresh hub and run for one client of a ``trigger: request`` pipeline."""
+        if self.supervisor.shutting_down:
+            raise _Refused(503, "shutting_down", "the server is shutting down")
+        try:
+            params = request_params(rp, conn.query_params)
+        except StageParamsError as exc:
+            raise _Refused(400, "bad_request_params", str(exc)) from None
+        name = rp.name
+        hub = Hub(name, retain=rp.config.retain, client_buffer=self.settings.client_buffer)
+        opts = self._options(None, conn, rp)
+
+        async def run(hub: Hub) -> object:
+            return await self.supervisor.run_request(name, hub, params)
+
+        def closed() -> None:
+            self.open -= 1
+            self.request_hubs.discard(hub)
+            self.request_clients[name] -= 1
+            self.request_dropped[name] += hub.dropped_clients
+
+        opts.run, opts.on_close = run, closed
+        self.request_hubs.add(hub)
+        self.request_clients[name] += 1
+        return hub, opts
+
+
+def _no_params(query: Mapping[str, str]) -> None:
+    for key in query:
+        if key not in TRANSPORT_KEYS:
+            msg = f"undeclared request parameter `{key}`"
+            raise _Refused(400, "bad_request_params", msg)
+
+
+def _accepts_gzip(header: str | None) -> bool:
+    """Whether an ``Accept-Encoding`` value accepts gzip (``q=0`` refuses it)."""
+    for part in (header or "").split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip().lower() not in ("gzip", "*"):
+            continue
+        q = params.strip().lower().removeprefix("q=")
+        try:
+            return not q or float(q) > 0
+        except ValueError:
+            return False
+    return False
+
+
+def error(
+    status: int, kind: str, message: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    """The JSON error every failure gets: ``{"error": {"type": ..., "message": ...}}``."""
+    body = {"error": {"type": kind, "message": message}}
+    if status == 401:
+        headers = {**(headers or {}), "www-authenticate": "Bearer"}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def create_app(streams: Streams) -> Starlette:
+    """Build the Starlette app serving ``streams`` (see the module docstring)."""
+    log = get_logger()
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def list_pipelines(request: Request) -> Response:
+        if not streams.authorized(request):
+            return error(401, "unauthorized", "missing or wrong bearer token")
+        return JSONResponse({"pipelines": [streams.state(n) for n in streams.pipelines]})
+
+    async def one_pipeline(request: Request) -> Response:
+        if not streams.authorized(request):
+            return error(401, "unauthorized", "missing or wrong bearer token")
+        name = request.path_params["name"]
+        if name not in streams.pipelines:
+            return error(404, "not_found", f"unknown pipeline `{name}`")
+        return JSONResponse(streams.state(name))
+
+    async def ndjson(request: Request) -> Response:
+        try:
+            accept = request.headers.get("accept", "")
+            jsonl = "application/jsonl" in accept and "application/x-ndjson" not in accept
+            return (JSONLStream if jsonl else NDJSONStream)(*streams.open_stream(request))
+        except _Refused as exc:
+            return error(exc.status, exc.kind, exc.message)
+
+    async def events(request: Request) -> Response:
+        try:
+            return SSEStream(*streams.open_stream(request, sse=True))
+        except _Refused as exc:
+            return error(exc.status, exc.kind, exc.message)
+
+    async def ws_over_http(request: Request) -> Response:
+        return error(426, "upgrade_required", "this endpoint needs a WebSocket upgrade")
+
+    async def websocket(ws: WebSocket) -> None:
+        try:
+            stream = WebSocketStream(*streams.open_stream(ws))
+        except _Refused as exc:
+            if "websocket.http.response" in ws.scope.get("extensions", {}):
+                await ws.send_denial_response(error(exc.status, exc.kind, exc.message))
+            else:
+                await ws.close(code=1008, reason=exc.message[:120])
+            return
+        await stream(ws.scope, ws.receive, ws.send)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        kind = _STATUS_TYPES.get(exc.status_code, "http_error")
+        return error(exc.status_code, kind, str(exc.detail), exc.headers)
+
+    async def internal(request: Request, exc: Exception) -> Response:
+        log.error("request_failed", path=request.url.path, error=type(exc).__name__)
+        return error(500, "internal", "internal server error")
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/pipelines", list_pipelines),
+        Route("/pipelines/{name}", one_pipeline),
+        Route("/pipelines/{name}/stream", ndjson),
+        Route("/pipelines/{name}/events", events),
+        Route("/pipelines/{name}/ws", ws_over_http),
+        WebSocketRoute("/pipelines/{name}/ws", websocket),
+    ]
+    middleware = []
+    if streams.settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=streams.settings.cors_origins,
+                allow_methods=["GET", "HEAD"],
+                allow_headers=["Authorization", "Last-Event-ID"],
+                expose_headers=["Content-Type"],
+            )
+        )
+    handlers: dict[Any, Any] = {HTTPException: http_error, Exception: internal}
+    return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
