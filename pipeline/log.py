@@ -19,6 +19,12 @@ __all__ = ["LogFormat", "configure", "get_logger"]
 LogFormat = Literal["auto", "console", "json"]
 
 
+# Tracebacks as data, without local variables: locals may hold secrets and whole chunks.
+_DICT_TRACEBACKS = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+)
+
+
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default or repr).decode()
 
@@ -40,7 +46,7 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if fmt == "json":
-        processors.append(structlog.processors.dict_tracebacks)
+        processors.append(_DICT_TRACEBACKS)
     processors.append(renderer)
     structlog.configure(
         processors=processors,
@@ -62,7 +68,7 @@ def _default() -> None:
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.dict_tracebacks,
+            _DICT_TRACEBACKS,
             structlog.processors.JSONRenderer(serializer=_orjson_dumps),
         ],
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
