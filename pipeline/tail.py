@@ -21,17 +21,13 @@
 
 from __future__ import annotations
 
-import codecs
-import io
 import logging
 import os
 import random
 import re
 import sys
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
@@ -39,10 +35,9 @@ from urllib.parse import quote
 
 import httpx
 import orjson
-from rich.console import Console
-from rich.text import Text
 
 from pipeline import log as logmod
+from pipeline._pretty import Pretty, Raw, compact, format_envelope
 from pipeline.errors import PipelineError
 
 __all__ = ["TailError", "format_envelope", "resolve_target", "tail"]
@@ -55,8 +50,6 @@ READ_TIMEOUT = 60.0
 RETRY_STATUSES = frozenset({408, 425, 429})
 NOTICES = frozenset({"heartbeat", "lagged"})
 STREAM_TYPES = ("application/x-ndjson", "application/jsonl", "application/json", "text/plain")
-STYLES = {"starting": "blue", "processing": "green", "chunk_error": "yellow", "error": "bold red"}
-STYLES["complete"] = "bold"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}
 
@@ -127,118 +120,14 @@ def _stream_url(url: str) -> str:
     return str(parsed.copy_with(path=path or "/"))
 
 
-def format_envelope(env: Mapping[str, Any], width: int | None = None) -> Text | None:
-    """One envelope as a styled line: seq, time, status, pipeline, then what matters.
-
-    Args:
-        env: a decoded envelope or transport notice.
-        width: cut the line to this many cells with an ellipsis (``None``: never cut).
-
-    Returns:
-        The line, or ``None`` for a heartbeat (pretty output hides them).
-
-    Example:
-        >>> format_envelope({"status": "lagged", "missed": 3}).plain
-        '! lagged: 3 envelopes were no longer retained and are missed'
-    """
-    status = str(env.get("status", "?"))
-    if status == "heartbeat":
-        return None
-    if status == "lagged":
-        missed = env.get("missed", "?")
-        line = Text(f"! lagged: {missed} envelopes were no longer retained and are missed")
-        line.stylize("bold yellow")
-    else:
-        line = Text()
-        line.append(f"{env.get('seq', '')!s:>6} {_clock(env.get('timestamp'))} ", style="dim")
-        line.append(f"{status:<11}", style=STYLES.get(status, ""))
-        line.append(f" {env.get('pipeline', '')}  ")
-        detail_style = STYLES.get(status, "") if status in ("chunk_error", "error") else ""
-        line.append(_detail(status, env), style=detail_style)
-    if width is not None:
-        line.truncate(width, overflow="ellipsis")
-    return line
-
-
-def _clock(timestamp: Any) -> str:
-    try:
-        when = datetime.fromisoformat(str(timestamp))
-    except ValueError:
-        return "??:??:??.???"
-    return f"{when:%H:%M:%S}.{when.microsecond // 1000:03d}"
-
-
-def _compact(value: Any) -> str:
-    return orjson.dumps(value, default=repr).decode()
-
-
-def _detail(status: str, env: Mapping[str, Any]) -> str:
-    if status == "processing":
-        return _compact(env.get("data"))
-    if status == "starting":
-        return f"run {env.get('run', '?')}"
-    if status in ("chunk_error", "error"):
-        error = env.get("error")
-        error = error if isinstance(error, Mapping) else {}
-        return f"{env.get('stage', '?')}  {error.get('type', 'Error')}: {error.get('message', '')}"
-    if status == "complete":
-        stats = env.get("stats")
-        stats = stats if isinstance(stats, Mapping) else {}
-        counts = " ".join(f"{k}={_compact(v)}" for k, v in stats.items())
-        return f"{env.get('reason', '?')}  {counts}".rstrip()
-    common = {"status", "pipeline", "run", "seq", "timestamp"}
-    return _compact({k: v for k, v in env.items() if k not in common})
-
-
-class _Raw:
-    """Writes received lines unchanged, one write and one flush per network read."""
-
-    def __init__(self, out: TextIO | BinaryIO | None) -> None:
-        stream: Any = sys.stdout if out is None else out
-        self.out: Any = getattr(stream, "buffer", stream) if out is None else stream
-        self.text = isinstance(self.out, io.TextIOBase)
-
-    def show(self, block: bytes, lines: list[bytes], envs: list[Any] | None) -> None:
-        self.out.write(block.decode("utf-8", "replace") if self.text else block)
-        self.out.flush()
-
-
-class _Pretty:
-    """Prints envelopes with rich: colour and width only on a terminal."""
-
-    def __init__(self, out: TextIO | BinaryIO | None) -> None:
-        stream: Any = sys.stdout if out is None else out
-        if isinstance(stream, io.RawIOBase | io.BufferedIOBase):
-            stream = codecs.getwriter("utf-8")(stream)
-        self.terminal = bool(getattr(stream, "isatty", lambda: False)())
-        self.console = Console(
-            file=stream,
-            color_system="auto" if self.terminal else None,
-            soft_wrap=not self.terminal,
-            highlight=False,
-        )
-
-    def show(self, block: bytes, lines: list[bytes], envs: list[Any] | None) -> None:
-        width = self.console.width if self.terminal else None
-        bad = Text("! unparseable line", style="yellow")
-        found = [
-            bad if env is None else format_envelope(env, width)
-            for line, env in zip(lines, envs or [], strict=False)
-            if line.strip()
-        ]
-        shown = [text for text in found if text is not None]
-        if shown:
-            self.console.print(Text("\n").join(shown), no_wrap=self.terminal, crop=self.terminal)
-
-
 class _Follower:
     """Connection loop and resume state of one ``tail``."""
 
-    def __init__(self, target: Target, since: str | None, printer: _Raw | _Pretty) -> None:
+    def __init__(self, target: Target, since: str | None, printer: Raw | Pretty) -> None:
         self.target = target
         self.since = since
         self.printer = printer
-        self.decode_all = isinstance(printer, _Pretty)
+        self.decode_all = isinstance(printer, Pretty)
         self.run: str | None = None
         self.failed = False
         self.code: int | None = None
@@ -389,7 +278,7 @@ def _error_message(body: bytes) -> str:
         value = value.get("error") or value.get("message") or value.get("detail") or value
     if isinstance(value, dict) and "message" in value:
         value = value["message"]
-    return value if isinstance(value, str) else _compact(value)[:300]
+    return value if isinstance(value, str) else compact(value)[:300]
 
 
 def tail(
@@ -428,7 +317,7 @@ def tail(
         pipeline.tail.TailError: giving up on `http://127.0.0.1:9/pipelines/x/stream` ...
     """
     resolved = resolve_target(target, token=token, config_path=config_path)
-    printer = _Raw(out) if raw else _Pretty(out)
+    printer = Raw(out) if raw else Pretty(out)
     try:
         return _Follower(resolved, since, printer).follow(max_retries)
     except KeyboardInterrupt:

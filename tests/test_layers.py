@@ -30,6 +30,7 @@ LAYERS = {
     "server": 5,
     "_responses": 5,
     "tail": 5,
+    "_pretty": 4,
     "serve": 6,
     "cli": 7,
     "__main__": 7,

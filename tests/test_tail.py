@@ -617,7 +617,9 @@ def test_end_to_end_with_real_server(tmp_path: Path) -> None:
 
 
 def test_docstring_examples_run() -> None:
-    """The `>>>` examples in `pipeline.tail` hold."""
-    result = doctest.testmod(tailmod, optionflags=doctest.ELLIPSIS)
-    assert result.attempted >= 3
-    assert result.failed == 0
+    """The `>>>` examples in `pipeline.tail` and `pipeline._pretty` hold."""
+    from pipeline import _pretty
+
+    results = [doctest.testmod(m, optionflags=doctest.ELLIPSIS) for m in (tailmod, _pretty)]
+    assert sum(r.attempted for r in results) >= 3
+    assert sum(r.failed for r in results) == 0
