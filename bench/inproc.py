@@ -79,7 +79,7 @@ async def plain3(n: int) -> int:
     return seq
 
 
-class _LineSink:
+class LineSink:
     """A ``publish`` hook: append each encoded line to a ``bytearray``, count data."""
 
     __slots__ = ("buf", "count")
@@ -111,7 +111,7 @@ def engine_runner(transforms: tuple[Any, ...] = (transform,)) -> Callable[[int],
         raise Skip(f"the engine API is not importable yet ({exc})") from None
 
     async def run(n: int) -> int:
-        sink = _LineSink()
+        sink = LineSink()
 
         async def readings(count: int) -> AsyncIterator[dict[str, Any]]:
             for i in range(1, count + 1):

@@ -123,15 +123,111 @@ def render(results: dict[str, Any]) -> str:
         png = PLOTS / f"{name}.png"
         if png.exists():
             lines += [f"![{name}](perf/{name}.png)", ""]
+    for name, sweep in results.get("sweeps", {}).items():
+        lines += sweep_section(name, sweep, meta)
+    if results.get("memory"):
+        lines += memory_section(results["memory"])
     lines += [
         "## Plug points and what is not measured yet",
         "",
         "- Variants live in `bench/variants.py`; the framework entries are `framework`",
         "  (HTTP, `bench/configs/http.yaml`) and `engine` (in-process, `bench/inproc.py`).",
-        "- Sweeps (curves) live in `bench/sweeps.py`: `python -m bench --list`.",
+        "- Sweeps (curves) live in `bench/sweeps.py`: `python -m bench --list`. The",
+        "  in-process curves and the memory run are measured by `bench/scaling.py`.",
+        "- Not yet: the transforms and concurrency curves over HTTP (the framework server).",
         "",
     ]
     return "\n".join(lines)
+
+
+def sweep_command(name: str, sweep: dict[str, Any]) -> str:
+    """The command that reproduces one sweep."""
+    return f"python -m bench --only {name} --n {sweep.get('n', '')} --reps {sweep.get('reps', '')}"
+
+
+def sweep_section(name: str, sweep: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    """Markdown for one sweep: command, a table (one row per value), the plot."""
+    vnames: list[str] = []
+    labels: dict[str, str] = {}
+    base = ""
+    for point in sweep["points"]:
+        base = point["group"].get("base") or base
+        for vname, res in point["group"]["variants"].items():
+            if vname not in labels:
+                vnames.append(vname)
+                labels[vname] = res["label"].split(", K=")[0]
+    head = [sweep["x_label"]]
+    for v in vnames:
+        head.append(f"{v}: env/s")
+        if v != base:
+            head.append(f"{v}: x {base}")
+    out = [
+        f"## {sweep['title']}",
+        "",
+        f"Command: `{sweep_command(name, sweep)}` (envelopes per run: "
+        + ", ".join(f"{p['group']['params']['n']}" for p in sweep["points"])
+        + f"; {sweep.get('reps', '?')} repetitions per value).",
+        "",
+        "Variants: " + "; ".join(f"`{v}` = {labels[v]}" for v in vnames) + ".",
+        "",
+        "| " + " | ".join(head) + " |",
+        "| " + " | ".join(["---:"] * len(head)) + " |",
+    ]
+    for point in sweep["points"]:
+        row = [str(point["x"])]
+        for v in vnames:
+            res = point["group"]["variants"].get(v, {})
+            s = res.get("summary", {}).get("rate")
+            row.append(fmt_range(s) if s else f"**{res.get('status', 'n/a')}**")
+            if v != base:
+                r = res.get("ratio")
+                row.append(fmt_range(r, _ratio) if r else "")
+        out.append("| " + " | ".join(row) + " |")
+    out.append("")
+    if sweep.get("reading"):
+        out += [sweep["reading"], ""]
+    if (PLOTS / f"sweep-{name}.png").exists():
+        out += [f"![{name}](perf/sweep-{name}.png)", ""]
+    return out
+
+
+def memory_section(mem: dict[str, Any]) -> list[str]:
+    """Markdown for the memory run: one row per sink, the plot."""
+    mb = 2**20
+    out = [
+        f"## {mem['title']}",
+        "",
+        f"Command: `{mem['command']}` (one run per sink, both at once, one per CPU; RSS is",
+        f"`VmRSS` of the measuring process, sampled every {mem['every']:,} envelopes).",
+        "",
+        f"| sink | env/s | RSS at start | after {mem['every']:,} | at the end | envelopes "
+        f"| growth (target <= {mem['target_mb']:g} MB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for v in mem["variants"].values():
+        res = v["result"]
+        if res.get("rss_first") is None:
+            msg = str(res.get("error") or res.get("skipped") or "").replace("|", "/")[:160]
+            out.append(f"| {v['label']} | **{v['status']}**: {msg} | | | | | |")
+            continue
+        growth = res.get("growth")
+        gtxt = f"{growth / mb:+.2f} MB" if isinstance(growth, int) else ""
+        extra = " (partial: time budget)" if v["status"] == "partial" else ""
+        out.append(
+            f"| {v['label']} | {fmt_si(res['rate'])} | {res['rss_start'] / mb:.1f} MB "
+            f"| {res['rss_first'] / mb:.1f} MB | {res['rss_last'] / mb:.1f} MB "
+            f"| {res['lines']:,}{extra} | **{gtxt}** |"
+        )
+    out += [
+        "",
+        "Nothing is retained with the `bytearray` sink, so RSS must stay flat. The hub keeps",
+        "a ring of `retain + client_buffer` right-sized lines: RSS rises while the ring",
+        "fills (the first samples), then stays flat whatever the stream's length.",
+        "",
+    ]
+    if (PLOTS / "memory.png").exists():
+        out += ["![memory](perf/memory.png)", ""]
+    return out
 
 
 def plot_group(name: str, group: dict[str, Any], path: Path, command: str = "") -> bool:
@@ -181,34 +277,115 @@ def plot_group(name: str, group: dict[str, Any], path: Path, command: str = "") 
 
 
 def plot_sweep(name: str, sweep: dict[str, Any], meta: dict[str, Any]) -> Path | None:
-    """One curve per variant: median (line) and min-max (band) against the swept value."""
+    """Top: one curve per variant, median (line) and min-max (band) against the swept
+    value, with the ideal (dashed) when the runs report one. Bottom: the same-run ratio to
+    the base (or to the ideal)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     curves: dict[str, list[tuple[float, dict[str, float]]]] = {}
+    ratios: dict[str, list[tuple[float, dict[str, float]]]] = {}
     labels: dict[str, str] = {}
+    ideal: list[tuple[float, float]] = []
+    base = ""
     for point in sweep["points"]:
+        base = point["group"].get("base") or base
         for vname, res in point["group"]["variants"].items():
             s = res.get("summary", {}).get("rate")
             if s:
                 curves.setdefault(vname, []).append((point["x"], s))
                 labels.setdefault(vname, res["label"].split(", K=")[0].replace("`", ""))
+            if res.get("ratio"):
+                ratios.setdefault(vname, []).append((point["x"], res["ratio"]))
+            ideals = [r["ideal"] for r in res.get("reps", []) if r.get("ideal")]
+            if ideals and (not ideal or ideal[-1][0] != point["x"]):
+                ideal.append((point["x"], float(ideals[0])))
     if not curves:
         return None
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    rows = 2 if ratios else 1
+    fig, axes = plt.subplots(rows, 1, figsize=(8, 3.4 * rows + 1.0), sharex=True, squeeze=False)
+    ax = axes[0][0]
+    colors: dict[str, Any] = {}
     for vname, pts in curves.items():
         xs = [p[0] for p in pts]
-        ax.plot(xs, [p[1]["median"] for p in pts], marker="o", label=labels[vname])
+        (line,) = ax.plot(xs, [p[1]["median"] for p in pts], marker="o", label=labels[vname])
+        colors[vname] = line.get_color()
         ax.fill_between(xs, [p[1]["min"] for p in pts], [p[1]["max"] for p in pts], alpha=0.2)
+    if ideal:
+        ax.plot([p[0] for p in ideal], [p[1] for p in ideal], "k--", label="ideal", lw=1)
     ax.set_xscale(sweep.get("xscale", "linear"))
-    ax.set_xlabel(sweep["x_label"])
+    ax.set_yscale(sweep.get("yscale", "linear"))
     ax.set_ylabel("envelopes/s")
-    ax.set_title(f"{sweep['title']}\n{meta['command']}", fontsize=9)
+    ax.set_title(f"{sweep['title']}\n{sweep_command(name, sweep)}", fontsize=9)
     ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    if ratios:
+        rx = axes[1][0]
+        for vname, pts in ratios.items():
+            xs = [p[0] for p in pts]
+            rx.plot(
+                xs,
+                [p[1]["median"] for p in pts],
+                marker="o",
+                color=colors.get(vname),
+                label=labels.get(vname, vname),
+            )
+            rx.fill_between(
+                xs,
+                [p[1]["min"] for p in pts],
+                [p[1]["max"] for p in pts],
+                alpha=0.2,
+                color=colors.get(vname),
+            )
+        if base == "ideal":
+            rx.axhline(0.8, color="k", ls=":", lw=1, label="target 0.8")
+        rx.axhline(1.0, color="k", ls="--", lw=1)
+        rx.set_ylabel(f"ratio to {base} (same run)")
+        rx.set_ylim(bottom=0)
+        rx.legend(fontsize=7)
+        rx.grid(alpha=0.3)
+    axes[-1][0].set_xlabel(sweep["x_label"])
     fig.tight_layout()
     path = PLOTS / f"sweep-{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_memory(mem: dict[str, Any]) -> Path | None:
+    """RSS (MB) against envelopes published, one line per sink."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    drawn = False
+    for sink, v in mem["variants"].items():
+        samples = v["result"].get("samples") or []
+        if not samples:
+            continue
+        drawn = True
+        ax.plot(
+            [c / 1e6 for c, _, _ in samples],
+            [rss / 2**20 for _, rss, _ in samples],
+            marker="o",
+            label=f"{sink}: {v['label'].replace('`', '')}",
+        )
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("envelopes published (millions)")
+    ax.set_ylabel("RSS, MB")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"{mem['title']}\n{mem['command']}", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = PLOTS / "memory.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -220,5 +397,9 @@ def write(results: dict[str, Any]) -> None:
     for name, group in results["groups"].items():
         command = reproduce(name, group, results["meta"])
         plot_group(name, group, PLOTS / f"{name}.png", command)
+    for name, sweep in results.get("sweeps", {}).items():
+        plot_sweep(name, sweep, results["meta"])
+    if results.get("memory"):
+        plot_memory(results["memory"])
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(render(results))

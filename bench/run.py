@@ -10,7 +10,9 @@ Examples::
     python -m bench --quick                    # smoke test: N = 20 000, 3 reps, no docs
     python -m bench --only http --only inproc  # groups or variant names
     python -m bench --only framework --reps 7
-    python -m bench --sweep fanout-clients     # a curve (see bench/sweeps.py)
+    python -m bench --only transforms          # a default sweep (curve), or concurrency
+    python -m bench --only memory --memory-n 10000000   # RSS vs stream length
+    python -m bench --sweep fanout-clients     # any curve alone (see bench/sweeps.py)
     python -m bench --report bench/results/latest.json   # rebuild docs from saved JSON
 """
 
@@ -30,8 +32,10 @@ from typing import Any
 
 import orjson
 
-from bench.common import cpu_plan, fmt_range, summary
+from bench.common import cpu_plan, fmt_range, fmt_si, summary
 from bench.harness import ROOT, Server, measure_http, run_json, servers_for
+from bench.memory import DEFAULT_MEMORY_N, run_memory
+from bench.sweeps import SWEEPS, run_sweep
 from bench.variants import GROUPS, Group, HttpVariant, Params, ProcVariant, Variant
 
 RESULTS = ROOT / "bench" / "results"
@@ -57,6 +61,7 @@ def _summarise(group: Group, results: dict[str, dict[str, Any]]) -> None:
     """Add per-variant summaries and same-run ratios to the base, in place."""
     metric = "p50_ms" if group.kind == "latency" else "rate"
     base = results.get(group.base or "")
+    to_ideal = group.base == "ideal"  # each rep carries its own ideal rate
     for res in results.values():
         ok = [r for r in res["reps"] if r.get("ok")]
         res["ok_reps"] = len(ok)
@@ -70,7 +75,11 @@ def _summarise(group: Group, results: dict[str, dict[str, Any]]) -> None:
             for k in keys
             if any(isinstance(r.get(k), int | float) for r in ok)
         }
-        if base is not None and base is not res:
+        if to_ideal:
+            ideal = [float(r["rate"]) / float(r["ideal"]) for r in ok if r.get("ideal")]
+            if ideal:
+                res["ratio"] = summary(ideal)
+        elif base is not None and base is not res:
             ratios = [
                 float(r[metric]) / float(b[metric])
                 for r, b in zip(res["reps"], base["reps"], strict=False)
@@ -228,6 +237,48 @@ def print_tables(results: dict[str, Any]) -> None:
                 print(f"  {vname:>15}  {fmt_range(s['rate'])} env/s  {rtxt}{ctxt}")
 
 
+def print_sweeps(results: dict[str, Any]) -> None:
+    """One line per swept value: each variant's median rate and ratio (median, min-max)."""
+    for name, sw in results.get("sweeps", {}).items():
+        print(f"\n## sweep {name}: {sw['title']}  (reps={sw.get('reps', '?')})")
+        for point in sw["points"]:
+            g = point["group"]
+            cells = []
+            for vname, res in g["variants"].items():
+                s = res.get("summary")
+                if not s:
+                    cells.append(f"{vname} {res['status'].upper()}")
+                    continue
+                r = res.get("ratio")
+                rtxt = f" x{g['base']} {fmt_range(r, lambda x: f'{x:.3g}')}" if r else ""
+                cells.append(f"{vname} {fmt_range(s['rate'])}{rtxt}")
+            print(f"  {sw['x_label']}={point['x']:<4} " + " | ".join(cells))
+
+
+def print_memory(results: dict[str, Any]) -> None:
+    """RSS after the first sample interval and at the end, and the growth in between."""
+    mem = results.get("memory")
+    if not mem:
+        return
+    print(
+        f"\n## memory: {mem['title']}  (n={mem['n']}, one rep, target: growth <= "
+        f"{mem['target_mb']:g} MB)"
+    )
+    for sink, v in mem["variants"].items():
+        res = v["result"]
+        if res.get("rss_first") is None:
+            print(f"  {sink:>15}  {v['status'].upper()}: {res.get('error') or res.get('skipped')}")
+            continue
+        growth = res.get("growth")
+        gtxt = f"{growth / 2**20:+.2f} MB" if isinstance(growth, int) else "n/a"
+        print(
+            f"  {sink:>15}  RSS start {res['rss_start'] / 2**20:.1f} MB, after "
+            f"{mem['every']:,} {res['rss_first'] / 2**20:.1f} MB, after {res['lines']:,} "
+            f"{res['rss_last'] / 2**20:.1f} MB: growth {gtxt}  ({fmt_si(res['rate'])} env/s)"
+            + ("  PARTIAL (budget)" if v["status"] == "partial" else "")
+        )
+
+
 def save(results: dict[str, Any], stem: str) -> Path:
     """Write ``bench/results/STEM-DATE.json`` and ``latest.json``; return the first."""
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -254,7 +305,13 @@ def main(argv: list[str] | None = None) -> int:
         "--only", action="append", default=[], metavar="NAME", help="a group or variant name"
     )
     ap.add_argument("--list", action="store_true", help="list groups and variants")
-    ap.add_argument("--sweep", default=None, help="run a sweep from bench/sweeps.py")
+    ap.add_argument("--sweep", default=None, help="run only this sweep from bench/sweeps.py")
+    ap.add_argument(
+        "--memory-n",
+        type=int,
+        default=None,
+        help=f"envelopes of the memory run ({DEFAULT_MEMORY_N}; --quick: 1000000)",
+    )
     ap.add_argument("--budget", type=float, default=DEFAULT_BUDGET, help="seconds in all")
     ap.add_argument(
         "--docs",
@@ -271,10 +328,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{g.name}: {g.title} (base: {g.base})")
             for v in g.variants:
                 print(f"    {v.name:>15}  {v.label}")
-        from bench.sweeps import SWEEPS
-
         for s in SWEEPS.values():
-            print(f"sweep {s.name}: {s.title}")
+            default = " (default run)" if s.default else ""
+            print(f"sweep {s.name}: {s.title}{default}")
+        print("memory: RSS vs stream length, bytearray and Hub sinks (default run)")
         return 0
 
     from bench import report
@@ -283,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         saved = orjson.loads(args.report.read_bytes())
         report.write(saved)
         print_tables(saved)
+        print_sweeps(saved)
+        print_memory(saved)
         return 0
 
     args.n = args.n or (20_000 if args.quick else DEFAULT_N)
@@ -291,8 +350,6 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"meta": meta(args), "groups": {}, "sweeps": {}}
 
     if args.sweep:
-        from bench.sweeps import SWEEPS, run_sweep
-
         if args.sweep not in SWEEPS:
             ap.error(f"unknown sweep {args.sweep!r}; known: {', '.join(SWEEPS)}")
         results["sweeps"][args.sweep] = run_sweep(
@@ -304,10 +361,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     known = {g.name for g in GROUPS} | {v.name for g in GROUPS for v in g.variants}
+    known |= set(SWEEPS) | {"memory"}
     unknown = [x for x in only if x not in known]
     if unknown:
         ap.error(f"unknown --only {unknown}; see --list")
     for group in GROUPS:
+        if only and group.name not in only and not any(v.name in only for v in group.variants):
+            continue
         variants = _selected(group, only)
         if not variants:
             continue
@@ -317,9 +377,23 @@ def main(argv: list[str] | None = None) -> int:
         results["groups"][group.name] = run_group(
             group, variants, params, args.reps, deadline=deadline
         )
+    if not only or "memory" in only:
+        memory_n = args.memory_n or (1_000_000 if args.quick else DEFAULT_MEMORY_N)
+        results["meta"]["memory_n"] = memory_n
+        # the memory run gets at most 150 s and leaves 120 s of the budget to the sweeps
+        results["memory"] = run_memory(
+            memory_n, deadline=min(time.monotonic() + 150.0, deadline - 120.0)
+        )
+    for sweep in SWEEPS.values():
+        if (sweep.name in only) if only else sweep.default:
+            results["sweeps"][sweep.name] = run_sweep(
+                sweep, n=args.n, reps=args.reps, deadline=deadline
+            )
     results["meta"]["load_avg_after"] = os.getloadavg()
     path = save(results, "bench")
     print_tables(results)
+    print_sweeps(results)
+    print_memory(results)
     log(f"\nresults: {path.relative_to(ROOT)}")
     write_docs = args.docs if args.docs is not None else not (only or args.quick)
     if write_docs:

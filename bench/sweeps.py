@@ -5,10 +5,12 @@ group at every value (round-robin within each value, like any group) and
 `bench.report.plot_sweep` draws one curve per variant with its min-max band into
 ``docs/perf/sweep-NAME.png``. Adding a curve is one `Sweep` entry in `SWEEPS`.
 
-To do (needs the framework): throughput vs number of transforms (1..10) by writing a
-config with ``x`` transforms into ``bench/results/configs/`` and pointing a copy of
-``variants.FRAMEWORK`` at it; throughput vs ``concurrency``, the same with
-``concurrency: x`` on the transform; clients 1..1000 against the framework's stream.
+``transforms`` and ``concurrency`` run in-process (`bench.scaling`) and are part of the
+default ``python -m bench``; ``fanout-clients`` runs only when asked (``--sweep``).
+
+To do: the same curves over HTTP (a config with ``x`` transforms written into
+``bench/results/configs/`` and a copy of ``variants.FRAMEWORK`` pointed at it); clients
+1..1000 against the framework's stream.
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from bench.variants import Group, Params, fanout_params, fanout_variants
+from bench.variants import (
+    PY,
+    Group,
+    Params,
+    ProcVariant,
+    concurrency_variants,
+    fanout_params,
+    fanout_variants,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +43,10 @@ class Sweep:
     params: Callable[[int, int], Params]
     """(--n, x) -> parameters."""
     xscale: Literal["linear", "log"] = "linear"
+    yscale: Literal["linear", "log"] = "linear"
+    default: bool = False
+    """Part of the default ``python -m bench`` run."""
+    reading: str = ""
 
 
 def _fanout_group(k: int) -> Group:
@@ -43,6 +57,43 @@ def _fanout_group(k: int) -> Group:
         base="fanout-ceiling",
     )
 
+
+def _transforms_variant(mode: str, label: str, k: int, div: int = 1) -> ProcVariant:
+    return ProcVariant(
+        name=mode,
+        label=label,
+        command=lambda p: [
+            *(PY, "-m", "bench.scaling", "transforms"),
+            *("--mode", mode, "--k", str(k), "--n", str(max(1, p.n // div))),
+        ],
+    )
+
+
+def _transforms_group(k: int) -> Group:
+    return Group(
+        name=f"transforms-k{k}",
+        title=f"{k} per-chunk transforms",
+        variants=(
+            _transforms_variant("plain", "plain loop calling the functions", k),
+            _transforms_variant("engine", "engine, sync transforms", k),
+            # one async hop per transform is slower: half the envelopes keeps the run short
+            _transforms_variant("engine-async", "engine, `async def` transforms", k, div=2),
+        ),
+        base="plain",
+    )
+
+
+def _concurrency_group(c: int) -> Group:
+    return Group(
+        name=f"concurrency-c{c}",
+        title=f"concurrency {c}",
+        variants=concurrency_variants(c),
+        base="ideal",
+    )
+
+
+CONCURRENCY_SECONDS = 0.3
+"""Ideal duration of one concurrency-sweep run: c / 0.010 chunks/s for this long."""
 
 SWEEPS: dict[str, Sweep] = {
     s.name: s
@@ -56,6 +107,33 @@ SWEEPS: dict[str, Sweep] = {
             # about 10 x n deliveries in all, at most n per client
             params=lambda n, k: replace(fanout_params(n, k), n=max(1000, min(n, 10 * n // k))),
             xscale="log",
+        ),
+        Sweep(
+            name="transforms",
+            title="In-process throughput vs number of per-chunk transforms",
+            x_label="transforms",
+            values=tuple(range(1, 11)),
+            group=_transforms_group,
+            params=lambda n, k: Params(n=max(1000, n // 4)),
+            default=True,
+            reading="Each transform sets `value_f` (the envelope keeps its size), then the "
+            "envelope is stamped, encoded and appended to a `bytearray`. The engine fuses "
+            "consecutive sync maps into one layer; `async def` transforms are one async "
+            "hop each. `engine-async` runs half the envelopes. Ratio: to `plain`, same run.",
+        ),
+        Sweep(
+            name="concurrency",
+            title="I/O-bound transform (10 ms await per chunk): throughput vs concurrency",
+            x_label="concurrency",
+            values=(1, 4, 16, 64, 256),
+            group=_concurrency_group,
+            params=lambda n, c: Params(n=max(10, round(c * 100 * CONCURRENCY_SECONDS))),
+            xscale="log",
+            yscale="log",
+            default=True,
+            reading="Ideal = concurrency / 0.010 s (dashed). Each run is "
+            f"{CONCURRENCY_SECONDS:g} s at the ideal rate (concurrency x "
+            f"{round(100 * CONCURRENCY_SECONDS)} chunks), start and end included.",
         ),
     )
 }
@@ -82,5 +160,9 @@ def run_sweep(sweep: Sweep, *, n: int, reps: int, deadline: float) -> dict[str, 
         "title": sweep.title,
         "x_label": sweep.x_label,
         "xscale": sweep.xscale,
+        "yscale": sweep.yscale,
+        "reading": sweep.reading,
+        "n": n,
+        "reps": reps,
         "points": points,
     }

@@ -207,6 +207,30 @@ def in_process(name: str, label: str) -> ProcVariant:
 
 
 LATENCY_N = 500
+CONCURRENCY = 64
+CONCURRENCY_N = 6400
+"""Chunks of the ``concurrency`` group: 1 s at the ideal 6,400/s."""
+
+
+def concurrency_variants(c: int) -> tuple[Variant, ...]:
+    """An async transform awaiting 10 ms per chunk with ``concurrency: c`` (bench/scaling.py)."""
+
+    def variant(mode: str, label: str) -> ProcVariant:
+        return ProcVariant(
+            name=mode,
+            label=label,
+            command=lambda p: [
+                *(PY, "-m", "bench.scaling", "concurrency"),
+                *("--mode", mode, "--c", str(c), "--n", str(p.n)),
+            ],
+        )
+
+    return (
+        variant("ordered", "engine, ordered"),
+        variant("unordered", "engine, `ordered: false`"),
+        variant("plain", "plain asyncio: tasks bounded by a semaphore, unordered (the limit)"),
+    )
+
 
 GROUPS: tuple[Group, ...] = (
     Group(
@@ -239,6 +263,16 @@ GROUPS: tuple[Group, ...] = (
             in_process("engine3", "framework engine (`pipeline.engine.Run`), 3 transforms"),
         ),
         base="plain3",
+    ),
+    Group(
+        name="concurrency",
+        title=f"I/O-bound transform: 10 ms await per chunk, concurrency {CONCURRENCY}",
+        variants=concurrency_variants(CONCURRENCY),
+        base="ideal",
+        params=lambda n: Params(n=CONCURRENCY_N),
+        reading=f"Ratio to the ideal {CONCURRENCY} / 0.010 s = {CONCURRENCY * 100:,} chunks/s "
+        f"(target: >= 0.8). {CONCURRENCY_N} chunks per run; the time includes the run's "
+        "start and end. `plain` keeps the tasks in flight with a semaphore, no engine.",
     ),
     Group(
         name="fanout",

@@ -6,7 +6,7 @@ PipelineError
 │   └── EnvVarError        undefined ${VAR} without default (never prints the value)
 ├── StageLoadError         `use:` cannot be imported / is not callable / has the wrong shape
 ├── StageParamsError       `with:` does not match the stage's signature
-├── TailError             `pipeline tail` cannot follow its target (defined in pipeline.tail)
+├── TailError              `pipeline tail` cannot follow its target (defined in pipeline.tail)
 ├── RunError               a run failed as a whole (carries pipeline, run, stage)
 └── SinkError              a sink failed for good
 ```
