@@ -1,35 +1,31 @@
 """Stages for the framework's benchmark pipeline (``bench/configs/http.yaml``).
 
-They do the same per-item work as the baselines (`bench.common.transform`), spread over
-three per-chunk transforms. They accept whatever the ``counter`` source yields (a dict,
-or a bare number) and normalise it to the baseline's reading shape.
+They do the same per-item work as the baselines: the source yields
+`bench.common.reading` (with ``t`` = `time.monotonic()` at production, for latency) and
+the baseline's transform (add ``value_f``) is one of three per-chunk transforms.
 """
 
 from __future__ import annotations
 
-import time
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
+from bench.common import reading
 
-def enrich(chunk: Any, *, factor: float = 1.8, offset: float = 32.0) -> dict[str, Any]:
-    """Shape the chunk like the baseline reading and add ``value_f``.
 
-    ``t`` is kept when the source set it; otherwise it is `time.monotonic()` now, so
-    latency is then measured from the first transform rather than from the source.
-    """
-    data: dict[str, Any] = dict(chunk) if isinstance(chunk, dict) else {"value": chunk}
-    i = data.get("id", data.get("i", data.get("n", data.get("value", 0))))
-    if not isinstance(i, int):
-        i = 0
-    data.setdefault("id", i)
-    data.setdefault("sensor", f"s-{i % 8}")
-    value = data.get("value")
-    if not isinstance(value, int | float):
-        value = 20.0 + (i % 1000) / 100
-    data["value"] = value
-    data.setdefault("t", time.monotonic())
-    data["value_f"] = value * factor + offset
-    return data
+async def readings(*, count: int = 200_000, interval: float = 0.0) -> AsyncIterator[Any]:
+    """Yield ``count`` baseline readings, ``interval`` seconds apart (0: as fast as read)."""
+    for i in range(1, count + 1):
+        if interval:
+            await asyncio.sleep(interval)
+        yield reading(i)
+
+
+def enrich(chunk: dict[str, Any], *, factor: float = 1.8, offset: float = 32.0) -> dict[str, Any]:
+    """Add ``value_f`` (Fahrenheit), exactly as the baselines' transform does."""
+    chunk["value_f"] = chunk["value"] * factor + offset
+    return chunk
 
 
 def tag(chunk: dict[str, Any], *, unit: str = "celsius") -> dict[str, Any]:
@@ -40,4 +36,4 @@ def tag(chunk: dict[str, Any], *, unit: str = "celsius") -> dict[str, Any]:
 
 def keep_all(chunk: dict[str, Any]) -> dict[str, Any] | None:
     """A filter that keeps every chunk (returning None would drop it)."""
-    return chunk if chunk is not None else None
+    return chunk if chunk["id"] >= 0 else None

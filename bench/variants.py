@@ -129,7 +129,7 @@ def framework_env(p: Params) -> Mapping[str, str]:
 
 FRAMEWORK = HttpVariant(
     name="framework",
-    label="framework: `pipeline run --serve`, counter + 3 transforms",
+    label="framework: `pipeline run --serve`, readings + 3 transforms",
     command=framework_command,
     path=lambda p: "/pipelines/bench/stream?since=0",
     expect=lambda p: p.n + 2,
