@@ -2,8 +2,8 @@
 
 Items between layers are plain chunks, `Carry` (a chunk with acks) or `Failure` (a
 chunk that failed; it skips the remaining transforms). A layer per stage costs about as
-much as a bare loop's step (one async-generator hop); aiostream's ``map`` is used only
-where its concurrency earns its cost (``concurrency > 1``).
+much as a bare loop's step (one async-generator hop); a stage with ``concurrency > 1``
+runs its chunks as bounded tasks.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from contextlib import aclosing
 from typing import Any
 
-from aiostream import stream, streamcontext
-
 from pipeline.acks import Ack, AckRunner, Carry, release_all, retain_all
 from pipeline.isolate import Failure, failure, flat_caller, map_caller
 from pipeline.stage import ResolvedStage
@@ -29,6 +27,7 @@ FAIRNESS_EVERY = 64
 """The source yields to the event loop at least once every this many chunks."""
 
 _SPECIAL = (Carry, Failure)
+_END: Any = object()
 
 
 class StageCrash(Exception):
@@ -241,35 +240,78 @@ def _spread(outputs: list[Any], acks: tuple[Ack, ...]) -> list[Any]:
     return [Carry(out, acks) for out in outputs]
 
 
-async def _concurrent(upstream: AsyncIterator[Any], stage: ResolvedStage) -> AsyncIterator[Any]:
-    """Up to ``concurrency`` chunks in flight (aiostream ``map`` with ``task_limit``)."""
+def _one_call(stage: ResolvedStage) -> Callable[[Any], Any]:
+    """``one(item) -> list of output items`` for one chunk of a concurrent stage."""
     if stage.kind == "flat_map":
         call = flat_caller(stage)
 
-        async def one(item: Any) -> list[Any]:
+        async def one_flat(item: Any) -> list[Any]:
             chunk, acks = _unwrap(item)
             if type(chunk) is Failure:
                 return [item]
             outputs = [out async for out in call(chunk)]
             return _spread(outputs, acks) if acks else outputs
 
-    else:
-        mapped = map_caller(stage)
+        return one_flat
+    mapped = map_caller(stage)
 
-        async def one(item: Any) -> list[Any]:
-            out = await _apply_map(mapped, item)
-            return [] if out is None else [out]
+    async def one_map(item: Any) -> list[Any]:
+        out = await _apply_map(mapped, item)
+        return [] if out is None else [out]
 
-    results: Any = stream.map(
-        upstream,
-        one,
-        ordered=stage.ordered,
-        task_limit=stage.concurrency,
-    )
-    async with streamcontext(results) as streamer:
-        async for outs in streamer:
-            for out in outs:
+    return one_map
+
+
+async def _concurrent(upstream: AsyncIterator[Any], stage: ResolvedStage) -> AsyncIterator[Any]:
+    """Up to ``concurrency`` chunks in flight, in input order or as they finish.
+
+    A feeder task reads upstream and starts one task per chunk once a slot is free; a
+    slot frees when its result is taken, so ``concurrency`` bounds the chunks held here.
+    (aiostream's ``map`` was measured at 0.72x (ordered) and 0.55x (unordered) of the
+    ideal rate for 64 chunks awaiting 10 ms each; this reaches the plain-asyncio rate.)
+    """
+    one = _one_call(stage)
+    loop = asyncio.get_running_loop()
+    slots = asyncio.Semaphore(stage.concurrency)
+    ready: asyncio.Queue[Any] = asyncio.Queue(stage.concurrency + 1)
+    running: set[asyncio.Task[list[Any]]] = set()
+    started = [0]
+
+    async def feed() -> None:
+        try:
+            async with aclosing(upstream):  # type: ignore[type-var]
+                async for item in upstream:
+                    await slots.acquire()
+                    task = loop.create_task(one(item))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                    started[0] += 1
+                    if stage.ordered:
+                        ready.put_nowait(task)
+                    else:
+                        task.add_done_callback(ready.put_nowait)
+        finally:
+            ready.put_nowait(_END)
+
+    feeder = loop.create_task(feed())
+    taken, ended = 0, False
+    try:
+        while not ended or taken < started[0]:
+            got = await ready.get()
+            if got is _END:
+                ended = True
+                continue
+            outputs = await got
+            taken += 1
+            slots.release()
+            for out in outputs:
                 yield out
+        await feeder  # re-raises what upstream raised
+    finally:
+        feeder.cancel()
+        for task in running:
+            task.cancel()
+        await asyncio.gather(feeder, *running, return_exceptions=True)
 
 
 async def _stream(upstream: AsyncIterator[Any], stage: ResolvedStage) -> AsyncIterator[Any]:
