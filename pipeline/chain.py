@@ -108,8 +108,12 @@ class SourceReader:
         fail = failure(self.stage.id, raw.error, raw.raw)
         return Carry(fail, acks) if acks else fail
 
-    async def items(self) -> AsyncIterator[Any]:
-        """Yield the source's chunks as chain items until it ends, fails or is stopped."""
+    async def items(self, maps: Iterable[ResolvedStage] = ()) -> AsyncIterator[Any]:
+        """Yield the source's chunks as chain items until it ends, fails or is stopped.
+
+        ``maps`` are plain sync maps applied right here, saving one async hop per chunk.
+        """
+        steps = _steps(maps)
         try:
             source = _open(self.stage, self.params)
         except Exception as exc:
@@ -136,7 +140,13 @@ class SourceReader:
                 finally:
                     self._waiting = None
                 self.read += 1
-                yield self._item(raw) if type(raw) in wrapped else raw
+                item = self._item(raw) if type(raw) in wrapped else raw
+                if steps:
+                    item = _apply_steps(item, steps)
+                    if item is not None:
+                        yield item
+                else:
+                    yield item
                 budget -= 1
                 if not budget:
                     budget = FAIRNESS_EVERY
@@ -149,31 +159,40 @@ def _unwrap(item: Any) -> tuple[Any, tuple[Ack, ...]]:
     return item, ()
 
 
+Step = tuple[Callable[[Any], Any], str]
+
+
+def _steps(stages: Iterable[ResolvedStage]) -> list[Step]:
+    return [(functools.partial(s.fn, **s.params) if s.params else s.fn, s.id) for s in stages]
+
+
+def _apply_steps(item: Any, steps: list[Step]) -> Any:
+    """Run consecutive plain sync maps on one item; None when a map dropped it."""
+    if type(item) in _SPECIAL:
+        for fn, sid in steps:
+            item = _special_map(item, fn, sid)
+            if item is None:
+                return None
+        return item
+    for fn, sid in steps:
+        try:
+            result = fn(item)
+        except Exception as exc:
+            return failure(sid, exc, item)
+        if result is None:
+            return None
+        item = result
+    return item
+
+
 async def _maps_fast(
     upstream: AsyncIterator[Any], stages: list[ResolvedStage]
 ) -> AsyncIterator[Any]:
     """Consecutive sync maps without timeout, retry or thread: direct calls, one hop."""
-    steps = [(functools.partial(s.fn, **s.params) if s.params else s.fn, s.id) for s in stages]
+    steps = _steps(stages)
     async with aclosing(upstream):  # type: ignore[type-var]
         async for item in upstream:
-            if type(item) in _SPECIAL:
-                for fn, sid in steps:
-                    item = _special_map(item, fn, sid)
-                    if item is None:
-                        break
-                if item is not None:
-                    yield item
-                continue
-            for fn, sid in steps:
-                try:
-                    result = fn(item)
-                except Exception as exc:
-                    item = failure(sid, exc, item)
-                    break
-                if result is None:
-                    item = None
-                    break
-                item = result
+            item = _apply_steps(item, steps)
             if item is not None:
                 yield item
 
@@ -371,14 +390,19 @@ def _layer(stage: ResolvedStage) -> Callable[[AsyncIterator[Any], ResolvedStage]
     return _map_general
 
 
-def build_chain(source: AsyncIterator[Any], transforms: Iterable[ResolvedStage]) -> Any:
+def build_chain(reader: SourceReader, transforms: Iterable[ResolvedStage]) -> Any:
     """Return the async iterator of chain items after every transform.
 
-    Runs of consecutive plain sync maps share one layer (direct calls, one async hop).
+    Runs of consecutive plain sync maps share one layer (direct calls, one async hop);
+    a run at the very start is applied by the source reader itself.
     """
-    items: Any = source
+    stages = list(transforms)
+    lead = 0
+    while lead < len(stages) and _is_fast(stages[lead]):
+        lead += 1
+    items: Any = reader.items(stages[:lead])
     fast: list[ResolvedStage] = []
-    for stage in transforms:
+    for stage in stages[lead:]:
         if _is_fast(stage):
             fast.append(stage)
             continue

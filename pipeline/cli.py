@@ -219,7 +219,7 @@ def tail(
     log_level: str,
 ) -> None:
     """Follow a pipeline's stream (a URL, or a NAME served by the config's server)."""
-    from pipeline import tail as tailmod
+    import pipeline.tail as tailmod
 
     logmod.configure(log_format, log_level)
     try:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pipeline.acks import AckRunner, Carry
 from pipeline.chain import SourceReader, StageCrash, build_chain
-from pipeline.envelope import UnencodableError, encode, now
+from pipeline.envelope import UnencodableError, encode, encode_plain, now
 from pipeline.fanout import Fanout
 from pipeline.isolate import Failure
 from pipeline.log import get_logger
@@ -158,7 +158,7 @@ class Run:
         self._reader = reader
         if self._stopping:
             reader.stop()
-        chain = build_chain(reader.items(), self.transforms)
+        chain = build_chain(reader, self.transforms)
         async with aclosing(chain):
             await self._pump(chain)
         if reader.error is not None:
@@ -181,10 +181,13 @@ class Run:
                     "data": item,
                 }
                 try:
-                    line = encode(env)
-                except UnencodableError as exc:
-                    await self._emit_unencodable(item, (), exc)
-                    continue
+                    line = encode_plain(env)
+                except TypeError:
+                    try:
+                        line = encode(env)
+                    except UnencodableError as exc:
+                        await self._emit_unencodable(item, (), exc)
+                        continue
                 self.seq += 1
                 self.processed += 1
                 if publish is not None:

@@ -23,6 +23,7 @@ Anything else raises `UnencodableError`; the engine turns that into a ``chunk_er
 from __future__ import annotations
 
 import base64
+import functools
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,7 +34,15 @@ import orjson
 
 from pipeline.types import Envelope
 
-__all__ = ["UnencodableError", "encode", "encode_sse", "jsonable", "now"]
+__all__ = [
+    "UnencodableError",
+    "encode",
+    "encode_plain",
+    "encode_sse",
+    "jsonable",
+    "make_clock",
+    "now",
+]
 
 _OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
@@ -82,6 +91,16 @@ def encode(envelope: Envelope) -> bytes:
         raise UnencodableError(str(exc)) from exc
 
 
+encode_plain: Callable[[Envelope], bytes] = functools.partial(
+    orjson.dumps, option=orjson.OPT_APPEND_NEWLINE
+)
+"""The hot path's encoder: plain JSON types only, raising `TypeError` for anything else.
+
+Its output is byte for byte what `encode` gives for the same envelope; on `TypeError`
+call `encode`, which tries the fallback.
+"""
+
+
 def jsonable(value: Any) -> bool:
     """Return whether ``value`` can be encoded (through the fallback if needed)."""
     try:
@@ -107,14 +126,18 @@ def make_clock(time_ns: Callable[[], int] = time.time_ns) -> Callable[[], str]:
 
     The formatted seconds are cached; only the microseconds are formatted per call.
     """
-    cache: list[Any] = [-1, ""]
+    state: list[Any] = [-(10**18), ""]  # first microsecond of the cached second, its text
 
     def now() -> str:
-        second, rest = divmod(time_ns(), 1_000_000_000)
-        if second != cache[0]:
-            cache[0] = second
-            cache[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        return f"{cache[1]}.{rest // 1000:06d}Z"
+        us = time_ns() // 1000
+        offset = us - state[0]
+        if not 0 <= offset < 1_000_000:
+            second = us // 1_000_000
+            state[0] = second * 1_000_000
+            state[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+            offset = us - state[0]
+        prefix: str = state[1]
+        return prefix + ("%06dZ" % offset)  # noqa: UP031 - measured faster than f-string
 
     return now
 

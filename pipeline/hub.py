@@ -80,7 +80,7 @@ class Hub:
         self._cap = retain + client_buffer
         # Three parallel rings indexed by position % cap (positions count every line ever).
         self._lines: list[bytes] = []
-        self._items: list[Item] = []
+        self._items: list[tuple[str, int, str, bytes]] = []
         self._offsets: list[int] = []  # bytes published before this line
         self._head = 0
         self._bytes = 0
@@ -154,7 +154,7 @@ class Hub:
         seq: int = envelope["seq"]
         status: str = envelope["status"]
         line = memoryview(line).tobytes()  # orjson's bytes hold ~4 KiB each: right-size
-        item = Item(run.id, seq, status, line)
+        item = (run.id, seq, status, line)  # a plain tuple: `Item`s are made when read
         i = self._head % self._cap
         if i == len(self._lines):
             self._lines.append(line)
@@ -167,7 +167,8 @@ class Hub:
         self._bytes += len(line)
         self._head += 1
         run.last_seq = seq
-        run.counts[status] = run.counts.get(status, 0) + 1
+        counts = run.counts
+        counts[status] = counts.get(status, 0) + 1
         if self._waiters:
             self._wake()
         if self._head % self._sweep_every == 0:
@@ -227,8 +228,7 @@ class Hub:
             return (head if run.end is None else oldest), None
         want_run, seq = want
         first = 1 if want_run is not None and want_run != run.id else seq + 1
-        oldest_seq = self._items[oldest % self._cap].seq if oldest < head else run.last_seq + 1
-        assert oldest_seq is not None
+        oldest_seq = self._items[oldest % self._cap][1] if oldest < head else run.last_seq + 1
         if first >= oldest_seq:
             cursor = bisect_left(range(oldest, head), first, key=self._seq_at) + oldest
             return cursor, None
@@ -243,9 +243,7 @@ class Hub:
         return oldest, Item(run.id, None, "lagged", line)
 
     def _seq_at(self, pos: int) -> int:
-        seq = self._items[pos % self._cap].seq
-        assert seq is not None
-        return seq
+        return self._items[pos % self._cap][1]
 
     def _offset(self, pos: int) -> int:
         return self._bytes if pos == self._head else self._offsets[pos % self._cap]

@@ -146,7 +146,7 @@ class Subscription:
 
     async def _next_items(self) -> list[Item]:
         start, stop, notice = await self._next()
-        items = self._hub._slice(self._hub._items, start, stop)
+        items = [Item._make(t) for t in self._hub._slice(self._hub._items, start, stop)]
         if notice is not None:
             items.insert(0, notice)
         return items
@@ -193,9 +193,8 @@ class Subscription:
         if stop > start:
             hub = self._hub
             self._cursor = stop
-            last = hub._items[(stop - 1) % hub._cap]
-            assert last.seq is not None
-            self._last = (last.run, last.seq)
+            run, seq = hub._items[(stop - 1) % hub._cap][:2]
+            self._last = (run, seq)
 
     def _done(self) -> bool:
         if self._closed or self._dropped:
