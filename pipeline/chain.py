@@ -21,10 +21,13 @@ from pipeline.isolate import Failure, failure, flat_caller, map_caller
 from pipeline.stage import ResolvedStage
 from pipeline.types import BadChunk, Message
 
-__all__ = ["FAIRNESS_EVERY", "SourceReader", "StageCrash", "build_chain"]
+__all__ = ["FAIRNESS_EVERY", "FAIRNESS_SECONDS", "SourceReader", "StageCrash", "build_chain"]
 
-FAIRNESS_EVERY = 64
-"""The source yields to the event loop at least once every this many chunks."""
+FAIRNESS_EVERY = 256
+"""The source yields to the event loop at least once every this many chunks..."""
+FAIRNESS_SECONDS = 0.001
+"""...or sooner, once this long has passed since it last yielded (checked every 16)."""
+_CHECK_EVERY = 16
 
 _SPECIAL = (Carry, Failure)
 _END: Any = object()
@@ -122,7 +125,8 @@ class SourceReader:
         task = asyncio.current_task()
         step = source.__anext__
         wrapped = (Message, BadChunk)
-        budget = FAIRNESS_EVERY
+        clock = asyncio.get_running_loop().time
+        budget, since_yield, last_yield = _CHECK_EVERY, 0, clock()
         async with aclosing(source):  # type: ignore[type-var]
             while not self.stopping:
                 self._waiting = task
@@ -149,8 +153,12 @@ class SourceReader:
                     yield item
                 budget -= 1
                 if not budget:
-                    budget = FAIRNESS_EVERY
-                    await asyncio.sleep(0)
+                    budget = _CHECK_EVERY
+                    since_yield += _CHECK_EVERY
+                    now = clock()
+                    if since_yield >= FAIRNESS_EVERY or now - last_yield >= FAIRNESS_SECONDS:
+                        await asyncio.sleep(0)
+                        since_yield, last_yield = 0, clock()
 
 
 def _unwrap(item: Any) -> tuple[Any, tuple[Ack, ...]]:
