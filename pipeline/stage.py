@@ -155,7 +155,7 @@ def params_model(fn: Callable[..., Any], *, skip_first: bool) -> type[pydantic.B
     """
     sig = inspect.signature(fn)
     try:
-        hints = get_type_hints(fn)
+        hints = get_type_hints(fn, include_extras=True)
     except Exception:  # unresolvable annotations: validate by default value only
         hints = {}
     skip = _first_positional(sig) if skip_first else None

@@ -18,6 +18,7 @@ from contextlib import aclosing
 from typing import IO, Literal
 
 import orjson
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat
 
 from pipeline import BadChunk, Chunk
 
@@ -36,7 +37,7 @@ _STDIN_BLOCKS = 4
 
 
 async def counter(
-    *, count: int | None = 10, interval: float = 0.0, start: int = 0
+    *, count: NonNegativeInt | None = 10, interval: NonNegativeFloat = 0.0, start: int = 0
 ) -> AsyncGenerator[Chunk, None]:
     """Count upward: yields ``{"n": start}``, ``{"n": start + 1}``, and so on.
 
@@ -79,7 +80,7 @@ async def file(
     path: str,
     format: Literal["lines", "ndjson"] = "lines",
     follow: bool = False,
-    poll_interval: float = 0.25,
+    poll_interval: PositiveFloat = 0.25,
     from_end: bool = False,
     encoding: str = "utf-8",
 ) -> AsyncGenerator[Chunk, None]:

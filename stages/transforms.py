@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from pydantic import PositiveFloat, PositiveInt
 
 from pipeline import Chunk, stream_transform
 
@@ -52,7 +53,7 @@ def parse_json(chunk: Chunk, *, field: str | None = None) -> Chunk:
 
 @stream_transform
 async def batch(
-    chunks: AsyncIterator[Chunk], *, size: int = 100, max_wait: float | None = 1.0
+    chunks: AsyncIterator[Chunk], *, size: PositiveInt = 100, max_wait: PositiveFloat | None = 1.0
 ) -> AsyncGenerator[list[Chunk], None]:
     """Group chunks into lists of up to ``size``, each list becoming one chunk.
 
@@ -161,7 +162,7 @@ async def _pump(chunks: AsyncIterator[Chunk], queue: asyncio.Queue[Any]) -> None
 
 @stream_transform
 async def throttle(
-    chunks: AsyncIterator[Chunk], *, rate: float, burst: int = 1
+    chunks: AsyncIterator[Chunk], *, rate: PositiveFloat, burst: PositiveInt = 1
 ) -> AsyncGenerator[Chunk, None]:
     """Pass at most ``rate`` chunks per second on average, delaying (never dropping) them.
 
@@ -207,8 +208,8 @@ async def dedupe(
     chunks: AsyncIterator[Chunk],
     *,
     key: str | None = None,
-    window: float | None = 60.0,
-    max_keys: int = 100_000,
+    window: PositiveFloat | None = 60.0,
+    max_keys: PositiveInt = 100_000,
 ) -> AsyncGenerator[Chunk, None]:
     """Drop a chunk whose key has already passed within the last ``window`` seconds.
 

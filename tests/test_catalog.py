@@ -39,7 +39,7 @@ def test_parameters_come_from_the_signature() -> None:
     counter = by_name["source", "counter"]
     assert counter.kind == "source"
     assert counter.params[0] == ParamDoc(
-        "count", "int | None", "10", "How many chunks to yield; ``null`` counts forever."
+        "count", "NonNegativeInt | None", "10", "How many chunks to yield; ``null`` counts forever."
     )
     sink_file = by_name["sink", "file"]
     assert sink_file.kind == "stream sink, receives lines"
