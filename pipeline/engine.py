@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any, Literal
 
 from pipeline.acks import AckRunner, Carry
-from pipeline.chain import SourceReader, StageCrash, build_chain
+from pipeline.chain import SourceReader, StageCrash, all_fast, build_chain
 from pipeline.envelope import UnencodableError, encode, encode_plain, now
 from pipeline.fanout import Fanout
 from pipeline.isolate import Failure
@@ -70,6 +70,7 @@ class Run:
         self._fanout = Fanout(
             sinks, dead_letter, publish=publish, on_failure=self._sink_failed, buffer=sink_buffer
         )
+        self._direct = self._fanout.publish if self._fanout.direct else None
         self._reader: SourceReader | None = None
         self._driver: asyncio.Task[None] | None = None
         self._halt: tuple[Reason, str, BaseException] | None = None
@@ -100,6 +101,8 @@ class Run:
     def _halt_run(self, stage: str, exc: BaseException) -> None:
         if self._halt is None:
             self._halt = ("error", stage, exc)
+        if self._reader is not None:
+            self._reader.stop()
         if self._driver is not None and asyncio.current_task() is not self._driver:
             self._driver.cancel()
 
@@ -158,44 +161,47 @@ class Run:
         self._reader = reader
         if self._stopping:
             reader.stop()
-        chain = build_chain(reader, self.transforms)
-        async with aclosing(chain):
-            await self._pump(chain)
-        if reader.error is not None:
+        if all_fast(self.transforms):  # one loop: source, maps, envelope, hand-off
+            chain = reader.items(self.transforms, emit=self._emit_chunk)
+            async with aclosing(chain):  # type: ignore[type-var]
+                async for _ in chain:
+                    pass
+        else:
+            chain = build_chain(reader, self.transforms)
+            async with aclosing(chain):
+                async for item in chain:
+                    if (pending := self._emit_chunk(item)) is not None:
+                        await pending
+                    if self._halt is not None:
+                        break
+        if reader.error is not None and self._halt is None:
             await self._emit_error(self.source.id, reader.error)
 
-    async def _pump(self, chain: Any) -> None:
-        """The hot path: number, stamp and encode each plain chunk, hand it on."""
-        fanout, name, run_id = self._fanout, self.name, self.id
-        publish = fanout.publish if fanout.direct else None
-        async for item in chain:
-            if type(item) in _SPECIAL:
-                await self._emit_item(item)
-            else:
-                env = {
-                    "status": "processing",
-                    "pipeline": name,
-                    "run": run_id,
-                    "seq": self.seq + 1,
-                    "timestamp": now(),
-                    "data": item,
-                }
-                try:
-                    line = encode_plain(env)
-                except TypeError:
-                    try:
-                        line = encode(env)
-                    except UnencodableError as exc:
-                        await self._emit_unencodable(item, (), exc)
-                        continue
-                self.seq += 1
-                self.processed += 1
-                if publish is not None:
-                    publish(env, line)
-                else:
-                    await fanout.deliver(env, line)
-            if self._halt is not None:
-                return
+    def _emit_chunk(self, item: Any) -> Awaitable[None] | None:
+        """The hot path: number, stamp and encode a plain chunk and hand it on.
+
+        Returns None when the hand-off is done (the hub only), else what to await.
+        """
+        if type(item) in _SPECIAL:
+            return self._emit_item(item)
+        env = {
+            "status": "processing",
+            "pipeline": self.name,
+            "run": self.id,
+            "seq": self.seq + 1,
+            "timestamp": now(),
+            "data": item,
+        }
+        try:
+            line = encode_plain(env)
+        except TypeError:
+            return self._emit_item(item)  # the slow path tries the fallback encoding
+        self.seq += 1
+        self.processed += 1
+        if self._direct is not None:
+            self._direct(env, line)
+            return None
+        return self._fanout.deliver(env, line)
 
     async def _finish(self) -> None:
         await self._fanout.close()
