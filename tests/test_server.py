@@ -140,6 +140,7 @@ def test_stream_arrives_incrementally(server: ServerProcess) -> None:
 
 def test_jsonl_accept_gets_the_same_stream(server: ServerProcess) -> None:
     """`Accept: application/jsonl` is served the NDJSON stream."""
+    wait_until(lambda: httpx.get(server.url("/pipelines/done")).json()["state"] == "completed")
     with RawStream(
         server.port, "/pipelines/done/stream?since=0", {"Accept": "application/jsonl"}
     ) as s:
