@@ -118,3 +118,13 @@ def fmt_si(x: float) -> str:
 def fmt_range(s: dict[str, float], f: Callable[[float], str] = fmt_si) -> str:
     """``median (min-max)`` (an en dash) with the same formatter for the three numbers."""
     return f"{f(s['median'])} ({f(s['min'])}{DASH}{f(s['max'])})"
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """``VmRSS`` and ``VmHWM`` of ``pid`` in bytes (empty if it is gone)."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out[line[:5]] = int(line.split()[1]) * 1024
+    return out

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from bench.common import HOST, free_port
+from bench.common import HOST, free_port, proc_status
 from bench.variants import HttpVariant, Params
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,6 +200,9 @@ def measure_http(
     cpu0 = server.cpu_seconds()
     res = run_json([sys.executable, *argv], cpu=cpu, timeout=timeout)
     cpu1 = server.cpu_seconds()
+    mem = proc_status(server.proc.pid)
+    if mem:  # after the read; the peak is over the server's whole life (shared by reps)
+        res["server_rss"], res["server_hwm"] = mem.get("VmRSS", 0), mem.get("VmHWM", 0)
     elapsed = res.get("elapsed")
     if isinstance(elapsed, float) and elapsed > 0:
         res["server_cpu_frac"] = (cpu1 - cpu0) / elapsed

@@ -61,3 +61,42 @@ def run_memory(n: int, *, deadline: float) -> dict[str, Any]:
         "command": command(n),
         "variants": variants,
     }
+
+
+FANOUT_SECONDS = 60.0
+FANOUT_QUICK_SECONDS = 10.0
+FANOUT_RATE = 10_000.0
+FANOUT_SAMPLE = 5.0
+FANOUT_TARGET_MB = 10.0
+
+
+def fanout_command(seconds: float) -> str:
+    """The command that reproduces the frozen-client memory run."""
+    return f"python -m bench --only fanout-memory --fanout-seconds {seconds:g}"
+
+
+def run_fanout_memory(seconds: float) -> dict[str, Any]:
+    """The framework at `FANOUT_RATE` env/s for ``seconds`` with a frozen and a healthy
+    client (`bench.fanout_fw` ``memory``); server RSS every `FANOUT_SAMPLE` s."""
+    server_cpu, _ = cpu_plan()
+    sys.stderr.write(f"== fanout-memory: frozen client, {FANOUT_RATE:g} env/s for {seconds:g} s\n")
+    argv = [
+        *(sys.executable, "-m", "bench.fanout_fw", "memory", "--seconds", f"{seconds:g}"),
+        *("--rate", f"{FANOUT_RATE:g}", "--sample", f"{FANOUT_SAMPLE:g}"),
+    ]
+    res = run_json(argv, cpu=server_cpu, timeout=3 * seconds + 120.0)
+    status = "ok" if res.get("ok") else ("skipped" if res.get("skipped") else "failed")
+    growth = res.get("growth")
+    gtxt = f"{growth / 2**20:+.2f} MB" if isinstance(growth, int) else "n/a"
+    sys.stderr.write(f"   {status}: growth {gtxt} {res.get('error') or ''}\n")
+    return {
+        "title": f"Memory: a frozen client at {FANOUT_RATE / 1000:g} k envelopes/s "
+        f"for {seconds:g} s (framework server)",
+        "seconds": seconds,
+        "rate": FANOUT_RATE,
+        "sample": FANOUT_SAMPLE,
+        "target_mb": FANOUT_TARGET_MB,
+        "command": fanout_command(seconds),
+        "status": status,
+        "result": res,
+    }

@@ -14,6 +14,67 @@ from bench.harness import ROOT
 
 DOC = ROOT / "docs" / "performance.md"
 PLOTS = ROOT / "docs" / "perf"
+RESULTS = ROOT / "bench" / "results"
+OPT_IN_SWEEPS = ("fanout-clients",)
+"""Sweeps that are not in the default run: their latest saved results go into the docs."""
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    import orjson
+
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def with_opt_in(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` plus the latest saved opt-in pieces it lacks (the fan-out clients sweep,
+    the frozen-client memory run), each marked with when and how it was measured."""
+    out = dict(results)
+    sweeps = dict(out.get("sweeps") or {})
+    for name in OPT_IN_SWEEPS:
+        saved = None if name in sweeps else _load(RESULTS / f"sweep-{name}-latest.json")
+        if saved and name in saved.get("sweeps", {}):
+            meta = saved.get("meta", {})
+            sweeps[name] = saved["sweeps"][name] | {
+                "measured": meta.get("date", "?"),
+                "measured_command": meta.get("command", "?"),
+            }
+    out["sweeps"] = sweeps
+    if not out.get("fanout_memory"):
+        saved = _load(RESULTS / "fanout-memory-latest.json")
+        if saved and saved.get("fanout_memory"):
+            meta = saved.get("meta", {})
+            out["fanout_memory"] = saved["fanout_memory"] | {
+                "measured": meta.get("date", "?"),
+                "measured_command": meta.get("command", "?"),
+            }
+    return out
+
+
+def _measured(piece: dict[str, Any]) -> list[str]:
+    """A line saying a piece comes from another run than the page's header."""
+    if "measured" not in piece:
+        return []
+    return [
+        f"From a separate run: measured {piece['measured']} with `{piece['measured_command']}`.",
+        "",
+    ]
+
+
+def pairs_lines(group: dict[str, Any]) -> list[str]:
+    """One line per same-run ratio between two variants (e.g. the cost of a frozen client)."""
+    out: list[str] = []
+    for name, res in group["variants"].items():
+        pair = res.get("ratio_to")
+        if pair:
+            out.append(
+                f"`{name}` / `{pair['ref']}`, same run: **{fmt_range(pair, _ratio)}**, "
+                f"a cost of {1 - pair['median']:.1%} (median) to the other clients."
+            )
+    return [*out, ""] if out else out
 
 
 def _ratio(x: float) -> str:
@@ -117,6 +178,7 @@ def render(results: dict[str, Any]) -> str:
             "",
             *table(group),
             "",
+            *pairs_lines(group),
         ]
         if group.get("reading"):
             lines += [group["reading"], ""]
@@ -127,6 +189,8 @@ def render(results: dict[str, Any]) -> str:
         lines += sweep_section(name, sweep, meta)
     if results.get("memory"):
         lines += memory_section(results["memory"])
+    if results.get("fanout_memory"):
+        lines += fanout_memory_section(results["fanout_memory"])
     lines += [
         "## Plug points and what is not measured yet",
         "",
@@ -134,6 +198,8 @@ def render(results: dict[str, Any]) -> str:
         "  (HTTP, `bench/configs/http.yaml`) and `engine` (in-process, `bench/inproc.py`).",
         "- Sweeps (curves) live in `bench/sweeps.py`: `python -m bench --list`. The",
         "  in-process curves and the memory run are measured by `bench/scaling.py`.",
+        "- Opt-in pieces (not in the default run) are folded in from their latest saved",
+        "  results: `python -m bench --sweep fanout-clients --docs` (K = 1 to 1000).",
         "- Not yet: the transforms and concurrency curves over HTTP (the framework server).",
         "",
     ]
@@ -164,6 +230,7 @@ def sweep_section(name: str, sweep: dict[str, Any], meta: dict[str, Any]) -> lis
     out = [
         f"## {sweep['title']}",
         "",
+        *_measured(sweep),
         f"Command: `{sweep_command(name, sweep)}` (envelopes per run: "
         + ", ".join(f"{p['group']['params']['n']}" for p in sweep["points"])
         + f"; {sweep.get('reps', '?')} repetitions per value).",
@@ -184,11 +251,128 @@ def sweep_section(name: str, sweep: dict[str, Any], meta: dict[str, Any]) -> lis
                 row.append(fmt_range(r, _ratio) if r else "")
         out.append("| " + " | ".join(row) + " |")
     out.append("")
+    out += _rss_table(sweep, vnames)
     if sweep.get("reading"):
         out += [sweep["reading"], ""]
     if (PLOTS / f"sweep-{name}.png").exists():
         out += [f"![{name}](perf/sweep-{name}.png)", ""]
     return out
+
+
+def _rss_points(sweep: dict[str, Any], vname: str) -> list[tuple[float, dict[str, float]]]:
+    pts = []
+    for point in sweep["points"]:
+        s = point["group"]["variants"].get(vname, {}).get("summary", {}).get("server_rss")
+        if s:
+            pts.append((point["x"], s))
+    return pts
+
+
+def _rss_table(sweep: dict[str, Any], vnames: list[str]) -> list[str]:
+    """Server RSS (MB, median and min-max over reps) per swept value, when measured."""
+    have = [v for v in vnames if _rss_points(sweep, v)]
+    if not have:
+        return []
+    out = [
+        "Server RSS after the read, MB:",
+        "",
+        "| " + " | ".join([sweep["x_label"], *(f"{v}: RSS MB" for v in have)]) + " |",
+        "| " + " | ".join(["---:"] * (len(have) + 1)) + " |",
+    ]
+    for point in sweep["points"]:
+        row = [str(point["x"])]
+        for v in have:
+            s = point["group"]["variants"].get(v, {}).get("summary", {}).get("server_rss")
+            row.append(fmt_range(s, lambda x: f"{x / 2**20:.0f}") if s else "")
+        out.append("| " + " | ".join(row) + " |")
+    return [*out, ""]
+
+
+def fanout_memory_section(fm: dict[str, Any]) -> list[str]:
+    """Markdown for the frozen-client memory run: the numbers, then RSS against time."""
+    res = fm["result"]
+    mb = 2**20
+    out = [
+        f"## {fm['title']}",
+        "",
+        *_measured(fm),
+        f"Command: `{fm['command']}` (`--quick`: 10 s). One framework server "
+        "(`bench/configs/fanout.yaml`, `client_buffer: 1024`, `retain: 1000`), its source "
+        f"paced at {fm['rate']:g} envelopes/s; one client that sends its request and never "
+        "reads (4 KiB `SO_RCVBUF`) and one healthy client, both connected before the source "
+        f"starts. Server `VmRSS` sampled every {fm['sample']:g} s.",
+        "",
+    ]
+    if not res.get("samples"):
+        msg = str(res.get("error") or res.get("skipped") or "").replace("|", "/")[:200]
+        return [*out, f"**{fm['status']}**: {msg}", ""]
+    out += [
+        "| RSS at start | RSS at "
+        f"{res['growth_from']:.0f} s | RSS at the end | max | growth "
+        f"(target <= {fm['target_mb']:g} MB) | healthy client | frozen dropped | env/s |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {res['samples'][0][1] / mb:.1f} MB | {res['rss_from'] / mb:.1f} MB "
+        f"| {res['rss_end'] / mb:.1f} MB ({res['elapsed']:.0f} s) | {res['rss_max'] / mb:.1f} MB "
+        f"| **{res['growth'] / mb:+.2f} MB** | {res['healthy_lines']:,} of {res['n'] + 2:,} lines "
+        f"| {'yes' if res['dropped_clients'] >= 1 else 'no'} "
+        f"(`dropped_clients` = {res['dropped_clients']}) | {fmt_si(res['rate'])} |",
+        "",
+    ]
+    if not res.get("ok"):
+        out += [f"**failed**: {res.get('error')}", ""]
+    out += [
+        "The hub holds one ring of `retain + client_buffer` right-sized lines whatever the",
+        "clients do; the frozen client is lapped after `client_buffer` envelopes beyond",
+        "what the kernel and the transport buffer took, then dropped. RSS must stay flat",
+        "from then on, however long the run.",
+        "",
+    ]
+    if (PLOTS / "fanout-memory.png").exists():
+        out += ["![fanout-memory](perf/fanout-memory.png)", ""]
+    return out
+
+
+def plot_fanout_memory(fm: dict[str, Any]) -> Path | None:
+    """Server RSS (MB) against time, with the healthy client's lines on a second axis."""
+    samples = fm["result"].get("samples") or []
+    if not samples:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(
+        [t for t, _, _ in samples],
+        [r / 2**20 for _, r, _ in samples],
+        marker="o",
+        label="server RSS (MB)",
+    )
+    ax.set_xlabel("seconds since the source started")
+    ax.set_ylabel("server RSS, MB")
+    ax.set_ylim(bottom=0)
+    ax2 = ax.twinx()
+    ax2.plot(
+        [t for t, _, _ in samples],
+        [n / 1e3 for _, _, n in samples],
+        "g--",
+        lw=1,
+        label="healthy client: lines read (k)",
+    )
+    ax2.set_ylabel("lines read by the healthy client (k)")
+    ax2.set_ylim(bottom=0)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="lower right")
+    ax.set_title(f"{fm['title']}\n{fm['command']}", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = PLOTS / "fanout-memory.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def memory_section(mem: dict[str, Any]) -> list[str]:
@@ -304,7 +488,8 @@ def plot_sweep(name: str, sweep: dict[str, Any], meta: dict[str, Any]) -> Path |
                 ideal.append((point["x"], float(ideals[0])))
     if not curves:
         return None
-    rows = 2 if ratios else 1
+    rss = {v: pts for v in curves if (pts := _rss_points(sweep, v))}
+    rows = 1 + bool(ratios) + bool(rss)
     fig, axes = plt.subplots(rows, 1, figsize=(8, 3.4 * rows + 1.0), sharex=True, squeeze=False)
     ax = axes[0][0]
     colors: dict[str, Any] = {}
@@ -346,6 +531,21 @@ def plot_sweep(name: str, sweep: dict[str, Any], meta: dict[str, Any]) -> Path |
         rx.set_ylim(bottom=0)
         rx.legend(fontsize=7)
         rx.grid(alpha=0.3)
+    if rss:
+        mx = axes[-1][0]
+        for vname, pts in rss.items():
+            xs = [p[0] for p in pts]
+            mx.plot(
+                xs,
+                [p[1]["median"] / 2**20 for p in pts],
+                marker="o",
+                color=colors.get(vname),
+                label=labels.get(vname, vname),
+            )
+        mx.set_ylabel("server RSS after the read, MB")
+        mx.set_ylim(bottom=0)
+        mx.legend(fontsize=7)
+        mx.grid(alpha=0.3)
     axes[-1][0].set_xlabel(sweep["x_label"])
     fig.tight_layout()
     path = PLOTS / f"sweep-{name}.png"
@@ -401,5 +601,7 @@ def write(results: dict[str, Any]) -> None:
         plot_sweep(name, sweep, results["meta"])
     if results.get("memory"):
         plot_memory(results["memory"])
+    if results.get("fanout_memory"):
+        plot_fanout_memory(results["fanout_memory"])
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(render(results))

@@ -13,6 +13,8 @@ Examples::
     python -m bench --only transforms          # a default sweep (curve), or concurrency
     python -m bench --only memory --memory-n 10000000   # RSS vs stream length
     python -m bench --sweep fanout-clients     # any curve alone (see bench/sweeps.py)
+    python -m bench --sweep fanout-clients --docs   # ... and fold it into the docs
+    python -m bench --only fanout-memory --fanout-seconds 60   # frozen client, RSS vs time
     python -m bench --report bench/results/latest.json   # rebuild docs from saved JSON
 """
 
@@ -34,7 +36,13 @@ import orjson
 
 from bench.common import cpu_plan, fmt_range, fmt_si, summary
 from bench.harness import ROOT, Server, measure_http, run_json, servers_for
-from bench.memory import DEFAULT_MEMORY_N, run_memory
+from bench.memory import (
+    DEFAULT_MEMORY_N,
+    FANOUT_QUICK_SECONDS,
+    FANOUT_SECONDS,
+    run_fanout_memory,
+    run_memory,
+)
 from bench.sweeps import SWEEPS, run_sweep
 from bench.variants import GROUPS, Group, HttpVariant, Params, ProcVariant, Variant
 
@@ -68,6 +76,7 @@ def _summarise(group: Group, results: dict[str, dict[str, Any]]) -> None:
         if not ok:
             continue
         keys = ["rate", "mb_s", "server_cpu_frac", "client_cpu_frac", "elapsed"]
+        keys += ["server_rss", "server_hwm"]
         if group.kind == "latency":
             keys += ["p50_ms", "p99_ms", "max_ms"]
         res["summary"] = {
@@ -87,6 +96,17 @@ def _summarise(group: Group, results: dict[str, dict[str, Any]]) -> None:
             ]
             if ratios:
                 res["ratio"] = summary(ratios)
+    for vname, ref in group.pairs:
+        a, b = results.get(vname), results.get(ref)
+        if a is None or b is None:
+            continue
+        pair = [
+            float(r[metric]) / float(q[metric])
+            for r, q in zip(a["reps"], b["reps"], strict=False)
+            if r.get("ok") and q.get("ok") and q.get(metric)
+        ]
+        if pair:
+            a["ratio_to"] = {"ref": ref, **summary(pair)}
 
 
 def run_group(
@@ -235,6 +255,10 @@ def print_tables(results: dict[str, Any]) -> None:
                 ccpu = s.get("client_cpu_frac")
                 ctxt += f"  client CPU {ccpu['median']:.0%}" if ccpu else ""
                 print(f"  {vname:>15}  {fmt_range(s['rate'])} env/s  {rtxt}{ctxt}")
+            pair = res.get("ratio_to")
+            if pair:
+                rng = fmt_range(pair, lambda x: f"{x:.3g}")
+                print(f"  {'':>15}  x{pair['ref']} (same run) {rng}: cost {1 - pair['median']:.1%}")
 
 
 def print_sweeps(results: dict[str, Any]) -> None:
@@ -279,6 +303,36 @@ def print_memory(results: dict[str, Any]) -> None:
         )
 
 
+def print_fanout_memory(results: dict[str, Any]) -> None:
+    """RSS of the framework server with a frozen client: start, growth, healthy count."""
+    fm = results.get("fanout_memory")
+    if not fm:
+        return
+    res = fm["result"]
+    print(f"\n## fanout-memory: {fm['title']}  (target: growth <= {fm['target_mb']:g} MB)")
+    if not res.get("samples"):
+        print(f"  {fm['status'].upper()}: {res.get('error') or res.get('skipped')}")
+        return
+    mb = 2**20
+    print(
+        f"  RSS at {res['growth_from']:.0f} s {res['rss_from'] / mb:.1f} MB, at the end "
+        f"({res['elapsed']:.0f} s) {res['rss_end'] / mb:.1f} MB, max {res['rss_max'] / mb:.1f} "
+        f"MB: growth {res['growth'] / mb:+.2f} MB; healthy client {res['healthy_lines']:,} of "
+        f"{res['n'] + 2:,} lines; dropped_clients {res['dropped_clients']}"
+        + ("" if res.get("ok") else f"  FAILED: {res.get('error')}")
+    )
+
+
+def _latest_full() -> dict[str, Any] | None:
+    """The newest saved results of a full run (no --only, --quick or --sweep), or None."""
+    for path in sorted(RESULTS.glob("bench-2*.json"), reverse=True):
+        data = orjson.loads(path.read_bytes())
+        argv = shlex.split(str(data.get("meta", {}).get("command", "")))[3:]
+        if not any(a in argv for a in ("--only", "--quick", "--sweep")):
+            return data if isinstance(data, dict) else None
+    return None
+
+
 def save(results: dict[str, Any], stem: str) -> Path:
     """Write ``bench/results/STEM-DATE.json`` and ``latest.json``; return the first."""
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -312,6 +366,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help=f"envelopes of the memory run ({DEFAULT_MEMORY_N}; --quick: 1000000)",
     )
+    ap.add_argument(
+        "--fanout-seconds",
+        type=float,
+        default=None,
+        help=f"length of the frozen-client memory run ({FANOUT_SECONDS:g}; --quick: "
+        f"{FANOUT_QUICK_SECONDS:g})",
+    )
     ap.add_argument("--budget", type=float, default=DEFAULT_BUDGET, help="seconds in all")
     ap.add_argument(
         "--docs",
@@ -332,16 +393,18 @@ def main(argv: list[str] | None = None) -> int:
             default = " (default run)" if s.default else ""
             print(f"sweep {s.name}: {s.title}{default}")
         print("memory: RSS vs stream length, bytearray and Hub sinks (default run)")
+        print("fanout-memory: framework server RSS with a frozen client, 60 s (default run)")
         return 0
 
     from bench import report
 
     if args.report is not None:
         saved = orjson.loads(args.report.read_bytes())
-        report.write(saved)
+        report.write(report.with_opt_in(saved))
         print_tables(saved)
         print_sweeps(saved)
         print_memory(saved)
+        print_fanout_memory(saved)
         return 0
 
     args.n = args.n or (20_000 if args.quick else DEFAULT_N)
@@ -357,11 +420,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         path = save(results, f"sweep-{args.sweep}")
         report.plot_sweep(args.sweep, results["sweeps"][args.sweep], results["meta"])
+        print_sweeps(results)
         log(f"results: {path.relative_to(ROOT)}")
+        if args.docs:  # fold it into the docs of the latest full run
+            full = _latest_full()
+            if full is None:
+                log("docs: no saved full run (python -m bench) to fold the sweep into")
+            else:
+                report.write(report.with_opt_in(full))
+                log("docs: docs/performance.md, docs/perf/*.png")
         return 0
 
     known = {g.name for g in GROUPS} | {v.name for g in GROUPS for v in g.variants}
-    known |= set(SWEEPS) | {"memory"}
+    known |= set(SWEEPS) | {"memory", "fanout-memory"}
     unknown = [x for x in only if x not in known]
     if unknown:
         ap.error(f"unknown --only {unknown}; see --list")
@@ -384,19 +455,32 @@ def main(argv: list[str] | None = None) -> int:
         results["memory"] = run_memory(
             memory_n, deadline=min(time.monotonic() + 150.0, deadline - 120.0)
         )
+    if not only or "fanout-memory" in only:
+        seconds = args.fanout_seconds or (FANOUT_QUICK_SECONDS if args.quick else FANOUT_SECONDS)
+        results["fanout_memory"] = run_fanout_memory(seconds)
+        save({"meta": results["meta"], "fanout_memory": results["fanout_memory"]}, "fanout-memory")
     for sweep in SWEEPS.values():
         if (sweep.name in only) if only else sweep.default:
             results["sweeps"][sweep.name] = run_sweep(
                 sweep, n=args.n, reps=args.reps, deadline=deadline
             )
+            if not sweep.default:  # opt-in: also saved alone, for the docs to fold in
+                save(
+                    {
+                        "meta": results["meta"],
+                        "sweeps": {sweep.name: results["sweeps"][sweep.name]},
+                    },
+                    f"sweep-{sweep.name}",
+                )
     results["meta"]["load_avg_after"] = os.getloadavg()
     path = save(results, "bench")
     print_tables(results)
     print_sweeps(results)
     print_memory(results)
+    print_fanout_memory(results)
     log(f"\nresults: {path.relative_to(ROOT)}")
     write_docs = args.docs if args.docs is not None else not (only or args.quick)
     if write_docs:
-        report.write(results)
+        report.write(report.with_opt_in(results))
         log("docs: docs/performance.md, docs/perf/*.png")
     return 0

@@ -6,11 +6,12 @@ group at every value (round-robin within each value, like any group) and
 ``docs/perf/sweep-NAME.png``. Adding a curve is one `Sweep` entry in `SWEEPS`.
 
 ``transforms`` and ``concurrency`` run in-process (`bench.scaling`) and are part of the
-default ``python -m bench``; ``fanout-clients`` runs only when asked (``--sweep``).
+default ``python -m bench``; ``fanout-clients`` (baseline, ceiling and framework, K = 1 to
+1000, with server RSS) runs only when asked (``--sweep fanout-clients``); its latest saved
+results are folded into ``docs/performance.md`` whenever the docs are written.
 
-To do: the same curves over HTTP (a config with ``x`` transforms written into
-``bench/results/configs/`` and a copy of ``variants.FRAMEWORK`` pointed at it); clients
-1..1000 against the framework's stream.
+To do: the transforms and concurrency curves over HTTP (a config with ``x`` transforms
+written into ``bench/results/configs/`` and a copy of ``variants.FRAMEWORK`` pointed at it).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def _fanout_group(k: int) -> Group:
         name=f"fanout-k{k}",
         title=f"Fan-out, K={k}",
         variants=fanout_variants(k),
-        base="fanout-ceiling",
+        base="fanout-queues",
     )
 
 
@@ -92,6 +93,9 @@ def _concurrency_group(c: int) -> Group:
     )
 
 
+FANOUT_SWEEP_CLIENTS = (1, 10, 100, 300, 1000)
+"""K of the fan-out sweep (1000 needs ``max_clients`` >= 1000: bench/configs/fanout.yaml)."""
+
 CONCURRENCY_SECONDS = 0.3
 """Ideal duration of one concurrency-sweep run: c / 0.010 chunks/s for this long."""
 
@@ -100,13 +104,20 @@ SWEEPS: dict[str, Sweep] = {
     for s in (
         Sweep(
             name="fanout-clients",
-            title="Fan-out baseline: aggregate envelopes/s vs clients",
+            title="Fan-out: aggregate envelopes/s and server RSS vs clients",
             x_label="clients (K)",
-            values=(1, 10, 100, 300),
+            values=FANOUT_SWEEP_CLIENTS,
             group=_fanout_group,
             # about 10 x n deliveries in all, at most n per client
             params=lambda n, k: replace(fanout_params(n, k), n=max(1000, min(n, 10 * n // k))),
             xscale="log",
+            reading="Same measurement as the fan-out group, at each K: the baseline "
+            "(per-client queues), the client's ceiling (blaster) and the framework (fresh "
+            "server per run, gated `trigger: start` source, every client checked for N + 2 "
+            "lines). Envelopes per client: n at K <= 10, then 10 n / K (at least 1000). "
+            "Ratio: to the baseline, same run. Server RSS: `VmRSS` after the read (the "
+            "framework's server is fresh each run; the baseline's serves every rep). "
+            "Opt-in: `python -m bench --sweep fanout-clients` (about 3 minutes).",
         ),
         Sweep(
             name="transforms",

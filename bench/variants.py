@@ -83,6 +83,9 @@ class Group:
     reading: str = ""
     command_extra: str = ""
     client_args: tuple[str, ...] = field(default=())
+    pairs: tuple[tuple[str, str], ...] = ()
+    """(variant, reference): also report variant / reference, same run (e.g. the cost of
+    a frozen client)."""
 
 
 def module_server(module: str) -> Callable[[int], list[str]]:
@@ -180,8 +183,25 @@ def fanout_params(n: int, clients: int = FANOUT_CLIENTS) -> Params:
     return Params(n=max(100, n // 10), clients=clients)
 
 
-def fanout_variants(clients: int) -> tuple[Variant, ...]:
-    """The broadcast baseline and the client's own ceiling for ``clients`` connections."""
+def framework_fanout(clients: int, *, frozen: int = 0) -> ProcVariant:
+    """The framework serving one ``trigger: start`` run to ``clients`` readers
+    (`bench.fanout_fw`: a fresh server per measurement, a gated source; ``frozen``
+    more connections that never read)."""
+    suffix = f" + {frozen} frozen client (not counted)" if frozen else ""
+    return ProcVariant(
+        name="framework-fanout-frozen" if frozen else "framework-fanout",
+        label=f"framework: `trigger: start` pipeline, hub ring, K={clients}{suffix}",
+        command=lambda p: [
+            *(PY, "-m", "bench.fanout_fw", "throughput", "--clients", str(p.clients)),
+            *("--n", str(p.n), "--frozen", str(frozen)),
+        ],
+        note="bench/configs/fanout.yaml; N + 2 lines per client; fresh server per rep",
+    )
+
+
+def fanout_variants(clients: int, *, frozen: bool = False) -> tuple[Variant, ...]:
+    """The broadcast baseline, the client's own ceiling and the framework for ``clients``
+    connections (``frozen``: also the framework with one frozen client among them)."""
     return (
         HttpVariant(
             name="fanout-queues",
@@ -194,6 +214,8 @@ def fanout_variants(clients: int) -> tuple[Variant, ...]:
             name="fanout-ceiling",
             label=f"client ceiling: blaster, 256 per chunk, K={clients}",
         ),
+        framework_fanout(clients),
+        *((framework_fanout(clients, frozen=1),) if frozen else ()),
     )
 
 
@@ -277,11 +299,20 @@ GROUPS: tuple[Group, ...] = (
     Group(
         name="fanout",
         title=f"Fan-out: one source, K={FANOUT_CLIENTS} clients",
-        variants=fanout_variants(FANOUT_CLIENTS),
+        variants=fanout_variants(FANOUT_CLIENTS, frozen=True),
         params=fanout_params,
-        base="fanout-ceiling",
+        base="fanout-queues",
+        pairs=(("framework-fanout-frozen", "framework-fanout"),),
         reading="Aggregate = K x envelopes per client / elapsed. One client process reads all "
-        "K connections with `selectors`.",
+        "K connections with `selectors`. Baseline: the source starts at the K-th request, "
+        "time from the requests to the last byte. Framework (`bench/fanout_fw.py`): a fresh "
+        "`pipeline run --serve` per measurement whose `trigger: start` source waits for a "
+        "gate file; every client connects (`?since=0`) and is counted by the hub before the "
+        "gate opens; time from the gate to the last byte of the last client; every client "
+        "must get exactly N + 2 lines. The frozen client sends its request and never reads "
+        "(4 KiB `SO_RCVBUF`); the run fails unless the hub dropped it "
+        "(`dropped_clients` >= 1). Targets: framework >= 0.8 x the baseline; the frozen "
+        "client costs the others < 5 % (`frozen / framework-fanout` >= 0.95).",
     ),
     Group(
         name="latency",
