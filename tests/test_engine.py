@@ -184,6 +184,21 @@ async def test_stream_transform_crash_is_run_error() -> None:
     assert envs[-1]["reason"] == "error"
 
 
+async def test_stream_transform_with_aiostream_operators() -> None:
+    """A stream transform may use aiostream's operators on the chunk iterator."""
+    from aiostream import stream
+
+    @stream_transform
+    async def triples(chunks: AsyncIterator[Any]) -> AsyncIterator[list[int]]:
+        async with stream.chunks(stream.map(chunks, lambda c: c["n"]), 3).stream() as batches:
+            async for batch in batches:
+                yield batch
+
+    envs = await run_pipeline(numbers, [triples], source_params={"count": 7})
+    assert_well_formed(envs)
+    assert [e["data"] for e in envs if e["status"] == "processing"] == [[0, 1, 2], [3, 4, 5], [6]]
+
+
 @pytest.mark.parametrize("ordered", [True, False])
 async def test_concurrency_bounded_and_ordered(ordered: bool) -> None:
     """concurrency=4 keeps at most 4 chunks in flight; ordered keeps input order."""
