@@ -98,7 +98,6 @@ class SourceReader:
         self.runner = runner
         self.error: BaseException | None = None
         self.stopping = False
-        self.read = 0
         self._waiting: asyncio.Task[Any] | None = None
 
     def stop(self) -> None:
@@ -156,7 +155,6 @@ class SourceReader:
                     return
                 finally:
                     self._waiting = None
-                self.read += 1
                 item = self._item(raw) if type(raw) in wrapped else raw
                 if steps:
                     item = _apply_steps(item, steps)

@@ -162,46 +162,55 @@ class Run:
         if self._stopping:
             reader.stop()
         if all_fast(self.transforms):  # one loop: source, maps, envelope, hand-off
-            chain = reader.items(self.transforms, emit=self._emit_chunk)
+            chain = reader.items(self.transforms, emit=self._chunk_emitter())
             async with aclosing(chain):  # type: ignore[type-var]
                 async for _ in chain:
                     pass
         else:
             chain = build_chain(reader, self.transforms)
+            emit = self._chunk_emitter()
             async with aclosing(chain):
                 async for item in chain:
-                    if (pending := self._emit_chunk(item)) is not None:
+                    if (pending := emit(item)) is not None:
                         await pending
                     if self._halt is not None:
                         break
         if reader.error is not None and self._halt is None:
             await self._emit_error(self.source.id, reader.error)
 
-    def _emit_chunk(self, item: Any) -> Awaitable[None] | None:
-        """The hot path: number, stamp and encode a plain chunk and hand it on.
+    def _chunk_emitter(self) -> Callable[[Any], Awaitable[None] | None]:
+        """Build the hot path: number, stamp and encode a plain chunk and hand it on.
 
-        Returns None when the hand-off is done (the hub only), else what to await.
+        The emitter returns None when the hand-off is done (the hub only), else what to
+        await. What it needs is bound once per run, so each chunk pays for no lookups.
         """
-        if type(item) in _SPECIAL:
-            return self._emit_item(item)
-        env = {
-            "status": "processing",
-            "pipeline": self.name,
-            "run": self.id,
-            "seq": self.seq + 1,
-            "timestamp": now(),
-            "data": item,
-        }
-        try:
-            line = encode_plain(env)
-        except TypeError:
-            return self._emit_item(item)  # the slow path tries the fallback encoding
-        self.seq += 1
-        self.processed += 1
-        if self._direct is not None:
-            self._direct(env, line)
-            return None
-        return self._fanout.deliver(env, line)
+        name, run_id, special = self.name, self.id, _SPECIAL
+        slow, direct, deliver = self._emit_item, self._direct, self._fanout.deliver
+
+        def emit(item: Any) -> Awaitable[None] | None:
+            if type(item) in special:
+                return slow(item)
+            seq = self.seq + 1
+            env = {
+                "status": "processing",
+                "pipeline": name,
+                "run": run_id,
+                "seq": seq,
+                "timestamp": now(),
+                "data": item,
+            }
+            try:
+                line = encode_plain(env)
+            except TypeError:
+                return slow(item)  # the slow path tries the fallback encoding
+            self.seq = seq
+            self.processed += 1
+            if direct is not None:
+                direct(env, line)
+                return None
+            return deliver(env, line)
+
+        return emit
 
     async def _finish(self) -> None:
         await self._fanout.close()

@@ -155,23 +155,24 @@ class Hub:
         status: str = envelope["status"]
         line = memoryview(line).tobytes()  # orjson's bytes hold ~4 KiB each: right-size
         item = (run.id, seq, status, line)  # a plain tuple: `Item`s are made when read
-        i = self._head % self._cap
-        if i == len(self._lines):
+        head = self._head
+        if head < self._cap:  # the ring is still filling up
             self._lines.append(line)
             self._items.append(item)
             self._offsets.append(self._bytes)
         else:
+            i = head % self._cap
             self._lines[i] = line
             self._items[i] = item
             self._offsets[i] = self._bytes
         self._bytes += len(line)
-        self._head += 1
+        self._head = head = head + 1
         run.last_seq = seq
         counts = run.counts
         counts[status] = counts.get(status, 0) + 1
         if self._waiters:
             self._wake()
-        if self._head % self._sweep_every == 0:
+        if not head % self._sweep_every:
             self._sweep()
 
     def end_run(self) -> None:
