@@ -16,11 +16,12 @@ from contextlib import aclosing
 from typing import Any, Literal
 
 from pipeline.acks import AckRunner, Carry
-from pipeline.chain import SourceReader, StageCrash, all_fast, build_chain
+from pipeline.chain import StageCrash, all_fast, build_chain
 from pipeline.envelope import UnencodableError, encode, encode_plain, now
 from pipeline.fanout import Fanout
 from pipeline.isolate import Failure
 from pipeline.log import get_logger
+from pipeline.reader import SPECIAL, SourceReader
 from pipeline.stage import ResolvedStage
 from pipeline.types import Envelope, Reason
 
@@ -28,7 +29,6 @@ __all__ = ["Run", "RunState", "new_run_id"]
 
 RunState = Literal["pending", "running", "completed", "failed"]
 _TRACEBACKS_PER_STAGE = 5
-_SPECIAL = (Carry, Failure)
 
 
 def new_run_id() -> str:
@@ -184,7 +184,7 @@ class Run:
         The emitter returns None when the hand-off is done (the hub only), else what to
         await. What it needs is bound once per run, so each chunk pays for no lookups.
         """
-        name, run_id, special = self.name, self.id, _SPECIAL
+        name, run_id, special = self.name, self.id, SPECIAL
         slow, direct, deliver = self._emit_item, self._direct, self._fanout.deliver
 
         def emit(item: Any) -> Awaitable[None] | None:

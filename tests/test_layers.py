@@ -22,6 +22,7 @@ LAYERS = {
     "subscription": 2,
     "catalog": 2,
     "loader": 3,
+    "reader": 3,
     "chain": 3,
     "engine": 3,
     "fanout": 3,
