@@ -386,3 +386,27 @@ def test_idle_keep_alive_connection_is_closed(server: ServerProcess) -> None:
             data += chunk
         assert data.startswith(b"HTTP/1.1 200")
         assert time.monotonic() - start < 14
+
+
+def test_idle_and_trickling_connections_do_not_hold_others(server: ServerProcess) -> None:
+    """Connections that send nothing, or a header byte now and then, stay open (uvicorn
+    has no head timeout: see docs/http.md) without taking stream slots or slowing others."""
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(20)]
+    trickler = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    try:
+        for byte in b"GET /heal":
+            trickler.sendall(bytes([byte]))
+            time.sleep(0.02)
+        with RawStream(server.port, "/pipelines/done/stream?since=0") as s:
+            assert s.envelopes()[-1]["status"] == "complete"
+        state = httpx.get(server.url("/pipelines/live")).json()
+        assert state["clients"] == 0
+        trickler.sendall(b"thz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := trickler.recv(65536):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200")
+    finally:
+        trickler.close()
+        for sock in idle:
+            sock.close()
