@@ -15,7 +15,7 @@ from contextlib import aclosing
 from typing import Any
 
 from pipeline.acks import Ack, Carry, release_all, retain_all
-from pipeline.isolate import Failure, flat_caller, map_caller
+from pipeline.isolate import Failure, failure, flat_caller, map_caller
 from pipeline.reader import SourceReader, apply_steps, is_fast, steps_of
 from pipeline.stage import ResolvedStage
 
@@ -51,14 +51,32 @@ async def _maps_fast(
                 yield item
 
 
-async def _map_general(upstream: AsyncIterator[Any], stage: ResolvedStage) -> AsyncIterator[Any]:
-    """An async, blocking, timed or retried map, one chunk at a time."""
-    call = map_caller(stage)
+async def _maps(upstream: AsyncIterator[Any], stages: list[ResolvedStage]) -> AsyncIterator[Any]:
+    """Consecutive maps, some async, timed, retried or in a thread: one hop for them all."""
+    steps = [
+        (map_caller(s), s.id, True) if not is_fast(s) else (*steps_of([s])[0], False)
+        for s in stages
+    ]
     async with aclosing(upstream):  # type: ignore[type-var]
         async for item in upstream:
-            out = await _apply_map(call, item)
-            if out is not None:
-                yield out
+            chunk, acks = _unwrap(item)
+            if type(chunk) is Failure:
+                yield item
+                continue
+            for call, sid, awaited in steps:
+                if awaited:
+                    chunk = await call(chunk)
+                else:
+                    try:
+                        chunk = call(chunk)
+                    except Exception as exc:
+                        chunk = failure(sid, exc, chunk)
+                if chunk is None or type(chunk) is Failure:
+                    break
+            if chunk is None:
+                release_all(acks)
+            else:
+                yield Carry(chunk, acks) if acks else chunk
 
 
 async def _apply_map(call: Callable[[Any], Any], item: Any) -> Any:
@@ -214,9 +232,7 @@ def _layer(stage: ResolvedStage) -> Callable[[AsyncIterator[Any], ResolvedStage]
         return _stream
     if stage.concurrency > 1:
         return _concurrent
-    if stage.kind == "flat_map":
-        return _flat
-    return _map_general
+    return _flat
 
 
 def all_fast(transforms: Iterable[ResolvedStage]) -> bool:
@@ -227,22 +243,22 @@ def all_fast(transforms: Iterable[ResolvedStage]) -> bool:
 def build_chain(reader: SourceReader, transforms: Iterable[ResolvedStage]) -> Any:
     """Return the async iterator of chain items after every transform.
 
-    Runs of consecutive plain sync maps share one layer (direct calls, one async hop);
-    a run at the very start is applied by the source reader itself.
+    Consecutive maps share one layer (one async hop for them all); a run of plain sync
+    maps at the very start is applied by the source reader itself.
     """
     stages = list(transforms)
     lead = 0
     while lead < len(stages) and is_fast(stages[lead]):
         lead += 1
     items: Any = reader.items(stages[:lead])
-    fast: list[ResolvedStage] = []
-    for stage in stages[lead:]:
-        if is_fast(stage):
-            fast.append(stage)
+    group: list[ResolvedStage] = []
+    for stage in [*stages[lead:], None]:
+        if stage is not None and stage.kind == "map" and stage.concurrency == 1:
+            group.append(stage)
             continue
-        if fast:
-            items, fast = _maps_fast(items, fast), []
-        items = _layer(stage)(items, stage)
-    if fast:
-        items = _maps_fast(items, fast)
+        if group:
+            items = (_maps_fast if all_fast(group) else _maps)(items, group)
+            group = []
+        if stage is not None:
+            items = _layer(stage)(items, stage)
     return items

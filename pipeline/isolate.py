@@ -82,8 +82,23 @@ def _one_call(stage: ResolvedStage) -> Callable[[Any], Awaitable[Any]]:
 
 def map_caller(stage: ResolvedStage) -> Callable[[Any], Awaitable[Any]]:
     """Return ``call(chunk) -> new chunk | None | Failure`` for a per-chunk map stage."""
-    attempt_once = _one_call(stage)
     policy, sid = stage.retry, stage.id
+    if (
+        policy.attempts <= 1
+        and stage.timeout is None
+        and not stage.blocking
+        and inspect.iscoroutinefunction(stage.fn)
+    ):
+        fn = _bind(stage)
+
+        async def plain(chunk: Any) -> Any:  # the common async stage: no timer, no loop
+            try:
+                return await fn(chunk)
+            except Exception as exc:
+                return failure(sid, exc, chunk)
+
+        return plain
+    attempt_once = _one_call(stage)
 
     async def call(chunk: Any) -> Any:
         for attempt in range(policy.attempts):

@@ -117,6 +117,33 @@ async def test_async_and_flat_map() -> None:
     ]
 
 
+async def test_mixed_sync_and_async_maps() -> None:
+    """Sync and async maps in one chain: each failure and drop lands on its own stage."""
+
+    def sync_one(chunk: dict[str, int]) -> dict[str, int]:
+        if chunk["n"] == 1:
+            raise ValueError("sync one")
+        return chunk
+
+    async def async_two(chunk: dict[str, int]) -> dict[str, Any] | None:
+        if chunk["n"] == 2:
+            raise ValueError("async two")
+        return None if chunk["n"] == 3 else {**chunk, "a": 1}
+
+    def tag(chunk: dict[str, Any]) -> dict[str, Any]:
+        return {**chunk, "s": 2}
+
+    envs = await run_pipeline(numbers, [sync_one, async_two, tag], source_params={"count": 5})
+    assert_well_formed(envs)
+    got = [(e["status"], e.get("stage"), e.get("data")) for e in envs[1:-1]]
+    assert got == [
+        ("processing", None, {"n": 0, "a": 1, "s": 2}),
+        ("chunk_error", "transforms[0]:sync_one", None),
+        ("chunk_error", "transforms[1]:async_two", None),
+        ("processing", None, {"n": 4, "a": 1, "s": 2}),
+    ]
+
+
 async def test_flat_map_failure_keeps_earlier_outputs() -> None:
     """A flat-map that raises after two outputs keeps them and adds one chunk_error."""
 
