@@ -23,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
+from contextlib import aclosing
 from contextvars import ContextVar
 from typing import Any
 
@@ -187,22 +188,22 @@ class _Stream(Response):
         tail = self._z.flush(zlib.Z_FINISH) if self.opts.gzip else b""
         await self._send(send, {"type": "http.response.body", "body": tail, "more_body": False})
 
-    async def _next(self, batches: Any) -> Any:
-        """The next batch, or None after ``heartbeat`` seconds of silence."""
-        try:
-            async with asyncio.timeout(self.opts.heartbeat):
-                return await batches.__anext__()
-        except TimeoutError:
-            return None
-
-    async def _pump(self, sub: Subscription, send: Send) -> None:
-        batches = sub.__aiter__()
+    async def _ticks(self, batches: Any) -> AsyncGenerator[Any, None]:
+        """Each next batch, or None after ``heartbeat`` seconds of silence, until the end."""
         while True:
             try:
-                batch = await self._next(batches)
+                async with asyncio.timeout(self.opts.heartbeat):
+                    batch = await batches.__anext__()
+            except TimeoutError:
+                batch = None
             except StopAsyncIteration:
-                break
-            await self._write(send, self._heartbeat() if batch is None else batch)
+                return
+            yield batch
+
+    async def _pump(self, sub: Subscription, send: Send) -> None:
+        async with aclosing(self._ticks(sub.__aiter__())) as ticks:
+            async for batch in ticks:
+                await self._write(send, self._heartbeat() if batch is None else batch)
         if sub.dropped:
             await self._write(send, self._lagged_line(sub))
         await self._end(send)
@@ -238,13 +239,9 @@ class SSEStream(_Stream):
 
     async def _pump(self, sub: Subscription, send: Send) -> None:
         await self._write(send, b"retry: %d\n\n" % SSE_RETRY_MS)
-        batches = sub.items().__aiter__()
-        while True:
-            try:
-                items = await self._next(batches)
-            except StopAsyncIteration:
-                break
-            await self._write(send, b": keepalive\n\n" if items is None else _frames(items))
+        async with aclosing(self._ticks(sub.items().__aiter__())) as ticks:
+            async for items in ticks:
+                await self._write(send, b": keepalive\n\n" if items is None else _frames(items))
         if sub.dropped:
             await self._write(send, encode_sse(self._lagged_line(sub), "lagged", "", None))
         await self._end(send)
@@ -270,17 +267,13 @@ class WebSocketStream(_Stream):
         await self._send(send, {"type": "websocket.send", "text": line[:-1].decode()})
 
     async def _pump(self, sub: Subscription, send: Send) -> None:
-        batches = sub.items().__aiter__()
-        while True:
-            try:
-                items = await self._next(batches)
-            except StopAsyncIteration:
-                break
-            if items is None:
-                await self._text(send, self._heartbeat())
-                continue
-            for item in items:
-                await self._text(send, item.line)
+        async with aclosing(self._ticks(sub.items().__aiter__())) as ticks:
+            async for items in ticks:
+                if items is None:
+                    await self._text(send, self._heartbeat())
+                    continue
+                for item in items:
+                    await self._text(send, item.line)
         if sub.dropped:
             await self._text(send, self._lagged_line(sub))
         await self._send(send, {"type": "websocket.close", "code": 1000})
