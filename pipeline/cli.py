@@ -81,7 +81,9 @@ def main() -> None:
 @_config_option
 @click.option("--serve", is_flag=True, help="Serve the pipelines over HTTP.")
 @click.option("--host", default=None, help="Bind address (default: server.host).")
-@click.option("--port", type=int, default=None, help="Port, 0 for any free one.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=None, help="Port, 0 for any free one."
+)
 @_common
 def run(
     names: tuple[str, ...],

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -218,7 +219,8 @@ def serve(
         sock = bind(host, port)
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        hint = " (is another server running there? try --port 0)"
+        in_use = exc.errno == errno.EADDRINUSE
+        hint = " (is another server running there? try --port 0)" if in_use else ""
         print(
             f"pipeline run --serve: cannot listen on {_netloc(host, port)}: {reason}{hint}",
             file=sys.stderr,

@@ -271,3 +271,24 @@ def test_console_script_installed() -> None:
     assert proc.returncode == 0
     for command in ("run", "validate", "list", "tail", "stages"):
         assert command in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--port", "99999"],
+            "Error: Invalid value for '--port': 99999 is not in the range 0<=x<=65535.",
+        ),
+        (
+            ["--host", "256.1.1.1", "--port", "0"],
+            "pipeline run --serve: cannot listen on 256.1.1.1:0: Name or service not known",
+        ),
+    ],
+)
+def test_serve_bad_address_exits_two(project: Path, args: list[str], message: str) -> None:
+    """An impossible port or host is one clear line and exit 2, never a server elsewhere."""
+    proc = cli("run", "--serve", *args, cwd=project)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == message
+    assert "Traceback" not in proc.stderr
