@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -41,3 +41,15 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture
+def isolated_imports() -> Iterator[None]:
+    """Undo the loader's changes to sys.path and sys.modules after the test."""
+    path, modules, no_pyc = list(sys.path), set(sys.modules), sys.dont_write_bytecode
+    sys.dont_write_bytecode = True  # leave no __pycache__ beside the test configs
+    yield
+    sys.dont_write_bytecode = no_pyc
+    sys.path[:] = path
+    for name in set(sys.modules) - modules:
+        del sys.modules[name]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -65,18 +64,6 @@ def test_validate_reports_exact_problems(
     assert _problem_lines(name, proc.stderr) == _expected(name)
     assert "Traceback" not in proc.stdout + proc.stderr
     assert SECRET not in proc.stdout + proc.stderr
-
-
-@pytest.fixture
-def isolated_imports() -> Iterator[None]:
-    """Undo the loader's changes to sys.path and sys.modules after the test."""
-    path, modules, no_pyc = list(sys.path), set(sys.modules), sys.dont_write_bytecode
-    sys.dont_write_bytecode = True  # leave no __pycache__ beside the test configs
-    yield
-    sys.dont_write_bytecode = no_pyc
-    sys.path[:] = path
-    for name in set(sys.modules) - modules:
-        del sys.modules[name]
 
 
 @pytest.mark.usefixtures("isolated_imports")

@@ -6,7 +6,7 @@ import itertools
 import re
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -77,18 +77,6 @@ def helper():
 """
 
 _counter = itertools.count()
-
-
-@pytest.fixture
-def isolated_imports() -> Iterator[None]:
-    """Undo the loader's changes to sys.path and sys.modules after the test."""
-    path, modules, no_pyc = list(sys.path), set(sys.modules), sys.dont_write_bytecode
-    sys.dont_write_bytecode = True  # leave no __pycache__ beside the test configs
-    yield
-    sys.dont_write_bytecode = no_pyc
-    sys.path[:] = path
-    for name in set(sys.modules) - modules:
-        del sys.modules[name]
 
 
 @pytest.fixture

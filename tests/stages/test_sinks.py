@@ -13,20 +13,9 @@ import pytest
 from pipeline.envelope import encode
 from pipeline.stage import meta_of
 from stages import sinks
+from tests.stages.helpers import open_fds
 
 LINES = [encode({"status": "processing", "seq": i, "data": {"n": i}}) for i in range(1, 4)]
-
-
-def open_fds(path: Path) -> list[str]:
-    """File descriptors of this process that point at ``path``."""
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}") == str(path.resolve()):
-                found.append(fd)
-        except OSError:
-            continue
-    return found
 
 
 async def feed(

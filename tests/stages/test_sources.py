@@ -16,6 +16,7 @@ import pytest
 
 from pipeline import BadChunk
 from stages import sources
+from tests.stages.helpers import open_fds
 
 ROOT = Path(__file__).resolve().parents[2]
 POLL = 0.01
@@ -30,18 +31,6 @@ async def collect(gen: AsyncGenerator[Any, None], limit: int | None = None) -> l
                 break
     await gen.aclose()
     return out
-
-
-def open_fds(path: Path) -> list[str]:
-    """File descriptors of this process that point at ``path``."""
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}") == str(path.resolve()):
-                found.append(fd)
-        except OSError:
-            continue
-    return found
 
 
 class Tail:
