@@ -100,12 +100,12 @@ def engine_runner(transforms: tuple[Any, ...] = (transform,)) -> Callable[[int],
     """Return ``run(n) -> envelopes`` driving the framework's engine, or raise `Skip`.
 
     PLUG POINT: the same work as `plain` (the same source, one transform adding
-    ``value_f``), run by ``pipeline.engine.Run`` with a ``publish`` hook that appends each
+    ``value_f``), run by ``pipeline.engine.run.Run`` with a ``publish`` hook that appends each
     encoded line to a ``bytearray``. It counts ``processing`` envelopes. Any import or
     API mismatch skips the variant with the reason instead of failing the suite.
     """
     try:
-        from pipeline.engine import Run
+        from pipeline.engine.run import Run
         from pipeline.testing import make_stage
     except ImportError as exc:
         raise Skip(f"the engine API is not importable yet ({exc})") from None

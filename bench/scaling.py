@@ -16,7 +16,7 @@ and prints one JSON object (the `bench.harness.run_json` protocol)::
   ``async def`` (one layer, one async hop per transform).
 - ``memory``: the engine, a counter-like source and the 3 transforms of ``inproc3``;
   every line goes to a ``bytearray`` reset every 256 KB (``bytearray``: nothing kept) or
-  into a `pipeline.hub.Hub` with ``retain=10000, client_buffer=1024`` and no clients
+  into a `pipeline.hub.hub.Hub` with ``retain=10000, client_buffer=1024`` and no clients
   (``hub``: a bounded ring). RSS (``VmRSS``) is sampled every ``--every`` envelopes.
 """
 
@@ -87,7 +87,7 @@ async def _plain_concurrent(n: int, c: int) -> int:
 
 def _api() -> tuple[Any, Any]:
     """Import the engine API (outside the timed region): ``(Run, make_stage)``."""
-    from pipeline.engine import Run
+    from pipeline.engine.run import Run
     from pipeline.testing import make_stage
 
     return Run, make_stage
@@ -262,8 +262,8 @@ class _Sampler:
 
 def memory(sink_kind: str, n: int, every: int, budget: float) -> Result:
     """Run the engine over ``n`` envelopes once, sampling RSS; stop early after ``budget`` s."""
-    from pipeline.engine import Run
-    from pipeline.hub import Hub
+    from pipeline.engine.run import Run
+    from pipeline.hub.hub import Hub
     from pipeline.testing import make_stage
 
     inner: Callable[[Any, bytes], None]

@@ -273,7 +273,7 @@ GROUPS: tuple[Group, ...] = (
         title="In-process (no HTTP)",
         variants=(
             in_process("plain", "plain `async for` loop (the limit)"),
-            in_process("engine", "framework engine (`pipeline.engine.Run`), 1 transform"),
+            in_process("engine", "framework engine (`pipeline.engine.run.Run`), 1 transform"),
         ),
         base="plain",
     ),
@@ -282,7 +282,7 @@ GROUPS: tuple[Group, ...] = (
         title="In-process (no HTTP), 3 per-chunk transforms",
         variants=(
             in_process("plain3", "plain `async for` loop calling the 3 transforms (the limit)"),
-            in_process("engine3", "framework engine (`pipeline.engine.Run`), 3 transforms"),
+            in_process("engine3", "framework engine (`pipeline.engine.run.Run`), 3 transforms"),
         ),
         base="plain3",
     ),

@@ -61,7 +61,7 @@ def _fail_config(exc: ConfigError) -> None:
 
 def load_pipelines(config_path: str) -> tuple[Any, dict[str, Any]]:
     """Load and resolve a config; exit 2 with every problem printed when it is bad."""
-    from pipeline import loader
+    from pipeline.config import loader
 
     try:
         return loader.load_and_resolve(config_path)
@@ -103,7 +103,7 @@ def run(
         click.echo(f"{config_path}: unknown pipeline `{unknown[0]}` (known: {known})", err=True)
         sys.exit(2)
     if serve:
-        from pipeline.serve import serve as serve_fn
+        from pipeline.server.process import serve as serve_fn
 
         sys.exit(serve_fn(cfg, resolved, names=list(names), host=host, port=port))
     picked = list(names) or [n for n, p in resolved.items() if p.config.trigger == "start"]
@@ -112,8 +112,8 @@ def run(
 
 def run_to_stdout(resolved: dict[str, Any], names: list[str], *, shutdown_timeout: float) -> int:
     """Run ``names`` to completion, every envelope to stdout; return the exit code."""
-    from pipeline.fanout import stdout_stage
-    from pipeline.supervisor import Supervisor
+    from pipeline.engine.fanout import stdout_stage
+    from pipeline.engine.supervisor import Supervisor
 
     sup = Supervisor(
         {n: resolved[n] for n in names},
@@ -164,7 +164,7 @@ def validate(config_path: str, log_format: logmod.LogFormat, log_level: str) -> 
 @_common
 def list_(config_path: str, as_json: bool, log_format: logmod.LogFormat, log_level: str) -> None:
     """List the pipelines of a config (values from the environment are masked)."""
-    from pipeline import config
+    from pipeline.config import models as config
 
     logmod.configure(log_format, log_level)
     try:
@@ -198,7 +198,7 @@ def _render_list(described: dict[str, Any]) -> str:
 @click.option("--markdown", is_flag=True, help="Print docs/stages.md instead of text.")
 def stages(markdown: bool) -> None:
     """List the built-in stages and their parameters."""
-    from pipeline import catalog
+    from pipeline.config import catalog
 
     docs = catalog.catalog()
     click.echo(catalog.render_markdown(docs) if markdown else catalog.render_text(docs), nl=False)
@@ -221,7 +221,7 @@ def tail(
     log_level: str,
 ) -> None:
     """Follow a pipeline's stream (a URL, or a NAME served by the config's server)."""
-    import pipeline.tail as tailmod
+    import pipeline.client.tail as tailmod
 
     logmod.configure(log_format, log_level)
     try:

@@ -6,12 +6,12 @@ PipelineError
 │   └── EnvVarError        undefined ${VAR} without default (never prints the value)
 ├── StageLoadError         `use:` cannot be imported / is not callable / has the wrong shape
 ├── StageParamsError       `with:` does not match the stage's signature
-├── TailError              `pipeline tail` cannot follow its target (defined in pipeline.tail)
+├── TailError              `pipeline tail` cannot follow its target (in pipeline.client.tail)
 ├── RunError               a run failed as a whole (carries pipeline, run, stage)
 └── SinkError              a sink failed for good
 ```
 
-Failures of one chunk are not exceptions here: they are values (see `pipeline.isolate`).
+Failures of one chunk are not exceptions here: they are values (see `pipeline.engine.isolate`).
 """
 
 from __future__ import annotations

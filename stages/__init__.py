@@ -1,7 +1,7 @@
 """The built-in stage library.
 
 `BUILTINS` is the only registry: for each role, a short name -> ``module:attr`` import
-string, resolved lazily by `pipeline.loader` so a broken module only affects the
+string, resolved lazily by `pipeline.config.loader` so a broken module only affects the
 pipelines that use it. Everything else is a ``module:attr`` the user writes.
 """
 

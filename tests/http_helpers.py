@@ -122,7 +122,8 @@ class ThreadServer:
     """The server in a thread of this process: ``build`` + ``serve`` on a loopback socket."""
 
     def __init__(self, config: Path, names: list[str] | None = None) -> None:
-        from pipeline import config as configmod, loader, serve
+        from pipeline.config import loader, models as configmod
+        from pipeline.server import process as serve
 
         cfg = configmod.load(config)
         self.server = serve.build(cfg, loader.resolve(cfg), names=names)

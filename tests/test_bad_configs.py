@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import loader
+from pipeline.config import loader
 from pipeline.errors import ConfigError
 
 CORPUS = Path(__file__).parent / "bad_configs"

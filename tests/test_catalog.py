@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from pipeline.catalog import (
+from pipeline.config.catalog import (
     ParamDoc,
     StageDoc,
     _args,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import _env, _yaml, config
+from pipeline.config import env as _env, models as config, parse as _yaml
 from pipeline.errors import ConfigError, EnvVarError
 
 MINIMAL = """\

@@ -11,8 +11,8 @@ import anyio
 import pytest
 
 from pipeline import BadChunk, Message, sink, stream_transform
-from pipeline.engine import Run
-from pipeline.reader import FAIRNESS_EVERY
+from pipeline.engine.run import Run
+from pipeline.engine.source import FAIRNESS_EVERY
 from pipeline.testing import make_stage, run_pipeline
 
 pytestmark = pytest.mark.anyio

@@ -10,10 +10,10 @@ import anyio
 import orjson
 import pytest
 
-import pipeline.hub
-import pipeline.subscription
+import pipeline.hub.hub
+import pipeline.hub.subscription
 from pipeline.envelope import encode
-from pipeline.hub import MAX_BATCH_BYTES, BadSince, Hub, Item, Subscription
+from pipeline.hub.hub import MAX_BATCH_BYTES, BadSince, Hub, Item, Subscription
 
 pytestmark = pytest.mark.anyio
 
@@ -427,8 +427,8 @@ def test_counters_follow_the_current_run() -> None:
 
 def test_docstring_examples_run() -> None:
     """The modules' examples are correct."""
-    assert doctest.testmod(pipeline.hub).failed == 0
-    assert doctest.testmod(pipeline.subscription).failed == 0
+    assert doctest.testmod(pipeline.hub.hub).failed == 0
+    assert doctest.testmod(pipeline.hub.subscription).failed == 0
 
 
 async def test_client_may_lag_exactly_client_buffer_envelopes() -> None:

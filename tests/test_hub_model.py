@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, event, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from pipeline.envelope import encode
-from pipeline.hub import Hub, Subscription
+from pipeline.hub.hub import Hub, Subscription
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import stages
-from pipeline import config, loader
+from pipeline.config import loader, models as config
 from pipeline.errors import ConfigError, StageParamsError
 from pipeline.stage import RetryPolicy
 

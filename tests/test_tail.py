@@ -29,8 +29,8 @@ import orjson
 import pytest
 import uvicorn
 
-import pipeline.tail as tailmod
-from pipeline.tail import TailError, Target, format_envelope, resolve_target, tail
+import pipeline.client.tail as tailmod
+from pipeline.client.tail import TailError, Target, format_envelope, resolve_target, tail
 
 ROOT = Path(__file__).resolve().parent.parent
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -617,8 +617,8 @@ def test_end_to_end_with_real_server(tmp_path: Path) -> None:
 
 
 def test_docstring_examples_run() -> None:
-    """The `>>>` examples in `pipeline.tail` and `pipeline._pretty` hold."""
-    from pipeline import _pretty
+    """The `>>>` examples in `pipeline.client.tail` and `pipeline.client.render` hold."""
+    from pipeline.client import render as _pretty
 
     results = [doctest.testmod(m, optionflags=doctest.ELLIPSIS) for m in (tailmod, _pretty)]
     assert sum(r.attempted for r in results) >= 3

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from pipeline.envelope import encode, now
-from pipeline.subscription import MAX_BATCH_BYTES, BadSince, Item, Subscription, parse_since
+from pipeline.hub.subscription import MAX_BATCH_BYTES, BadSince, Item, Subscription, parse_since
 from pipeline.types import Envelope
 
 __all__ = ["MAX_BATCH_BYTES", "BadSince", "Hub", "Item", "Subscription", "parse_since"]

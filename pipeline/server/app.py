@@ -2,7 +2,7 @@
 
 `create_app` builds a Starlette app over a `Streams` registry (the supervisor, the
 resolved pipelines, one hub per ``trigger: start`` pipeline, the ``server:`` settings).
-Stream bodies live in `pipeline._responses`. Every error is JSON,
+Stream bodies live in `pipeline.server.streams`. Every error is JSON,
 ``{"error": {"type": ..., "message": ...}}``, sent before any byte of a body; nothing
 after the first byte can become an HTTP error (failures travel as envelopes).
 """
@@ -22,13 +22,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from pipeline._responses import JSONLStream, NDJSONStream, SSEStream, StreamOptions, WebSocketStream
-from pipeline.config import ServerConfig
+from pipeline.config.loader import TRANSPORT_KEYS, ResolvedPipeline, request_params
+from pipeline.config.models import ServerConfig
+from pipeline.engine.supervisor import Supervisor
 from pipeline.errors import StageParamsError
-from pipeline.hub import BadSince, Hub, parse_since
-from pipeline.loader import TRANSPORT_KEYS, ResolvedPipeline, request_params
+from pipeline.hub.hub import BadSince, Hub, parse_since
 from pipeline.log import get_logger
-from pipeline.supervisor import Supervisor
+from pipeline.server.streams import (
+    JSONLStream,
+    NDJSONStream,
+    SSEStream,
+    StreamOptions,
+    WebSocketStream,
+)
 
 __all__ = ["SEND_TIMEOUT", "Streams", "create_app", "error"]
 

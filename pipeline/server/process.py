@@ -31,12 +31,12 @@ from typing import Any
 
 import uvicorn
 
-from pipeline._responses import install_cut_filter
-from pipeline.config import Config
-from pipeline.hub import Hub
+from pipeline.config.models import Config
+from pipeline.engine.supervisor import Supervisor
+from pipeline.hub.hub import Hub
 from pipeline.log import get_logger
-from pipeline.server import Streams, create_app
-from pipeline.supervisor import Supervisor
+from pipeline.server.app import Streams, create_app
+from pipeline.server.streams import install_cut_filter
 
 __all__ = ["GRACE", "PipelineServer", "bind", "build", "serve"]
 

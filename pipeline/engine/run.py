@@ -15,13 +15,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any, Literal
 
-from pipeline.acks import AckRunner, Carry
-from pipeline.chain import StageCrash, all_fast, build_chain
+from pipeline.engine.acks import AckRunner, Carry
+from pipeline.engine.chain import StageCrash, all_fast, build_chain
+from pipeline.engine.fanout import Fanout
+from pipeline.engine.isolate import Failure
+from pipeline.engine.source import SPECIAL, SourceReader
 from pipeline.envelope import UnencodableError, encode, encode_plain, now
-from pipeline.fanout import Fanout
-from pipeline.isolate import Failure
 from pipeline.log import get_logger
-from pipeline.reader import SPECIAL, SourceReader
 from pipeline.stage import ResolvedStage
 from pipeline.types import Envelope, Reason
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config, PipelineConfig, StageConfig, load
+from pipeline.config.models import Config, PipelineConfig, StageConfig, load
 from pipeline.errors import ConfigError, Problem, StageParamsError
 from pipeline.stage import (
     ResolvedStage,

@@ -16,7 +16,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from pipeline.engine import Run
+from pipeline.engine.run import Run
 from pipeline.stage import ResolvedStage, RetryPolicy, meta_of
 from pipeline.types import Chunk, Envelope, StageKind
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pipeline.engine import Run
+from pipeline.engine.run import Run
 from pipeline.log import get_logger
 from pipeline.stage import ResolvedStage
 from pipeline.types import Envelope, Reason
@@ -31,7 +31,7 @@ class Feed(Protocol):
 
 
 class PipelineSpec(Protocol):
-    """What the supervisor needs of a resolved pipeline (`pipeline.loader.ResolvedPipeline`)."""
+    """What the supervisor needs of a resolved pipeline (`config.loader.ResolvedPipeline`)."""
 
     name: str
     source: ResolvedStage

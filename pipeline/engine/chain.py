@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import aclosing
 from typing import Any
 
-from pipeline.acks import Ack, Carry, release_all, retain_all
-from pipeline.isolate import Failure, failure, flat_caller, map_caller
-from pipeline.reader import SourceReader, apply_steps, is_fast, steps_of
+from pipeline.engine.acks import Ack, Carry, release_all, retain_all
+from pipeline.engine.isolate import Failure, failure, flat_caller, map_caller
+from pipeline.engine.source import SourceReader, apply_steps, is_fast, steps_of
 from pipeline.stage import ResolvedStage
 
 __all__ = ["StageCrash", "all_fast", "build_chain"]

@@ -15,7 +15,7 @@ Each stream is a small ASGI callable, not a ``StreamingResponse`` behind middlew
   pump and the connection is closed; it never holds envelopes in our memory.
 
 Shutdown and ends of runs need nothing special here: when the hub ends a subscription
-(after ``complete``, or at `pipeline.hub.Hub.close`), the body ends cleanly.
+(after ``complete``, or at `pipeline.hub.hub.Hub.close`), the body ends cleanly.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from pipeline.envelope import encode, encode_sse, now
-from pipeline.hub import Hub, Item, Subscription
+from pipeline.hub.hub import Hub, Item, Subscription
 from pipeline.log import get_logger
 
 __all__ = [

@@ -1,6 +1,6 @@
 """``pipelines.yaml`` -> a validated `Config`; every problem of the file reported at once.
 
-Reading goes YAML (`pipeline._yaml`) -> ``${VAR}`` interpolation (`pipeline._env`) ->
+Reading goes YAML (`pipeline.config.parse`) -> ``${VAR}`` interpolation (`pipeline.config.env`) ->
 pydantic models (``extra="forbid"``) -> cross-field checks. Each problem becomes a
 ``Problem(file, line, path, message)``; messages say what was expected and never repeat
 the value found, so a secret from the environment can never leak through an error.
@@ -19,8 +19,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipeline import _env, _yaml
-from pipeline._yaml import Loc, format_loc
+from pipeline.config import env as _env, parse as _yaml
+from pipeline.config.parse import Loc, format_loc
 from pipeline.errors import ConfigError, EnvVarError, Problem
 
 __all__ = [

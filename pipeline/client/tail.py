@@ -37,7 +37,7 @@ import httpx
 import orjson
 
 from pipeline import log as logmod
-from pipeline._pretty import Pretty, Raw, compact, format_envelope
+from pipeline.client.render import Pretty, Raw, compact, format_envelope
 from pipeline.errors import PipelineError
 
 __all__ = ["TailError", "format_envelope", "resolve_target", "tail"]
@@ -92,7 +92,7 @@ def resolve_target(target: str, *, token: str | None, config_path: Path) -> Targ
         raise TailError(msg)
     host, port, heartbeat, config_token = "127.0.0.1", 8000, 15.0, ""
     if config_path.exists():
-        from pipeline import config
+        from pipeline.config import models as config
 
         server = config.load(config_path).server
         host, port, heartbeat = server.host, server.port, server.heartbeat
@@ -314,7 +314,7 @@ def tail(
         >>> tail("127.0.0.1:9/pipelines/x", since=None, raw=True, token=None,
         ...      config_path=Path("-"), max_retries=0)  # doctest: +IGNORE_EXCEPTION_DETAIL
         Traceback (most recent call last):
-        pipeline.tail.TailError: giving up on `http://127.0.0.1:9/pipelines/x/stream` ...
+        pipeline.client.tail.TailError: giving up on `http://127.0.0.1:9/pipelines/x/stream` ...
     """
     resolved = resolve_target(target, token=token, config_path=config_path)
     printer = Raw(out) if raw else Pretty(out)

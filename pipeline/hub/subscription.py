@@ -1,4 +1,4 @@
-"""A client's side of the `pipeline.hub.Hub`: resume tokens and the subscription.
+"""A client's side of the `pipeline.hub.hub.Hub`: resume tokens and the subscription.
 
 `Subscription` is a cursor into the hub's ring; it reads the ring directly (the two
 modules are one unit split for size), so a batch is a slice of the already-encoded lines.
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple, Self
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
-    from pipeline.hub import Hub, _Run
+    from pipeline.hub.hub import Hub, _Run
 
 __all__ = ["MAX_BATCH_BYTES", "BadSince", "Item", "Subscription", "parse_since"]
 

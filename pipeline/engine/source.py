@@ -15,8 +15,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from contextlib import aclosing
 from typing import Any
 
-from pipeline.acks import Ack, AckRunner, Carry, release_all
-from pipeline.isolate import Failure, failure
+from pipeline.engine.acks import Ack, AckRunner, Carry, release_all
+from pipeline.engine.isolate import Failure, failure
 from pipeline.stage import ResolvedStage
 from pipeline.types import BadChunk, Message
 

@@ -20,7 +20,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from pipeline.acks import Ack, release_all
+from pipeline.engine.acks import Ack, release_all
 from pipeline.stage import ResolvedStage, StageMeta
 from pipeline.types import Envelope
 

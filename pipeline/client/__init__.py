@@ -1,0 +1,1 @@
+"""What talks to a server: ``pipeline tail`` (`tail`, `render`)."""

@@ -1,0 +1,13 @@
+"""Runs: a source through transforms into numbered envelopes, delivered to sinks.
+
+- `acks`: acknowledgements carried with chunks.
+- `isolate`: one per-chunk call with timeout and retry; failures as values.
+- `source`: reading the source (and the leading sync maps) with per-chunk isolation.
+- `chain`: the transforms after the source.
+- `run`: one run, numbering envelopes (`Run`).
+- `fanout`: delivering envelopes to sinks; sink lifecycle.
+- `supervisor`: every run of a process: triggers, states, shutdown.
+
+Nothing here imports the hub, the server or the client; the hub is plugged in as a
+``publish`` callable.
+"""

@@ -1,0 +1,1 @@
+"""Per-pipeline broadcast: retention ring, per-client cursors, resume with ``since``."""

@@ -1,0 +1,1 @@
+"""The HTTP surface: the Starlette app (`app`), stream bodies (`streams`), the process."""
