@@ -84,6 +84,12 @@ def main() -> None:
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=None, help="Port, 0 for any free one."
 )
+@click.option(
+    "--reload",
+    "watch",
+    is_flag=True,
+    help="With --serve: reload when the config or a stage module changes (SIGHUP always does).",
+)
 @_common
 def run(
     names: tuple[str, ...],
@@ -91,6 +97,7 @@ def run(
     serve: bool,
     host: str | None,
     port: int | None,
+    watch: bool,
     log_format: logmod.LogFormat,
     log_level: str,
 ) -> None:
@@ -102,10 +109,28 @@ def run(
         known = ", ".join(f"`{n}`" for n in resolved)
         click.echo(f"{config_path}: unknown pipeline `{unknown[0]}` (known: {known})", err=True)
         sys.exit(2)
+    if watch and not serve:
+        click.echo("pipeline run: --reload needs --serve", err=True)
+        sys.exit(2)
     if serve:
+        from pipeline.config import snapshot
         from pipeline.server.process import serve as serve_fn
 
-        sys.exit(serve_fn(cfg, resolved, names=list(names), host=host, port=port))
+        def take(previous: snapshot.Snapshot) -> snapshot.Snapshot:
+            return snapshot.take(config_path, previous=previous)
+
+        current = snapshot.of(cfg, resolved, [config_path])
+        code = serve_fn(
+            cfg,
+            resolved,
+            names=list(names),
+            host=host,
+            port=port,
+            current=current,
+            take=take,
+            watch=watch,
+        )
+        sys.exit(code)
     picked = list(names) or [n for n, p in resolved.items() if p.config.trigger == "start"]
     sys.exit(run_to_stdout(resolved, picked, shutdown_timeout=cfg.server.shutdown_timeout))
 

@@ -16,7 +16,7 @@ Envelope: TypeAlias = dict[str, Any]
 """A status envelope as a plain dict, exactly as it is encoded on the wire."""
 
 Status = Literal["starting", "processing", "chunk_error", "error", "complete"]
-Reason = Literal["finished", "error", "shutdown", "cancelled"]
+Reason = Literal["finished", "error", "shutdown", "cancelled", "reload"]
 StageKind = Literal["source", "map", "flat_map", "stream", "sink"]
 
 AckFn: TypeAlias = Callable[[], "Awaitable[None] | None"]

@@ -44,9 +44,16 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, every: float
 class ServerProcess:
     """``pipeline run --serve`` in a subprocess; use as a context manager."""
 
-    def __init__(self, config: Path, *names: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        *names: str,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.config = config
         self.names = names
+        self.args = args
         self.env = {**os.environ, **(env or {})}
         self.stderr: list[str] = []
         self.port = 0
@@ -56,7 +63,7 @@ class ServerProcess:
 
     def __enter__(self) -> ServerProcess:
         cmd = [sys.executable, "-m", "pipeline", "run", *self.names, "--serve"]
-        cmd += ["-c", str(self.config), "--port", "0", "--log-format", "json"]
+        cmd += ["-c", str(self.config), "--port", "0", "--log-format", "json", *self.args]
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )

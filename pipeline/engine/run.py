@@ -75,6 +75,7 @@ class Run:
         self._driver: asyncio.Task[None] | None = None
         self._halt: tuple[Reason, str, BaseException] | None = None
         self._stopping = False
+        self._stop_reason: Reason = "shutdown"
         self._aborted: Reason | None = None
         self._started = 0.0
         self._tracebacks: dict[str, int] = {}
@@ -82,9 +83,13 @@ class Run:
 
     # -- control ---------------------------------------------------------------------
 
-    def stop(self) -> None:
-        """Stop gracefully: the source stops, in-flight chunks finish, then ``complete``."""
+    def stop(self, reason: Reason = "shutdown") -> None:
+        """Stop gracefully: the source stops, in-flight chunks finish, then ``complete``.
+
+        ``reason`` is the ``complete`` reason (``shutdown``, or ``reload``).
+        """
         self._stopping = True
+        self._stop_reason = reason
         if self._reader is not None:
             self._reader.stop()
 
@@ -154,7 +159,7 @@ class Run:
             return "cancelled"
         if self._aborted is not None:
             return self._aborted
-        return "shutdown" if self._stopping else "finished"
+        return self._stop_reason if self._stopping else "finished"
 
     async def _drive(self) -> None:
         reader = SourceReader(self.source, self.acks, self._params)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pipeline.engine.run import Run
@@ -19,7 +20,7 @@ from pipeline.log import get_logger
 from pipeline.stage import ResolvedStage
 from pipeline.types import Envelope, Reason
 
-__all__ = ["Feed", "PipelineSpec", "Supervisor"]
+__all__ = ["Feed", "PipelineSpec", "ReloadStatus", "Supervisor"]
 
 
 class Feed(Protocol):
@@ -51,6 +52,45 @@ class _Slot:
     task: asyncio.Task[Reason] | None = None
     runs: int = 0
     request_runs: set[Run] = field(default_factory=set)
+    successor: tuple[PipelineSpec, Feed | None, bool] | None = None  # spec, feed, start
+
+
+@dataclass
+class ReloadStatus:
+    """The outcome of reloads so far (``/pipelines`` and the metrics read it).
+
+    Attributes:
+        ok: reloads that applied (a valid config, even when nothing changed).
+        failed: reloads refused because the new config did not validate.
+        last_attempt: UNIX time of the last reload tried (None before any).
+        last_success: UNIX time of the last reload that applied.
+        problems: the problems of the last attempt, as ``FILE:LINE: path: message``.
+        changed: what the last successful reload changed, by kind.
+    """
+
+    ok: int = 0
+    failed: int = 0
+    last_attempt: float | None = None
+    last_success: float | None = None
+    problems: list[str] = field(default_factory=list)
+    changed: dict[str, list[str]] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        """The ``reload`` object of ``GET /pipelines``."""
+        return {
+            "ok": self.ok,
+            "failed": self.failed,
+            "last_attempt": _rfc3339(self.last_attempt),
+            "last_success": _rfc3339(self.last_success),
+            "problems": list(self.problems),
+            "changed": {k: list(v) for k, v in self.changed.items()},
+        }
+
+
+def _rfc3339(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class Supervisor:
@@ -69,6 +109,7 @@ class Supervisor:
         self._extra_sinks = tuple(extra_sinks)
         self.shutdown_timeout = shutdown_timeout
         self.shutting_down = False
+        self.reloads = ReloadStatus()
         self.log = get_logger()
 
     @property
@@ -97,19 +138,25 @@ class Supervisor:
     def start(self, names: Iterable[str]) -> None:
         """Start one run of each named pipeline in the background."""
         for name in names:
-            slot = self._slots[name]
-            run = self._new_run(slot, slot.feed.publish if slot.feed else None)
-            slot.run, slot.runs = run, slot.runs + 1
-            slot.task = asyncio.get_running_loop().create_task(self._execute(slot, run))
+            self._start_slot(self._slots[name])
+
+    def _start_slot(self, slot: _Slot) -> None:
+        run = self._new_run(slot, slot.feed.publish if slot.feed else None)
+        slot.run, slot.runs = run, slot.runs + 1
+        if slot.feed is not None:  # at once: a client arriving now already sees this run
+            slot.feed.begin_run(run.id)
+        slot.task = asyncio.get_running_loop().create_task(self._execute(slot, run))
 
     async def _execute(self, slot: _Slot, run: Run) -> Reason:
-        if slot.feed is not None:
-            slot.feed.begin_run(run.id)
         try:
             return await run.execute()
         finally:
             if slot.feed is not None:
                 slot.feed.end_run()
+            if slot.successor is not None:  # a reload: the new run starts at once
+                (slot.spec, slot.feed, again), slot.successor = slot.successor, None
+                if again and not self.shutting_down:
+                    self._start_slot(slot)
 
     async def wait(self) -> dict[str, Reason | None]:
         """Wait for every started run to end; return each pipeline's ``complete`` reason."""
@@ -150,18 +197,72 @@ class Supervisor:
         self.log.info("shutdown_started", runs=len(runs), timeout=self.shutdown_timeout)
         for run in runs:
             run.stop()
-        waits = [asyncio.ensure_future(r.done.wait()) for r in runs]
-        if waits:
-            _, pending = await asyncio.wait(waits, timeout=self.shutdown_timeout)
-            for run in runs:
-                if not run.done.is_set():
-                    self.log.warning("shutdown_timeout", pipeline=run.name, run=run.id)
-                    run.abort("shutdown")
-            for w in pending:
-                w.cancel()
-            await asyncio.gather(*(r.done.wait() for r in runs))
+        await self._drain(runs, "shutdown")
         await self.wait()
         self.log.info("shutdown_complete")
+
+    async def reload(
+        self,
+        specs: Mapping[str, PipelineSpec],
+        changed: Iterable[str],
+        *,
+        feeds: Mapping[str, Feed] | None = None,
+        start: Iterable[str] = (),
+    ) -> None:
+        """Apply a reloaded config: restart the ``changed`` pipelines, leave the others.
+
+        ``specs`` is the new set of pipelines. A changed pipeline (new, edited, or gone
+        from ``specs``) drains like a shutdown: its source stops, in-flight chunks finish
+        (bounded by ``shutdown_timeout``, then aborted) and its run ends with
+        ``complete(reason=reload)``; those named in ``start`` then begin a new run at
+        once, with the new definition and code and the feed given in ``feeds``.
+        """
+        feeds, start = feeds or {}, set(start)
+        waits = []
+        for name in dict.fromkeys(changed):
+            slot = self._slots.get(name)
+            spec = specs.get(name)
+            if slot is None:
+                if spec is not None:
+                    self._slots[name] = slot = _Slot(spec, feeds.get(name))
+                    if name in start and not self.shutting_down:
+                        self._start_slot(slot)
+                continue
+            waits.append(self._replace(name, slot, spec, feeds.get(name), name in start))
+        await asyncio.gather(*waits)
+        self._slots = {n: self._slots[n] for n in specs if n in self._slots}
+
+    async def _replace(
+        self, name: str, slot: _Slot, spec: PipelineSpec | None, feed: Feed | None, again: bool
+    ) -> None:
+        """Drain one pipeline's runs (reason ``reload``), then hand it its new definition."""
+        old = [r for r in (slot.run, *slot.request_runs) if r is not None and not r.done.is_set()]
+        again, task = again and spec is not None, slot.task
+        if task is not None and not task.done():
+            slot.successor = (spec or slot.spec, feed, again)
+        else:
+            slot.spec, slot.feed = spec or slot.spec, feed
+            if again and not self.shutting_down:
+                self._start_slot(slot)
+        for run in old:
+            run.stop("reload")
+        await self._drain(old, "reload")
+        if task is not None:  # its successor is started by the time this returns
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _drain(self, runs: list[Run], reason: Reason) -> None:
+        """Wait for ``runs`` to end: ``shutdown_timeout`` seconds, then abort them."""
+        if not runs:
+            return
+        waits = [asyncio.ensure_future(r.done.wait()) for r in runs]
+        _, pending = await asyncio.wait(waits, timeout=self.shutdown_timeout)
+        for run in runs:
+            if not run.done.is_set():
+                self.log.warning(f"{reason}_timeout", pipeline=run.name, run=run.id)
+                run.abort(reason)
+        for w in pending:
+            w.cancel()
+        await asyncio.gather(*(r.done.wait() for r in runs))
 
     def state(self, name: str) -> dict[str, Any]:
         """The JSON state of one pipeline, as served by ``GET /pipelines/{name}``."""

@@ -82,6 +82,21 @@ class Streams:
         self.request_dropped: dict[str, int] = dict.fromkeys(pipelines, 0)
         self._token = settings.token.encode()
 
+    def update(self, pipelines: Mapping[str, ResolvedPipeline], hubs: Mapping[str, Hub]) -> None:
+        """Serve a reloaded set of pipelines; ``hubs`` replaces the hubs it names.
+
+        A client already streaming keeps its hub (its run ends with ``complete``).
+        """
+        self.pipelines = dict(pipelines)
+        self.hubs = {
+            n: hubs.get(n) or self.hubs[n]
+            for n, rp in self.pipelines.items()
+            if rp.config.trigger == "start" and (n in hubs or n in self.hubs)
+        }
+        for name in self.pipelines:
+            self.request_clients.setdefault(name, 0)
+            self.request_dropped.setdefault(name, 0)
+
     def close_hubs(self) -> None:
         """End every open stream once it has drained (shutdown, after the runs ended)."""
         for hub in (*self.hubs.values(), *self.request_hubs):
@@ -227,7 +242,12 @@ def create_app(streams: Streams) -> Starlette:
     async def list_pipelines(request: Request) -> Response:
         if not streams.authorized(request):
             return error(401, "unauthorized", "missing or wrong bearer token")
-        return JSONResponse({"pipelines": [streams.state(n) for n in streams.pipelines]})
+        return JSONResponse(
+            {
+                "pipelines": [streams.state(n) for n in streams.pipelines],
+                "reload": streams.supervisor.reloads.as_json(),
+            }
+        )
 
     async def one_pipeline(request: Request) -> Response:
         if not streams.authorized(request):

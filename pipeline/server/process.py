@@ -10,7 +10,8 @@ uvicorn waits for open responses on SIGTERM, and our streams never end by themse
               └► should_exit = True    uvicorn stops listening, waits for the streams
                                        (bounded by timeout_graceful_shutdown), exits 0
 
-A second signal exits at once with status 1.
+A second signal exits at once with status 1. SIGHUP (and, with ``--reload``, a change
+to a watched file) reloads the config: see `pipeline.server.reload`.
 """
 
 from __future__ import annotations
@@ -25,17 +26,19 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping
 from types import FrameType
 from typing import Any
 
 import uvicorn
 
 from pipeline.config.models import Config
+from pipeline.config.snapshot import Snapshot
 from pipeline.engine.supervisor import Supervisor
 from pipeline.hub.hub import Hub
 from pipeline.log import get_logger
 from pipeline.server.app import Streams, create_app
+from pipeline.server.reload import Reloader
 from pipeline.server.streams import install_cut_filter
 
 __all__ = ["GRACE", "PipelineServer", "bind", "build", "serve"]
@@ -72,10 +75,22 @@ class _Scrub(logging.Filter):
 class PipelineServer(uvicorn.Server):
     """uvicorn's `Server`, whose exit signal drains the pipelines and their streams first."""
 
-    def __init__(self, config: uvicorn.Config, streams: Streams, start: list[str]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        streams: Streams,
+        start: list[str],
+        reloader: Reloader | None = None,
+        *,
+        watch: bool = False,
+    ) -> None:
         super().__init__(config)
         self.streams = streams
         self.start = start
+        self.reloader = reloader
+        self.watch = watch
+        self._stop_watch = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.log = get_logger()
         self.address: tuple[str, int] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -91,7 +106,24 @@ class PipelineServer(uvicorn.Server):
         host, port = self.servers[0].sockets[0].getsockname()[:2]
         self.address = (host, port)
         self.streams.supervisor.start(self.start)
+        if self.reloader is not None and self.watch:
+            self._spawn(self.reloader.watch(self._stop_watch))
         self.log.info("listening", host=host, port=port, url=f"http://{_netloc(host, port)}")
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def handle_hup(self, sig: int, frame: FrameType | None) -> None:
+        """SIGHUP: reload the config (from the loop; a signal handler neither logs nor locks)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._begin_reload, "SIGHUP")
+
+    def _begin_reload(self, trigger: str) -> None:
+        if self.reloader is not None and self._drain is None:
+            self._spawn(self.reloader.reload(trigger))
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -101,6 +133,8 @@ class PipelineServer(uvicorn.Server):
             return
         sigs = (signal.SIGINT, signal.SIGTERM)
         old = {sig: signal.signal(sig, self.handle_exit) for sig in sigs}
+        if self.reloader is not None:
+            old[signal.SIGHUP] = signal.signal(signal.SIGHUP, self.handle_hup)
         try:
             yield
         finally:
@@ -135,6 +169,7 @@ class PipelineServer(uvicorn.Server):
 
     async def drain(self) -> None:
         """Stop every run, end every stream, then let uvicorn finish."""
+        self._stop_watch.set()
         try:
             await self.streams.supervisor.shutdown()
         except Exception:
@@ -174,11 +209,15 @@ def build(
     *,
     names: list[str] | None = None,
     send_timeout: float | None = None,
+    current: Snapshot | None = None,
+    take: Callable[[Snapshot], Snapshot] | None = None,
+    watch: bool = False,
 ) -> PipelineServer:
     """Make the supervisor, the hubs, the app and the server (nothing runs yet).
 
     ``names`` picks the pipelines served (default: all); the ``trigger: start`` ones
-    among them start with the server.
+    among them start with the server. With ``current`` and ``take`` (load the config
+    again), SIGHUP reloads it, and so does every change of a watched file with ``watch``.
     """
     settings = cfg.server
     picked = {n: resolved[n] for n in (names or list(resolved))}
@@ -201,7 +240,10 @@ def build(
         server_header=False,
         timeout_graceful_shutdown=GRACE,
     )
-    return PipelineServer(config, streams, list(hubs))
+    reloader = None
+    if current is not None and take is not None:
+        reloader = Reloader(streams, current, take, names=names)
+    return PipelineServer(config, streams, list(hubs), reloader, watch=watch)
 
 
 def serve(
@@ -211,8 +253,14 @@ def serve(
     names: list[str] | None = None,
     host: str | None = None,
     port: int | None = None,
+    current: Snapshot | None = None,
+    take: Callable[[Snapshot], Snapshot] | None = None,
+    watch: bool = False,
 ) -> int:
-    """Serve until SIGINT/SIGTERM; return the exit code (0, or 2 if it cannot listen)."""
+    """Serve until SIGINT/SIGTERM; return the exit code (0, or 2 if it cannot listen).
+
+    ``current``, ``take`` and ``watch`` enable reloading (see `build`).
+    """
     host = cfg.server.host if host is None else host
     port = cfg.server.port if port is None else port
     try:
@@ -226,7 +274,7 @@ def serve(
             file=sys.stderr,
         )
         return 2
-    server = build(cfg, resolved, names=names)
+    server = build(cfg, resolved, names=names, current=current, take=take, watch=watch)
     scrub = _Scrub([cfg.server.token])
     install_cut_filter()
     for name in ("uvicorn.access", "uvicorn.error"):

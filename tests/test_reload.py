@@ -1,0 +1,293 @@
+"""Hot reload (SPEC §11): SIGHUP and ``--reload`` on a real server subprocess."""
+
+from __future__ import annotations
+
+import signal
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.http_helpers import ServerProcess, wait_until
+
+STAGES = """
+    import asyncio
+
+    import helpers
+
+
+    async def ticks(interval: float = 0.01):
+        n = 0
+        while True:
+            n += 1
+            yield {"n": n}
+            await asyncio.sleep(interval)
+
+
+    def tag(chunk):
+        return {**chunk, "label": helpers.label()}
+"""
+
+HELPERS_V1 = """
+    def label():
+        return "v1"
+"""
+
+CONFIG = """
+    server: {{shutdown_timeout: 5}}
+    pipelines:
+      a:
+        source: {{use: my_stages:ticks, with: {{interval: {interval}}}}}
+        transforms:
+          - use: my_stages:tag
+        sinks:
+          - use: file
+            with: {{path: {out}/a.ndjson, append: true, fsync: false}}
+      b:
+        source: {{use: my_stages:ticks, with: {{interval: 0.02}}}}
+        sinks:
+          - use: file
+            with: {{path: {out}/b.ndjson, append: true, fsync: false}}
+"""
+
+
+def envelopes(path: Path) -> list[dict[str, Any]]:
+    """Every whole line of an NDJSON file written by the file sink."""
+    if not path.exists():
+        return []
+    return [orjson.loads(x) for x in path.read_bytes().split(b"\n") if x.strip()]
+
+
+def pipelines(server: ServerProcess) -> dict[str, Any]:
+    return httpx.get(server.url("/pipelines"), timeout=5).json()  # type: ignore[no-any-return]
+
+
+def state(server: ServerProcess, name: str) -> dict[str, Any]:
+    return next(p for p in pipelines(server)["pipelines"] if p["name"] == name)
+
+
+def reloaded(server: ServerProcess, count: int) -> Callable[[], bool]:
+    """A predicate: the server has logged ``count`` reload outcomes (ok or failed)."""
+    return lambda: (
+        server.log_text.count('"reloaded"') + server.log_text.count('"reload_failed"') >= count
+    )
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "my_stages.py").write_text(textwrap.dedent(STAGES))
+    (tmp_path / "helpers.py").write_text(textwrap.dedent(HELPERS_V1))
+    out = tmp_path / "out"
+    out.mkdir()
+    config = tmp_path / "pipelines.yaml"
+    config.write_text(textwrap.dedent(CONFIG.format(out=out, interval=0.01)))
+    return config
+
+
+def runs_of(envs: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(e["run"] for e in envs))
+
+
+def test_sighup_restarts_only_the_pipeline_whose_imported_code_changed(project: Path) -> None:
+    """An edit of a module the stage module imports restarts that pipeline with the new
+    code (complete(reason=reload), then a new run at once); the other keeps its run."""
+    out = project.parent / "out"
+    with ServerProcess(project) as server:
+        wait_until(lambda: len(envelopes(out / "a.ndjson")) > 5)
+        run_b = state(server, "b")["run"]
+        run_a = state(server, "a")["run"]
+        (project.parent / "helpers.py").write_text("def label():\n    return 'v2'\n")
+        server.signal(signal.SIGHUP)
+        wait_until(reloaded(server, 1), timeout=20)
+        wait_until(
+            lambda: any(
+                e.get("data", {}).get("label") == "v2" for e in envelopes(out / "a.ndjson")
+            ),
+            timeout=20,
+        )
+        assert state(server, "b")["run"] == run_b
+        assert state(server, "b")["state"] == "running"
+        new_a = state(server, "a")
+        assert new_a["run"] != run_a and new_a["state"] == "running"
+        body = pipelines(server)["reload"]
+        assert body["ok"] == 1 and body["failed"] == 0 and body["problems"] == []
+        assert body["changed"] == {"changed": ["a"]}
+        assert body["last_success"] == body["last_attempt"] is not None
+    a = envelopes(out / "a.ndjson")
+    first = [e for e in a if e["run"] == run_a]
+    assert first[-1]["status"] == "complete" and first[-1]["reason"] == "reload"
+    assert [e["seq"] for e in first] == list(range(1, len(first) + 1))
+    assert {e["data"]["label"] for e in first if e["status"] == "processing"} == {"v1"}
+    second = [e for e in a if e["run"] == new_a["run"]]
+    assert second[0]["status"] == "starting"
+    assert {e["data"]["label"] for e in second if e["status"] == "processing"} == {"v2"}
+    b = envelopes(out / "b.ndjson")
+    assert runs_of(b) == [run_b]
+    assert b[-1]["reason"] == "shutdown"
+    line = next(x for x in server.stderr if '"reloaded"' in x)
+    logged = orjson.loads(line)
+    assert logged["changed"] == ["a"] and logged["unchanged"] == 1
+    assert logged["trigger"] == "SIGHUP"
+
+
+def test_invalid_reload_changes_nothing_and_is_reported(project: Path) -> None:
+    """A stage module that no longer imports, then a bad value: every problem is logged as
+    FILE:LINE: path: message and shown under `reload`; the runs go on untouched."""
+    out = project.parent / "out"
+    with ServerProcess(project) as server:
+        wait_until(lambda: len(envelopes(out / "a.ndjson")) > 5)
+        runs = {n: state(server, n)["run"] for n in ("a", "b")}
+        (project.parent / "helpers.py").write_text("def label(:\n")
+        server.signal(signal.SIGHUP)
+        wait_until(reloaded(server, 1), timeout=20)
+        body = pipelines(server)["reload"]
+        assert body["ok"] == 0 and body["failed"] == 1 and body["last_success"] is None
+        assert len(body["problems"]) == 3  # every stage from my_stages
+        file = str(project)
+        assert body["problems"][0].startswith(f"{file}:5: pipelines.a.source.use: module ")
+        assert "SyntaxError" in body["problems"][0] and "helpers.py:1" in body["problems"][0]
+        assert f'"problem":"{body["problems"][0]}' in server.log_text.replace("\\\\", "\\")
+        assert {n: state(server, n)["run"] for n in ("a", "b")} == runs
+
+        (project.parent / "helpers.py").write_text(textwrap.dedent(HELPERS_V1))
+        project.write_text(project.read_text().replace("interval: 0.01", "interval: -x"))
+        server.signal(signal.SIGHUP)
+        wait_until(reloaded(server, 2), timeout=20)
+        body = pipelines(server)["reload"]
+        assert body["failed"] == 2
+        assert body["problems"] == [
+            f"{file}:5: pipelines.a.source.with.interval: Input should be a valid number, "
+            "unable to parse string as a number"
+        ]
+        assert {n: state(server, n)["run"] for n in ("a", "b")} == runs
+        assert all(state(server, n)["state"] == "running" for n in ("a", "b"))
+
+        project.write_text(project.read_text().replace("interval: -x", "interval: 0.01"))
+        server.signal(signal.SIGHUP)
+        wait_until(reloaded(server, 3), timeout=20)
+        body = pipelines(server)["reload"]
+        assert body["ok"] == 1 and body["failed"] == 2 and body["problems"] == []
+        assert body["changed"] == {}  # back to what runs: nothing to restart
+        assert {n: state(server, n)["run"] for n in ("a", "b")} == runs
+
+
+def test_watch_reloads_a_changed_definition_and_old_tokens_get_the_new_run(
+    project: Path,
+) -> None:
+    """--reload: editing pipelines.yaml restarts the edited pipeline; a resume token of the
+    old run gets the new run from its first retained envelope."""
+    out = project.parent / "out"
+    with ServerProcess(project, args=("--reload",)) as server:
+        wait_until(lambda: len(envelopes(out / "a.ndjson")) > 5)
+        old = {n: state(server, n)["run"] for n in ("a", "b")}
+        time.sleep(0.5)  # the watcher is up (it starts with the server)
+        project.write_text(project.read_text().replace("interval: 0.01", "interval: 0.005"))
+        wait_until(reloaded(server, 1), timeout=30)
+        assert state(server, "b")["run"] == old["b"]
+        new_a = state(server, "a")["run"]
+        assert new_a != old["a"]
+        assert '"trigger":"watch"' in server.log_text
+        with httpx.stream(
+            "GET", server.url(f"/pipelines/a/stream?since={old['a']}:3"), timeout=10
+        ) as response:
+            first = orjson.loads(next(response.iter_lines()))
+        assert first["run"] == new_a and first["seq"] == 1 and first["status"] == "starting"
+
+
+BROKER = """
+    import asyncio
+    from pathlib import Path
+
+    from pipeline import Message
+
+    VERSION = 0
+
+
+    def _ids(path):
+        p = Path(path)
+        return [int(x) for x in p.read_text().split()] if p.exists() else []
+
+
+    def _append(path, i):
+        with open(path, "a") as fh:
+            fh.write(f"{i}\\n")
+
+
+    async def messages(state: str, interval: float = 0.002):
+        \"\"\"A file-backed broker: what was delivered and not acked is delivered again.\"\"\"
+        delivered, acked = _ids(state + ".delivered"), set(_ids(state + ".acked"))
+
+        def ack_of(i):
+            return lambda: _append(state + ".acked", i)
+
+        for i in sorted(set(delivered) - acked):
+            _append(state + ".redelivered", i)
+            yield Message({"id": i}, ack=ack_of(i))
+        i = max(delivered, default=0)
+        while True:
+            i += 1
+            _append(state + ".delivered", i)
+            yield Message({"id": i}, ack=ack_of(i))
+            await asyncio.sleep(interval)
+
+
+    async def work(chunk):
+        await asyncio.sleep(0.01)
+        return {**chunk, "version": VERSION}
+"""
+
+BROKER_CONFIG = """
+    server: {{shutdown_timeout: 10}}
+    pipelines:
+      acked:
+        source: {{use: broker:messages, with: {{state: {state}}}}}
+        transforms:
+          - use: broker:work
+            concurrency: 8
+        sinks:
+          - use: file
+            with: {{path: {out}, append: true, fsync: false}}
+"""
+
+
+def test_acking_source_under_load_loses_nothing_across_ten_reloads(tmp_path: Path) -> None:
+    """Ten reloads of a pipeline whose source acks: every message delivered is written
+    and acked exactly once, each old run drains (nothing left for redelivery) and ends
+    with complete(reason=reload), and each new run runs the new code."""
+    state, out = tmp_path / "broker", tmp_path / "out.ndjson"
+    (tmp_path / "broker.py").write_text(textwrap.dedent(BROKER))
+    config = tmp_path / "pipelines.yaml"
+    config.write_text(textwrap.dedent(BROKER_CONFIG.format(state=state, out=out)))
+    with ServerProcess(config) as server:
+        for n in range(1, 11):
+            seen = len(envelopes(out))
+            wait_until(lambda s=seen: len(envelopes(out)) > s + 20, timeout=20)
+            module = (tmp_path / "broker.py").read_text()
+            module = module.replace(f"VERSION = {n - 1}\n", f"VERSION = {n}\n")
+            (tmp_path / "broker.py").write_text(module)
+            server.signal(signal.SIGHUP)
+            wait_until(lambda n=n: server.log_text.count('"reloaded"') >= n, timeout=30)
+        wait_until(lambda: any(e.get("data", {}).get("version") == 10 for e in envelopes(out)))
+        server.signal(signal.SIGTERM)
+        assert server.wait(30) == 0
+    envs = envelopes(out)
+    runs = runs_of(envs)
+    assert len(runs) == 11
+    reasons = [e["reason"] for e in envs if e["status"] == "complete"]
+    assert reasons == ["reload"] * 10 + ["shutdown"]
+    delivered = [int(x) for x in (tmp_path / "broker.delivered").read_text().split()]
+    acked = [int(x) for x in (tmp_path / "broker.acked").read_text().split()]
+    written = [e["data"]["id"] for e in envs if e["status"] == "processing"]
+    assert delivered == list(range(1, len(delivered) + 1))
+    assert sorted(acked) == delivered  # every message acked, exactly once
+    assert sorted(written) == delivered  # ... and written, exactly once
+    assert not (tmp_path / "broker.redelivered").exists()  # every drain finished its work
+    assert len(delivered) > 10 * 20
+    for i, run in enumerate(runs):
+        versions = {e["data"]["version"] for e in envs if e["run"] == run and "data" in e}
+        assert versions == {i}
