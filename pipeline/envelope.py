@@ -110,15 +110,20 @@ def jsonable(value: Any) -> bool:
     return True
 
 
-def encode_sse(line: bytes, status: str, run: str, seq: int | None) -> bytes:
-    """Frame an encoded NDJSON line as one Server-Sent Event (``id``, ``event``, ``data``).
+def encode_sse(line: bytes, run: str, seq: int | None) -> bytes:
+    """Frame an encoded NDJSON line as one Server-Sent Event (``id`` and ``data``).
+
+    There is no ``event:`` line: every envelope is a default ``message`` event, so a
+    browser's ``onmessage`` gets them all, and a run's ``error`` envelope never fires
+    EventSource's own ``error`` event (SPEC §6). The status stays in the JSON. A
+    transport notice (``seq`` None) has no ``id``.
 
     Example:
-        >>> encode_sse(b'{"seq":1}\\n', "starting", "r1", 1)
-        b'id: r1:1\\nevent: starting\\ndata: {"seq":1}\\n\\n'
+        >>> encode_sse(b'{"seq":1}\\n', "r1", 1)
+        b'id: r1:1\\ndata: {"seq":1}\\n\\n'
     """
-    head = f"id: {run}:{seq}\nevent: {status}\n" if seq is not None else f"event: {status}\n"
-    return head.encode() + b"data: " + line + b"\n"
+    head = b"id: %s:%d\n" % (run.encode(), seq) if seq is not None else b""
+    return head + b"data: " + line + b"\n"
 
 
 def make_clock(time_ns: Callable[[], int] = time.time_ns) -> Callable[[], str]:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import browser, other_origin, page  # noqa: F401  (fixtures for page tests)
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

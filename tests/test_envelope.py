@@ -81,9 +81,9 @@ def test_now_matches_rfc3339() -> None:
 
 
 def test_sse_frame() -> None:
-    """An SSE frame carries id RUN:SEQ, the status as event, the line as data."""
-    frame = encode_sse(b'{"a":1}\n', "processing", "r1", 7)
-    assert frame == b'id: r1:7\nevent: processing\ndata: {"a":1}\n\n'
+    """An SSE frame carries id RUN:SEQ and the line as data, with no `event:` line."""
+    frame = encode_sse(b'{"a":1}\n', "r1", 7)
+    assert frame == b'id: r1:7\ndata: {"a":1}\n\n'
 
 
 def test_only_envelope_module_encodes() -> None:

@@ -90,9 +90,10 @@ def test_rooms_import_only_what_they_may() -> None:
             if theirs == mine and mine != "vocabulary":
                 continue
             if mine == "vocabulary":
-                if theirs != "vocabulary" or VOCABULARY[dep.split(".")[1]] >= VOCABULARY[
-                    name.split(".")[1]
-                ]:
+                if (
+                    theirs != "vocabulary"
+                    or VOCABULARY[dep.split(".")[1]] >= VOCABULARY[name.split(".")[1]]
+                ):
                     bad.append(f"{name} -> {dep}")
             elif theirs not in ALLOWED[mine]:
                 bad.append(f"{name} -> {dep}")
@@ -146,11 +147,12 @@ def test_stage_library_uses_public_api_only() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module == "pipeline":
                 offenders += [
-                    f"{path.name} -> {a.name}"
-                    for a in node.names
-                    if a.name not in pipeline.__all__
+                    f"{path.name} -> {a.name}" for a in node.names if a.name not in pipeline.__all__
                 ]
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline."):
-                if node.module != "pipeline.envelope":
-                    offenders.append(f"{path.name} -> {node.module}")
+            elif (
+                isinstance(node, ast.ImportFrom)
+                and (node.module or "").startswith("pipeline.")
+                and node.module != "pipeline.envelope"
+            ):
+                offenders.append(f"{path.name} -> {node.module}")
     assert offenders == []

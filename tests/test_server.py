@@ -175,7 +175,7 @@ def test_since_resumes_exactly_on_a_live_run(server: ServerProcess) -> None:
 
 
 def test_sse_framing_and_last_event_id(server: ServerProcess) -> None:
-    """SSE: retry hint first, `id: RUN:SEQ`, `event: status`, envelope as data; resumes."""
+    """SSE: retry hint first, `id: RUN:SEQ`, envelope as data, no `event:`; resumes."""
     with RawStream(server.port, "/pipelines/live/events?since=0") as s:
         assert s.read_head() == 200
         assert s.headers["content-type"] == "text/event-stream; charset=utf-8"
@@ -183,12 +183,82 @@ def test_sse_framing_and_last_event_id(server: ServerProcess) -> None:
     assert events[0] == {"retry": "2000"}
     run = orjson.loads(events[1]["data"])["run"]
     assert [e["id"] for e in events[1:]] == [f"{run}:1", f"{run}:2", f"{run}:3"]
-    assert [e["event"] for e in events[1:]] == ["starting", "processing", "processing"]
+    assert [set(e) for e in events[1:]] == [{"id", "data"}] * 3
+    statuses = [orjson.loads(e["data"])["status"] for e in events[1:]]
+    assert statuses == ["starting", "processing", "processing"]
     assert orjson.loads(events[2]["data"])["seq"] == 2
     headers = {"Last-Event-ID": f"{run}:3"}
     with RawStream(server.port, "/pipelines/live/events?since=0", headers) as s:
         events = sse_events(s, limit=3)
     assert [e["id"] for e in events[1:]] == [f"{run}:4", f"{run}:5"]
+
+
+def test_sse_reconnect_after_the_end_of_a_run_gets_204(server: ServerProcess) -> None:
+    """Last-Event-ID of a completed run's last envelope: 204; an earlier one: the rest."""
+    wait_until(lambda: httpx.get(server.url("/pipelines/done")).json()["state"] == "completed")
+    state = httpx.get(server.url("/pipelines/done")).json()
+    run, last = state["run"], state["last_seq"]
+    with RawStream(server.port, "/pipelines/done/events", {"Last-Event-ID": f"{run}:{last}"}) as s:
+        assert s.read_head() == 204 and "content-type" not in s.headers
+    with RawStream(
+        server.port, "/pipelines/done/events", {"Last-Event-ID": f"{run}:{last - 1}"}
+    ) as s:
+        assert [orjson.loads(e["data"])["seq"] for e in sse_events(s)[1:]] == [last]
+    with RawStream(server.port, "/pipelines/done/events", {"Last-Event-ID": f"old:{last}"}) as s:
+        assert s.read_head() == 200  # another run: the current one from its start
+    with RawStream(server.port, "/pipelines/fresh/events", {"Last-Event-ID": "gone:5"}) as s:
+        assert s.read_head() == 204  # a request run is over once its client left
+    assert httpx.get(server.url("/pipelines/fresh")).json()["runs"] == 0
+    live = httpx.get(server.url("/pipelines/live")).json()
+    headers = {"Last-Event-ID": f"{live['run']}:{live['last_seq']}"}
+    with RawStream(server.port, "/pipelines/live/events", headers) as s:
+        assert s.read_head() == 200  # a live run: what comes next
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "kind"),
+    [
+        (b"not json", 400, "bad_request"),
+        (b'{"token": 5}', 400, "bad_request"),
+        (b"[]", 400, "bad_request"),
+        (b'{"token": "' + b"x" * 5000 + b'"}', 400, "bad_request"),
+        (b'{"token": "wrong"}', 401, "unauthorized"),
+    ],
+)
+def test_session_refuses_bad_bodies_and_wrong_tokens(
+    secured: ServerProcess, body: bytes, status: int, kind: str
+) -> None:
+    """POST /session: JSON errors, no cookie, for a malformed body or a wrong token."""
+    resp = httpx.post(secured.url("/session"), content=body)
+    assert resp.status_code == status and resp.json()["error"]["type"] == kind
+    assert "set-cookie" not in resp.headers
+
+
+def test_session_cookie_flags_and_logout(secured: ServerProcess) -> None:
+    """The cookie is HttpOnly, SameSite=Strict, Path=/; DELETE clears it; GET is 405."""
+    resp = httpx.post(secured.url("/session"), json={"token": TOKEN})
+    assert resp.status_code == 204
+    cookie = resp.headers["set-cookie"]
+    assert cookie.startswith("pipeline_token=") and TOKEN not in cookie
+    assert {"HttpOnly", "Path=/", "SameSite=strict"} <= {p.strip() for p in cookie.split(";")}
+    value = resp.cookies["pipeline_token"]
+    jar = {"pipeline_token": value}
+    with RawStream(
+        secured.port, "/pipelines/done/stream?since=0", {"Cookie": f"pipeline_token={value}"}
+    ) as s:
+        assert s.envelopes()[-1]["status"] == "complete"
+    assert httpx.get(secured.url("/pipelines"), cookies={"pipeline_token": "x"}).status_code == 401
+    cleared = httpx.delete(secured.url("/session"), cookies=jar)
+    assert cleared.status_code == 204 and "Max-Age=0" in cleared.headers["set-cookie"]
+    assert httpx.get(secured.url("/session")).status_code == 405
+    allowed = {"Origin": "http://app.example"}
+    assert httpx.delete(secured.url("/session"), headers=allowed).status_code == 204
+
+
+def test_session_without_a_token_sets_no_cookie(server: ServerProcess) -> None:
+    """With no `server.token` everything is open: POST /session is 204 without a cookie."""
+    resp = httpx.post(server.url("/session"), json={"token": "anything"})
+    assert resp.status_code == 204 and "set-cookie" not in resp.headers
 
 
 def test_websocket_one_frame_per_envelope(server: ServerProcess) -> None:

@@ -75,8 +75,8 @@ pipelines:
             for c in sse:
                 events = sse_events(c)
                 assert c.clean_end
-                assert events[-1]["event"] == "complete"
-                assert orjson.loads(events[-1]["data"])["reason"] == "shutdown"
+                last = orjson.loads(events[-1]["data"])
+                assert (last["status"], last["reason"]) == ("complete", "shutdown")
             envs = fresh.envelopes()
             assert envs[-1]["status"] == "complete" and envs[-1]["reason"] == "shutdown"
             assert fresh.clean_end

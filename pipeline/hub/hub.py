@@ -123,6 +123,14 @@ class Hub:
         """Lines the ring holds now (never more than ``retain + client_buffer``)."""
         return len(self._lines)
 
+    def finished(self, run: str, seq: int) -> bool:
+        """Whether ``run`` is the current run, it has ended, and ``seq`` is its last.
+
+        A client that resumes from there has nothing more to get (SSE: 204).
+        """
+        cur = self._run
+        return cur is not None and cur.id == run and cur.end is not None and seq >= cur.last_seq
+
     # -- producer side: never awaits -------------------------------------------------
 
     def begin_run(self, run: str) -> None:

@@ -9,7 +9,6 @@ after the first byte can become an HTTP error (failures travel as envelopes).
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +27,7 @@ from pipeline.engine.supervisor import Supervisor
 from pipeline.errors import StageParamsError
 from pipeline.hub.hub import BadSince, Hub, parse_since
 from pipeline.log import get_logger
+from pipeline.server.auth import Auth, Refusal
 from pipeline.server.streams import (
     JSONLStream,
     NDJSONStream,
@@ -44,6 +44,7 @@ SEND_TIMEOUT = 30.0
 _STATUS_TYPES = {
     400: "bad_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     426: "upgrade_required",
@@ -51,12 +52,8 @@ _STATUS_TYPES = {
 }
 
 
-class _Refused(Exception):
-    """A stream request refused before anything was sent (becomes a JSON error)."""
-
-    def __init__(self, status: int, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.kind, self.message = status, kind, message
+class _NothingNew(Exception):
+    """An SSE reconnect from the last envelope of a run that has ended (becomes 204)."""
 
 
 class Streams:
@@ -80,7 +77,7 @@ class Streams:
         self.request_hubs: set[Hub] = set()
         self.request_clients: dict[str, int] = dict.fromkeys(pipelines, 0)
         self.request_dropped: dict[str, int] = dict.fromkeys(pipelines, 0)
-        self._token = settings.token.encode()
+        self.auth = Auth(settings.token, settings.cors_origins)
 
     def update(self, pipelines: Mapping[str, ResolvedPipeline], hubs: Mapping[str, Hub]) -> None:
         """Serve a reloaded set of pipelines; ``hubs`` replaces the hubs it names.
@@ -103,13 +100,8 @@ class Streams:
             hub.close()
 
     def authorized(self, conn: HTTPConnection) -> bool:
-        """Whether the request carries ``Authorization: Bearer <server.token>``."""
-        if not self._token:
-            return True
-        raw = dict(conn.scope["headers"]).get(b"authorization", b"")
-        scheme, _, credentials = raw.partition(b" ")
-        ok = hmac.compare_digest(credentials.strip(), self._token)
-        return scheme.lower() == b"bearer" and ok
+        """Whether the request carries the bearer token or the session cookie."""
+        return self.auth.authorized(conn)
 
     def state(self, name: str) -> dict[str, Any]:
         """The JSON state of one pipeline, with its clients."""
@@ -130,21 +122,26 @@ class Streams:
         return out
 
     def open_stream(self, conn: HTTPConnection, *, sse: bool = False) -> tuple[Hub, StreamOptions]:
-        """Check one stream request and reserve its slot; raise `_Refused` if refused."""
+        """Check one stream request and reserve its slot; raise `Refusal` if refused."""
+        if conn.scope["type"] == "websocket":
+            self.auth.check_origin(conn)
         if not self.authorized(conn):
-            raise _Refused(401, "unauthorized", "missing or wrong bearer token")
+            raise Refusal(401, "unauthorized", "missing or wrong bearer token")
         name = conn.path_params["name"]
         rp = self._pipeline(name)
         since = conn.query_params.get("since")
-        if sse and "last-event-id" in conn.headers:
+        reconnect = sse and "last-event-id" in conn.headers
+        if reconnect:
             since = conn.headers["last-event-id"]
         try:
-            parse_since(since)
+            want = parse_since(since)
         except BadSince as exc:
-            raise _Refused(400, "bad_since", str(exc)) from None
+            raise Refusal(400, "bad_since", str(exc)) from None
+        if reconnect and want is not None and self._nothing_newer(rp, *want):
+            raise _NothingNew
         if self.open >= self.settings.max_clients:
             msg = f"too many clients: {self.settings.max_clients} streams are open"
-            raise _Refused(503, "too_many_clients", msg)
+            raise Refusal(503, "too_many_clients", msg)
         if rp.config.trigger == "request":
             hub, opts = self._request_stream(rp, conn)
         else:
@@ -153,10 +150,22 @@ class Streams:
         self.open += 1
         return hub, opts
 
+    def _nothing_newer(self, rp: ResolvedPipeline, run: str | None, seq: int) -> bool:
+        """Whether a reconnect from ``RUN:SEQ`` names a run that ended with nothing newer.
+
+        A ``trigger: request`` run lives as long as its one client: a reconnect names a
+        run that is over, and is not run again (SPEC §6).
+        """
+        if run is None:
+            return False
+        if rp.config.trigger == "request":
+            return all(hub.run != run for hub in self.request_hubs)
+        return self.hubs[rp.name].finished(run, seq)
+
     def _pipeline(self, name: str) -> ResolvedPipeline:
         rp = self.pipelines.get(name)
         if rp is None:
-            raise _Refused(404, "not_found", f"unknown pipeline `{name}`")
+            raise Refusal(404, "not_found", f"unknown pipeline `{name}`")
         return rp
 
     def _options(self, since: str | None, conn: HTTPConnection, rp: Any) -> StreamOptions:
@@ -177,11 +186,11 @@ class Streams:
     ) -> tuple[Hub, StreamOptions]:
         """A fresh hub and run for one client of a ``trigger: request`` pipeline."""
         if self.supervisor.shutting_down:
-            raise _Refused(503, "shutting_down", "the server is shutting down")
+            raise Refusal(503, "shutting_down", "the server is shutting down")
         try:
             params = request_params(rp, conn.query_params)
         except StageParamsError as exc:
-            raise _Refused(400, "bad_request_params", str(exc)) from None
+            raise Refusal(400, "bad_request_params", str(exc)) from None
         name = rp.name
         hub = Hub(name, retain=rp.config.retain, client_buffer=self.settings.client_buffer)
         opts = self._options(None, conn, rp)
@@ -205,7 +214,7 @@ def _no_params(query: Mapping[str, str]) -> None:
     for key in query:
         if key not in TRANSPORT_KEYS:
             msg = f"undeclared request parameter `{key}`"
-            raise _Refused(400, "bad_request_params", msg)
+            raise Refusal(400, "bad_request_params", msg)
 
 
 def _accepts_gzip(header: str | None) -> bool:
@@ -262,13 +271,15 @@ def create_app(streams: Streams) -> Starlette:
             accept = request.headers.get("accept", "")
             jsonl = "application/jsonl" in accept and "application/x-ndjson" not in accept
             return (JSONLStream if jsonl else NDJSONStream)(*streams.open_stream(request))
-        except _Refused as exc:
+        except Refusal as exc:
             return error(exc.status, exc.kind, exc.message)
 
     async def events(request: Request) -> Response:
         try:
             return SSEStream(*streams.open_stream(request, sse=True))
-        except _Refused as exc:
+        except _NothingNew:
+            return Response(status_code=204, headers={"cache-control": "no-cache"})
+        except Refusal as exc:
             return error(exc.status, exc.kind, exc.message)
 
     async def ws_over_http(request: Request) -> Response:
@@ -277,13 +288,21 @@ def create_app(streams: Streams) -> Starlette:
     async def websocket(ws: WebSocket) -> None:
         try:
             stream = WebSocketStream(*streams.open_stream(ws))
-        except _Refused as exc:
+        except Refusal as exc:
             if "websocket.http.response" in ws.scope.get("extensions", {}):
                 await ws.send_denial_response(error(exc.status, exc.kind, exc.message))
             else:
                 await ws.close(code=1008, reason=exc.message[:120])
             return
         await stream(ws.scope, ws.receive, ws.send)
+
+    async def session(request: Request) -> Response:
+        try:
+            if request.method == "DELETE":
+                return streams.auth.logout(request)
+            return await streams.auth.login(request)
+        except Refusal as exc:
+            return error(exc.status, exc.kind, exc.message)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -296,6 +315,7 @@ def create_app(streams: Streams) -> Starlette:
 
     routes = [
         Route("/healthz", healthz),
+        Route("/session", session, methods=["POST", "DELETE"]),
         Route("/pipelines", list_pipelines),
         Route("/pipelines/{name}", one_pipeline),
         Route("/pipelines/{name}/stream", ndjson),

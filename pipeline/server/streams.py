@@ -233,7 +233,7 @@ class JSONLStream(NDJSONStream):
 
 
 class SSEStream(_Stream):
-    """``text/event-stream``: ``id: RUN:SEQ``, ``event: <status>``, ``data: <envelope>``."""
+    """``text/event-stream``: ``id: RUN:SEQ`` and ``data: <envelope>`` (default events)."""
 
     media_type = "text/event-stream"
 
@@ -243,12 +243,12 @@ class SSEStream(_Stream):
             async for items in ticks:
                 await self._write(send, b": keepalive\n\n" if items is None else _frames(items))
         if sub.dropped:
-            await self._write(send, encode_sse(self._lagged_line(sub), "lagged", "", None))
+            await self._write(send, encode_sse(self._lagged_line(sub), "", None))
         await self._end(send)
 
 
 def _frames(items: list[Item]) -> bytes:
-    return b"".join(encode_sse(i.line, i.status, i.run, i.seq) for i in items)
+    return b"".join(encode_sse(i.line, i.run, i.seq) for i in items)
 
 
 class WebSocketStream(_Stream):
