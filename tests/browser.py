@@ -2,8 +2,10 @@
 
 Fixtures (re-exported by ``tests/conftest.py``):
 
-- ``browser``: one Chromium for the whole session (``/usr/bin/chromium``; never
+- ``browser``: one Chromium per test module (``/usr/bin/chromium``; never
   ``playwright install``). Missing chromium fails the test with the command to install it.
+  Not session-wide: Playwright's sync API keeps its event loop marked as running in
+  this thread while it is open, which would break the anyio tests of other modules.
 - ``page``: a fresh context (no cookies) and page per test, closed afterwards.
 - ``other_origin``: the URL of a blank page served from another loopback port, i.e.
   another origin of the same site (what SameSite cookies do not protect against).
@@ -35,9 +37,9 @@ CHROMIUM_ARGS = [
 BLANK = b"<!doctype html><html><head><title>blank</title></head><body></body></html>"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium for the session."""
+    """One headless Chromium for the test module."""
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"`{CHROMIUM}` not found: apt-get install -y chromium", pytrace=False)
     from playwright.sync_api import sync_playwright
