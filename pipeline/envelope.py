@@ -1,4 +1,8 @@
-"""Build status envelopes and encode them: the only place envelopes become bytes.
+"""Build status envelopes and encode them: the only place envelopes are made or encoded.
+
+Numbered envelopes (`numbered`, `processing`; SPEC §4) carry ``status``, ``pipeline``,
+``run``, ``seq`` and ``timestamp``; transport notices (`heartbeat`, `lagged`) have no
+``seq`` and go only to HTTP clients.
 
 Encoding uses orjson. Values orjson cannot encode natively go through one documented
 fallback (`default`):
@@ -28,7 +32,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -39,9 +43,14 @@ __all__ = [
     "encode",
     "encode_plain",
     "encode_sse",
+    "encode_without",
+    "heartbeat",
     "jsonable",
+    "lagged",
     "make_clock",
     "now",
+    "numbered",
+    "processing",
 ]
 
 _OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
@@ -101,6 +110,21 @@ call `encode`, which tries the fallback.
 """
 
 
+def encode_without(envelope: Envelope, key: str) -> bytes:
+    """Encode ``envelope``; if that fails, drop ``key`` (for example a ``chunk_error``'s
+    undecodable ``chunk``) and encode the rest.
+
+    Example:
+        >>> encode_without({"status": "chunk_error", "chunk": object()}, "chunk")
+        b'{"status":"chunk_error"}\\n'
+    """
+    try:
+        return encode(envelope)
+    except UnencodableError:
+        del envelope[key]
+        return encode(envelope)
+
+
 def jsonable(value: Any) -> bool:
     """Return whether ``value`` can be encoded (through the fallback if needed)."""
     try:
@@ -149,3 +173,70 @@ def make_clock(time_ns: Callable[[], int] = time.time_ns) -> Callable[[], str]:
 
 now = make_clock()
 """Return the current time as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
+
+
+def numbered(status: str, pipeline: str, run: str, seq: int, **fields: Any) -> Envelope:
+    """A run's envelope: the five common fields, then ``fields`` (SPEC §4).
+
+    Example:
+        >>> env = numbered("complete", "p", "r1", 9, reason="finished")
+        >>> [k for k in env]
+        ['status', 'pipeline', 'run', 'seq', 'timestamp', 'reason']
+    """
+    env: Envelope = {
+        "status": status,
+        "pipeline": pipeline,
+        "run": run,
+        "seq": seq,
+        "timestamp": now(),
+    }
+    if fields:
+        env.update(fields)
+    return env
+
+
+def processing(pipeline: str, run: str, seq: int, data: Any) -> Envelope:
+    """The ``processing`` envelope of one chunk (the hot path: positional, no ``**``)."""
+    return {
+        "status": "processing",
+        "pipeline": pipeline,
+        "run": run,
+        "seq": seq,
+        "timestamp": now(),
+        "data": data,
+    }
+
+
+def heartbeat(pipeline: str) -> Envelope:
+    """The keepalive notice sent to an HTTP client after ``heartbeat`` seconds of silence."""
+    return {"status": "heartbeat", "pipeline": pipeline, "timestamp": now()}
+
+
+LaggedReason = Literal["not_retained", "slow_client"]
+
+
+def lagged(
+    pipeline: str, run: str | None, missed: int, reason: LaggedReason, resume: str | None = None
+) -> Envelope:
+    """The notice that a client misses ``missed`` envelopes of ``run``.
+
+    ``reason`` is ``not_retained`` (it asked for envelopes no longer kept) or
+    ``slow_client`` (it fell too far behind and is disconnected; ``resume`` is the
+    ``RUN:SEQ`` to reconnect with).
+
+    Example:
+        >>> env = lagged("p", "r1", 3, "slow_client", resume="r1:7")
+        >>> list(env), env["missed"], env["resume"]
+        (['status', 'pipeline', 'run', 'missed', 'reason', 'resume', 'timestamp'], 3, 'r1:7')
+    """
+    env: Envelope = {
+        "status": "lagged",
+        "pipeline": pipeline,
+        "run": run,
+        "missed": missed,
+        "reason": reason,
+    }
+    if resume is not None:
+        env["resume"] = resume
+    env["timestamp"] = now()
+    return env

@@ -6,12 +6,12 @@ PipelineError
 │   └── EnvVarError        undefined ${VAR} without default (never prints the value)
 ├── StageLoadError         `use:` cannot be imported / is not callable / has the wrong shape
 ├── StageParamsError       `with:` does not match the stage's signature
-├── TailError              `pipeline tail` cannot follow its target (in pipeline.client.tail)
-├── RunError               a run failed as a whole (carries pipeline, run, stage)
-└── SinkError              a sink failed for good
+└── TailError              `pipeline tail` cannot follow its target (in pipeline.client.tail)
 ```
 
-Failures of one chunk are not exceptions here: they are values (see `pipeline.engine.isolate`).
+Failures of one chunk are not exceptions: they are values (`pipeline.engine.items.Failure`).
+A run that fails as a whole, or a sink that fails for good, is not an exception either
+once the run has started: it is an ``error`` envelope and the run's ``reason``.
 """
 
 from __future__ import annotations
@@ -53,7 +53,11 @@ class EnvVarError(ConfigError):
 
 
 class StageLoadError(PipelineError):
-    """A ``use:`` could not be imported, is not callable, or has the wrong shape."""
+    """A stage could not be loaded: not callable, or not of the shape its role needs.
+
+    In a config these are reported as `ConfigError` problems with their line; this is
+    raised where a stage is built in code (`pipeline.testing.make_stage`).
+    """
 
 
 class StageParamsError(PipelineError):
@@ -64,22 +68,4 @@ class StageParamsError(PipelineError):
 
     def __init__(self, message: str, errors: list[tuple[tuple[str | int, ...], str]]) -> None:
         self.errors = errors
-        super().__init__(message)
-
-
-class RunError(PipelineError):
-    """A run failed as a whole."""
-
-    def __init__(self, message: str, *, pipeline: str, run: str, stage: str) -> None:
-        self.pipeline = pipeline
-        self.run = run
-        self.stage = stage
-        super().__init__(message)
-
-
-class SinkError(PipelineError):
-    """A sink failed for good."""
-
-    def __init__(self, message: str, *, stage: str) -> None:
-        self.stage = stage
         super().__init__(message)

@@ -6,6 +6,7 @@ and returns the same function, so it stays directly callable in a test.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -109,6 +110,36 @@ def meta_of(fn: Callable[..., Any]) -> StageMeta | None:
     return meta if isinstance(meta, StageMeta) else None
 
 
+Calling = Literal["sync", "async", "gen", "asyncgen"]
+"""How a stage is called: a plain function, a coroutine function, a generator function or
+an async generator function (looking through ``functools.partial``, bound methods and a
+callable object's ``__call__``)."""
+
+
+def calling_of(fn: Callable[..., Any]) -> Calling:
+    """Decide how ``fn`` is called; the one place this is decided (see `ResolvedStage`).
+
+    Example:
+        >>> class Enrich:
+        ...     async def __call__(self, chunk):
+        ...         return chunk
+        >>> calling_of(Enrich()), calling_of(len), calling_of(functools.partial(Enrich()))
+        ('async', 'sync', 'async')
+    """
+    target: Any = fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    if not (inspect.isroutine(target) or inspect.isclass(target)) and callable(target):
+        target = type(target).__call__
+    if inspect.isasyncgenfunction(target):
+        return "asyncgen"
+    if inspect.iscoroutinefunction(target):
+        return "async"
+    if inspect.isgeneratorfunction(target):
+        return "gen"
+    return "sync"
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Retry a failing per-chunk call ``attempts`` times in all, waiting ``backoff * 2**n``."""
@@ -136,6 +167,10 @@ class ResolvedStage:
     retry: RetryPolicy = RetryPolicy()
     blocking: bool = False
     meta: StageMeta | None = None
+    calling: Calling = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "calling", calling_of(self.fn))
 
 
 def _first_positional(sig: inspect.Signature) -> str | None:

@@ -306,7 +306,8 @@ async def test_blocking_runs_in_worker_thread() -> None:
         return {"n": chunk["n"], "off_loop": threading.get_ident() != loop_thread}
 
     envs = await run_pipeline(numbers, [make_stage(where, id="where", blocking=True)])
-    assert all(e["data"]["off_loop"] for e in envs if e["status"] == "processing")
+    data = [e["data"] for e in envs if e["status"] == "processing"]
+    assert data == [{"n": n, "off_loop": True} for n in range(5)]
 
 
 async def test_max_chunk_errors_ends_run() -> None:

@@ -133,7 +133,7 @@ async def test_token_of_another_run_gets_the_current_run_from_its_start() -> Non
     pub(hub, "r2", range(1, 3))
     async with hub.subscribe("r1:2") as sub:
         assert seqs(await read(sub)) == [1, 2]
-        assert lines(hub._lines[-1])[0]["run"] == "r2"
+        assert lines(hub._ring.lines[-1])[0]["run"] == "r2"
 
 
 async def test_token_of_another_run_with_losses_starts_with_lagged() -> None:
@@ -147,6 +147,7 @@ async def test_token_of_another_run_with_losses_starts_with_lagged() -> None:
         "pipeline": "p",
         "run": "r2",
         "missed": 7,
+        "reason": "not_retained",
         "timestamp": first[0]["timestamp"],
     }
     assert [e["seq"] for e in first[1:]] == [8, 9, 10]
@@ -298,9 +299,14 @@ async def test_memory_stays_bounded_with_a_frozen_subscriber() -> None:
         tg.start_soon(drain, hub.subscribe())
         await anyio.wait_all_tasks_blocked()
         pub(hub, "r1", range(1, 100_001))
-    sizes = {len(hub._lines), len(hub._items), len(hub._offsets), hub.buffered}
+    sizes = {len(hub._ring.lines), len(hub._ring.items), len(hub._ring.offsets), hub.buffered}
     assert sizes == {70}
-    assert (len(hub._waiters), hub.clients, hub.dropped_clients, frozen.dropped) == (0, 0, 2, True)
+    assert (len(hub._ring.waiters), hub.clients, hub.dropped_clients, frozen.dropped) == (
+        0,
+        0,
+        2,
+        True,
+    )
     assert hub.counts == {"processing": 100_000}
 
 
@@ -371,7 +377,7 @@ async def test_replay_hands_over_to_live_with_no_gap_or_duplicate() -> None:
             tg.start_soon(producer)
     for got in results.values():
         assert got == list(range(1, total + 2))
-    assert (hub.clients, hub._waiters) == (0, set())
+    assert (hub.clients, hub._ring.waiters) == (0, set())
 
 
 async def test_subscribe_cycles_and_cancelled_readers_leave_nothing_behind() -> None:
@@ -384,7 +390,7 @@ async def test_subscribe_cycles_and_cancelled_readers_leave_nothing_behind() -> 
                 if n % 2 == 0:
                     pub(hub, "r1", [n + 1])
                 await sub.__anext__()
-    assert (hub.clients, hub._waiters, hub.dropped_clients) == (0, set(), 0)
+    assert (hub.clients, hub._ring.waiters, hub.dropped_clients) == (0, set(), 0)
 
 
 @pytest.mark.parametrize(

@@ -145,14 +145,11 @@ def test_stage_library_uses_public_api_only() -> None:
     offenders = []
     for path in (ROOT / "stages").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module == "pipeline":
-                offenders += [
-                    f"{path.name} -> {a.name}" for a in node.names if a.name not in pipeline.__all__
-                ]
-            elif (
-                isinstance(node, ast.ImportFrom)
-                and (node.module or "").startswith("pipeline.")
-                and node.module != "pipeline.envelope"
-            ):
+            if not isinstance(node, ast.ImportFrom) or node.module is None:
+                continue
+            if node.module == "pipeline":
+                names = [a.name for a in node.names if a.name not in pipeline.__all__]
+                offenders += [f"{path.name} -> {name}" for name in names]
+            elif node.module.startswith("pipeline.") and node.module != "pipeline.envelope":
                 offenders.append(f"{path.name} -> {node.module}")
     assert offenders == []

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import stages
 from pipeline.config import loader, models as config
-from pipeline.errors import ConfigError, StageParamsError
+from pipeline.errors import ConfigError, StageLoadError, StageParamsError
 from pipeline.stage import RetryPolicy
+from pipeline.testing import make_stage, run_pipeline
 
 STAGES = """\
 from pipeline import sink, stream_transform
@@ -372,3 +375,66 @@ def test_module_shadowed_by_the_builtin_package_gets_a_hint(
         "6: pipelines.p.transforms[0].use: module `stages` has no attribute `enrich` "
         "(`stages` beside the config is shadowed by an installed `stages`; rename it)"
     ]
+
+
+class _SyncCall:
+    def __call__(self, chunk: dict) -> dict:
+        return {**chunk, "by": "sync"}
+
+
+class _AsyncCall:
+    async def __call__(self, chunk: dict) -> dict:
+        return {**chunk, "by": "async"}
+
+
+class _GenCall:
+    def __call__(self, chunk: dict) -> Iterator[dict]:
+        yield {**chunk, "by": "gen"}
+        yield {**chunk, "by": "gen2"}
+
+
+class _AsyncGenCall:
+    async def __call__(self, chunk: dict) -> AsyncIterator[dict]:
+        yield {**chunk, "by": "asyncgen"}
+
+
+class _Methods:
+    def tag(self, chunk: dict, *, label: str = "m") -> dict:
+        return {**chunk, "by": label}
+
+    async def atag(self, chunk: dict) -> dict:
+        return {**chunk, "by": "amethod"}
+
+
+async def _partial_target(chunk: dict, *, label: str) -> dict:
+    return {**chunk, "by": label}
+
+
+@pytest.mark.parametrize(
+    ("fn", "calling", "expected"),
+    [
+        (_SyncCall(), "sync", [{"n": 0, "by": "sync"}]),
+        (_AsyncCall(), "async", [{"n": 0, "by": "async"}]),
+        (_GenCall(), "gen", [{"n": 0, "by": "gen"}, {"n": 0, "by": "gen2"}]),
+        (_AsyncGenCall(), "asyncgen", [{"n": 0, "by": "asyncgen"}]),
+        (functools.partial(_partial_target, label="p"), "async", [{"n": 0, "by": "p"}]),
+        (_Methods().tag, "sync", [{"n": 0, "by": "m"}]),
+        (_Methods().atag, "async", [{"n": 0, "by": "amethod"}]),
+    ],
+)
+@pytest.mark.anyio
+async def test_every_callable_shape_runs_as_validated(
+    fn: Any, calling: str, expected: list[dict]
+) -> None:
+    """Callable objects, partials and bound methods are called as the loader decided."""
+    stage = make_stage(fn, role="transform")
+    assert stage.calling == calling
+    envelopes = await run_pipeline(lambda: iter([{"n": 0}]), [stage])
+    assert [e["data"] for e in envelopes if e["status"] == "processing"] == expected
+    assert envelopes[-1]["stats"]["chunk_errors"] == 0
+
+
+def test_make_stage_refuses_what_is_not_callable() -> None:
+    """Building a stage in code from a non-callable raises the public `StageLoadError`."""
+    with pytest.raises(StageLoadError, match=re.escape("a transform must be callable, got `int`")):
+        make_stage(42, role="transform")  # type: ignore[arg-type]

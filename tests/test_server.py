@@ -447,15 +447,14 @@ def test_max_clients_gets_503_json(tmp_path: Path) -> None:
 
 
 def test_idle_keep_alive_connection_is_closed(server: ServerProcess) -> None:
-    """A kept-alive connection idle after a response is closed by the server (keep-alive 5 s)."""
+    """A kept-alive connection idle after a response is closed by the server (keep-alive 5 s):
+    the reads end with EOF, not with the client's own 15 s socket timeout."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        start = time.monotonic()
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
         assert data.startswith(b"HTTP/1.1 200")
-        assert time.monotonic() - start < 14
 
 
 def test_idle_and_trickling_connections_do_not_hold_others(server: ServerProcess) -> None:

@@ -402,14 +402,26 @@ def test_server_that_starts_late_is_waited_for() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     ) as proc:
+        err_lines: list[bytes] = []
+        assert proc.stderr is not None
+        reader = threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True)
+        reader.start()
         try:
-            time.sleep(1.0)
+            refused = threading.Event()
+            deadline = time.monotonic() + 30
+            while not refused.is_set() and time.monotonic() < deadline:
+                if any(b"ConnectError" in line for line in list(err_lines)):
+                    refused.set()
+                time.sleep(0.02)
+            assert refused.is_set(), b"".join(err_lines)
             with serving(port):
-                out, err = proc.communicate(timeout=30)
+                assert proc.stdout is not None
+                out = proc.stdout.read()
+                proc.wait(timeout=30)
         finally:
             proc.kill()
-    assert (proc.returncode, out) == (0, b"".join(OK_BODY)), err
-    assert b"ConnectError" in err
+            reader.join(5)
+    assert (proc.returncode, out) == (0, b"".join(OK_BODY)), b"".join(err_lines)
 
 
 def test_ctrl_c_exits_130_quietly(fake: FakeServer) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.stage import meta_of, params_model
+from pipeline.stage import calling_of, meta_of, params_model
 
 __all__ = ["ParamDoc", "StageDoc", "catalog", "render_markdown", "render_text"]
 
@@ -114,7 +114,7 @@ def _kind(fn: Callable[..., Any], role: str) -> str:
         return f"{'stream ' if stream else ''}sink, receives {receives}"
     if meta is not None and meta.stream:
         return "stream transform"
-    if inspect.isasyncgenfunction(fn):
+    if calling_of(fn) in ("gen", "asyncgen"):
         return "flat-map transform"
     return "per-chunk transform"
 

@@ -9,7 +9,6 @@ signature. Every problem of every pipeline is reported at once, as
 
 from __future__ import annotations
 
-import functools
 import importlib
 import inspect
 import os
@@ -27,6 +26,7 @@ from pipeline.stage import (
     ResolvedStage,
     RetryPolicy,
     StageMeta,
+    calling_of,
     meta_of,
     params_model,
     validate_params,
@@ -232,9 +232,7 @@ class _Resolver:
             return "source" if role == "source" else "sink"
         if meta is not None:
             return "stream"
-        target = _code(fn)
-        gen = inspect.isasyncgenfunction(target) or inspect.isgeneratorfunction(target)
-        return "flat_map" if gen else "map"
+        return "flat_map" if calling_of(fn) in ("gen", "asyncgen") else "map"
 
     def check_options(
         self, loc: Loc, kind: StageKind, fn: Callable[..., Any], sc: StageConfig
@@ -305,19 +303,6 @@ def _marker(meta: StageMeta | None) -> str:
     return "stream transform (marked `@stream_transform`)"
 
 
-def _code(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The function whose code runs when ``fn`` is called (``__call__`` for instances)."""
-    if inspect.isroutine(fn) or inspect.isclass(fn) or isinstance(fn, functools.partial):
-        return fn
-    call: Callable[..., Any] = type(fn).__call__
-    return call
-
-
-def _is_async(fn: Callable[..., Any]) -> bool:
-    target = _code(fn)
-    return inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target)
-
-
 def _shape_problem(sig: inspect.Signature, role: str, use: str) -> str | None:
     params = list(sig.parameters.values())
     positional = [p for p in params if p.kind in _POSITIONAL]
@@ -344,9 +329,10 @@ def _blocking_problem(kind: StageKind, fn: Callable[..., Any], use: str) -> str 
     meta = meta_of(fn)
     if kind == "stream" or (meta is not None and meta.stream):
         return "`blocking: true` is not allowed on a stream stage"
-    if _is_async(fn):
+    calling = calling_of(fn)
+    if calling in ("async", "asyncgen"):
         return f"`blocking: true` is for sync functions; `{use}` is async"
-    if kind == "source" and not inspect.isgeneratorfunction(_code(fn)):
+    if kind == "source" and calling != "gen":
         return f"`blocking: true` on a source needs a sync generator function; `{use}` is not"
     return None
 

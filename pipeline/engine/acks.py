@@ -15,12 +15,11 @@ import asyncio
 import inspect
 from collections import deque
 from collections.abc import Awaitable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
-from pipeline.types import AckFn, Chunk
+from pipeline.types import AckFn
 
-__all__ = ["Ack", "AckRunner", "Carry", "release_all", "retain_all"]
+__all__ = ["Ack", "AckRunner", "release_all", "retain_all"]
 
 
 class AckRunner:
@@ -93,11 +92,3 @@ def retain_all(acks: Iterable[Ack], extra: int) -> None:
     """Add ``extra`` references to each ack (a chunk became ``extra + 1`` chunks)."""
     for ack in acks:
         ack.count += extra
-
-
-@dataclass(slots=True)
-class Carry:
-    """A chunk travelling with the acks it must release once delivered."""
-
-    chunk: Chunk
-    acks: tuple[Ack, ...]

@@ -14,9 +14,17 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import aclosing
 from typing import Any
 
-from pipeline.engine.acks import Ack, Carry, release_all, retain_all
-from pipeline.engine.isolate import Failure, failure, flat_caller, map_caller
-from pipeline.engine.source import SourceReader, apply_steps, is_fast, steps_of
+from pipeline.engine.acks import Ack, release_all, retain_all
+from pipeline.engine.isolate import (
+    apply_steps,
+    call_sync,
+    flat_caller,
+    is_fast,
+    map_caller,
+    steps_of,
+)
+from pipeline.engine.items import Carry, Failure, unwrap
+from pipeline.engine.source import SourceReader
 from pipeline.stage import ResolvedStage
 
 __all__ = ["StageCrash", "all_fast", "build_chain"]
@@ -31,12 +39,6 @@ class StageCrash(Exception):
         self.stage = stage
         self.exc = exc
         super().__init__(f"{type(exc).__name__}: {exc}")
-
-
-def _unwrap(item: Any) -> tuple[Any, tuple[Ack, ...]]:
-    if type(item) is Carry:
-        return item.chunk, item.acks
-    return item, ()
 
 
 async def _maps_fast(
@@ -59,7 +61,7 @@ async def _maps(upstream: AsyncIterator[Any], stages: list[ResolvedStage]) -> As
     ]
     async with aclosing(upstream):  # type: ignore[type-var]
         async for item in upstream:
-            chunk, acks = _unwrap(item)
+            chunk, acks = unwrap(item)
             if type(chunk) is Failure:
                 yield item
                 continue
@@ -67,10 +69,7 @@ async def _maps(upstream: AsyncIterator[Any], stages: list[ResolvedStage]) -> As
                 if awaited:
                     chunk = await call(chunk)
                 else:
-                    try:
-                        chunk = call(chunk)
-                    except Exception as exc:
-                        chunk = failure(sid, exc, chunk)
+                    chunk = call_sync(call, sid, chunk)
                 if chunk is None or type(chunk) is Failure:
                     break
             if chunk is None:
@@ -80,7 +79,7 @@ async def _maps(upstream: AsyncIterator[Any], stages: list[ResolvedStage]) -> As
 
 
 async def _apply_map(call: Callable[[Any], Any], item: Any) -> Any:
-    chunk, acks = _unwrap(item)
+    chunk, acks = unwrap(item)
     if type(chunk) is Failure:
         return item
     result = await call(chunk)
@@ -95,7 +94,7 @@ async def _flat(upstream: AsyncIterator[Any], stage: ResolvedStage) -> AsyncIter
     call = flat_caller(stage)
     async with aclosing(upstream):  # type: ignore[type-var]
         async for item in upstream:
-            chunk, acks = _unwrap(item)
+            chunk, acks = unwrap(item)
             if type(chunk) is Failure:
                 yield item
                 continue
@@ -123,7 +122,7 @@ def _one_call(stage: ResolvedStage) -> Callable[[Any], Any]:
         call = flat_caller(stage)
 
         async def one_flat(item: Any) -> list[Any]:
-            chunk, acks = _unwrap(item)
+            chunk, acks = unwrap(item)
             if type(chunk) is Failure:
                 return [item]
             outputs = [out async for out in call(chunk)]
@@ -199,7 +198,7 @@ async def _stream(upstream: AsyncIterator[Any], stage: ResolvedStage) -> AsyncIt
     async def feed() -> AsyncIterator[Any]:
         async with aclosing(upstream):  # type: ignore[type-var]
             async for item in upstream:
-                chunk, acks = _unwrap(item)
+                chunk, acks = unwrap(item)
                 if type(chunk) is Failure:
                     bypass.append(item)
                     continue

@@ -156,7 +156,7 @@ class Fanout:
     async def _run_calls(self, w: _Worker) -> None:
         stage = w.stage
         fn = functools.partial(stage.fn, **stage.params) if stage.params else stage.fn
-        is_async = inspect.iscoroutinefunction(stage.fn)
+        is_async = stage.calling == "async"
         queue = w.queue
         while True:
             payload, pending = await queue.get()

@@ -15,33 +15,25 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
+from pipeline.engine.acks import release_all
+from pipeline.engine.items import SPECIAL, Carry, Failure, failure
 from pipeline.stage import ResolvedStage, RetryPolicy
+from pipeline.types import Chunk
 
-__all__ = ["Failure", "failure", "flat_caller", "map_caller"]
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """One chunk failed in one stage: becomes a ``chunk_error`` envelope."""
-
-    stage: str
-    type: str
-    message: str
-    chunk: Any
-    exc: BaseException | None = None
-
-
-def failure(stage: str, exc: BaseException, chunk: Any) -> Failure:
-    """Build the failure value of ``exc`` raised by ``stage`` on ``chunk``."""
-    if isinstance(exc, TimeoutError):
-        return Failure(stage, "TimeoutError", "stage timed out", chunk, exc)
-    return Failure(stage, type(exc).__name__, str(exc), chunk, exc)
+__all__ = [
+    "Step",
+    "apply_steps",
+    "call_sync",
+    "flat_caller",
+    "is_fast",
+    "map_caller",
+    "special_map",
+    "steps_of",
+]
 
 
 def _bind(stage: ResolvedStage) -> Callable[..., Any]:
@@ -62,7 +54,7 @@ def _one_call(stage: ResolvedStage) -> Callable[[Any], Awaitable[Any]]:
             async with asyncio.timeout(timeout):
                 return await asyncio.to_thread(fn, chunk)
 
-    elif inspect.iscoroutinefunction(stage.fn):
+    elif stage.calling == "async":
 
         async def call(chunk: Any) -> Any:
             async with asyncio.timeout(timeout):
@@ -80,6 +72,14 @@ def _one_call(stage: ResolvedStage) -> Callable[[Any], Awaitable[Any]]:
     return call
 
 
+def call_sync(fn: Callable[[Chunk], Any], sid: str, chunk: Chunk) -> Any:
+    """Call a sync per-chunk stage once: its result, or the `Failure` of its exception."""
+    try:
+        return fn(chunk)
+    except Exception as exc:
+        return failure(sid, exc, chunk)
+
+
 def map_caller(stage: ResolvedStage) -> Callable[[Any], Awaitable[Any]]:
     """Return ``call(chunk) -> new chunk | None | Failure`` for a per-chunk map stage."""
     policy, sid = stage.retry, stage.id
@@ -87,7 +87,7 @@ def map_caller(stage: ResolvedStage) -> Callable[[Any], Awaitable[Any]]:
         policy.attempts <= 1
         and stage.timeout is None
         and not stage.blocking
-        and inspect.iscoroutinefunction(stage.fn)
+        and stage.calling == "async"
     ):
         fn = _bind(stage)
 
@@ -115,7 +115,7 @@ def map_caller(stage: ResolvedStage) -> Callable[[Any], Awaitable[Any]]:
 
 def _flat_source(stage: ResolvedStage, chunk: Any) -> AsyncIterator[Any]:
     fn = _bind(stage)
-    if inspect.isasyncgenfunction(stage.fn):
+    if stage.calling == "asyncgen":
         return fn(chunk)  # type: ignore[no-any-return]
 
     async def from_sync() -> AsyncIterator[Any]:
@@ -161,3 +161,56 @@ def flat_caller(stage: ResolvedStage) -> Callable[[Any], AsyncIterator[Any]]:
             await asyncio.sleep(_delay(policy, attempt))
 
     return call
+
+
+Step = tuple[Callable[[Any], Any], str]
+
+
+def steps_of(stages: Iterable[ResolvedStage]) -> list[Step]:
+    """Bind each plain sync map to its parameters, with its stage id."""
+    return [(functools.partial(s.fn, **s.params) if s.params else s.fn, s.id) for s in stages]
+
+
+def apply_steps(item: Any, steps: list[Step]) -> Any:
+    """Run consecutive plain sync maps on one item; None when a map dropped it."""
+    if type(item) in SPECIAL:
+        for fn, sid in steps:
+            item = special_map(item, fn, sid)
+            if item is None:
+                return None
+        return item
+    for fn, sid in steps:
+        try:
+            result = fn(item)
+        except Exception as exc:
+            return failure(sid, exc, item)
+        if result is None:
+            return None
+        item = result
+    return item
+
+
+def special_map(item: Any, fn: Callable[[Any], Any], sid: str) -> Any:
+    """Apply one sync map to a `Carry` or pass a `Failure` through; None when dropped."""
+    if type(item) is Failure or type(item.chunk) is Failure:
+        return item
+    try:
+        result = fn(item.chunk)
+    except Exception as exc:
+        return Carry(failure(sid, exc, item.chunk), item.acks)
+    if result is None:
+        release_all(item.acks)
+        return None
+    return Carry(result, item.acks)
+
+
+def is_fast(stage: ResolvedStage) -> bool:
+    """Whether a stage is a plain sync map: no timeout, retry, thread or concurrency."""
+    return (
+        stage.kind == "map"
+        and stage.concurrency == 1
+        and stage.timeout is None
+        and stage.retry.attempts <= 1
+        and not stage.blocking
+        and stage.calling != "async"
+    )

@@ -15,12 +15,19 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any, Literal
 
-from pipeline.engine.acks import AckRunner, Carry
+from pipeline.engine.acks import AckRunner
 from pipeline.engine.chain import StageCrash, all_fast, build_chain
 from pipeline.engine.fanout import Fanout
-from pipeline.engine.isolate import Failure
-from pipeline.engine.source import SPECIAL, SourceReader
-from pipeline.envelope import UnencodableError, encode, encode_plain, now
+from pipeline.engine.items import SPECIAL, Carry, Failure
+from pipeline.engine.source import SourceReader
+from pipeline.envelope import (
+    UnencodableError,
+    encode,
+    encode_plain,
+    encode_without,
+    numbered,
+    processing,
+)
 from pipeline.log import get_logger
 from pipeline.stage import ResolvedStage
 from pipeline.types import Envelope, Reason
@@ -121,7 +128,7 @@ class Run:
         await self._fanout.start()
         outer_cancel = False
         try:
-            await self._emit(self._base("starting"))
+            await self._emit(self._next("starting"))
             outer_cancel = await self._drive_to_end()
             reason = self._final_reason(outer_cancel)
             await self._emit_complete(reason)
@@ -196,14 +203,7 @@ class Run:
             if type(item) in special:
                 return slow(item)
             seq = self.seq + 1
-            env = {
-                "status": "processing",
-                "pipeline": name,
-                "run": run_id,
-                "seq": seq,
-                "timestamp": now(),
-                "data": item,
-            }
+            env = processing(name, run_id, seq, item)
             try:
                 line = encode_plain(env)
             except TypeError:
@@ -225,15 +225,10 @@ class Run:
 
     # -- envelopes -------------------------------------------------------------------
 
-    def _base(self, status: str) -> Envelope:
+    def _next(self, status: str, **fields: Any) -> Envelope:
+        """The run's next numbered envelope (only when it will be delivered)."""
         self.seq += 1
-        return {
-            "status": status,
-            "pipeline": self.name,
-            "run": self.id,
-            "seq": self.seq,
-            "timestamp": now(),
-        }
+        return numbered(status, self.name, self.id, self.seq, **fields)
 
     async def _emit(self, env: Envelope, acks: tuple[Any, ...] = ()) -> None:
         line = encode(env)
@@ -246,14 +241,13 @@ class Run:
         if type(item) is Failure:
             await self._emit_failure(item, acks)
             return
-        env = self._base("processing")
-        env["data"] = item
+        env = processing(self.name, self.id, self.seq + 1, item)
         try:
             line = encode(env)
         except UnencodableError as exc:
-            self.seq -= 1
             await self._emit_unencodable(item, acks, exc)
             return
+        self.seq += 1
         self.processed += 1
         await self._fanout.deliver(env, line, acks)
 
@@ -266,15 +260,9 @@ class Run:
     async def _emit_failure(self, f: Failure, acks: tuple[Any, ...]) -> None:
         self.chunk_errors += 1
         self._log_failure(f)
-        env = self._base("chunk_error")
-        env["stage"] = f.stage
-        env["error"] = {"type": f.type, "message": f.message}
-        env["chunk"] = f.chunk
-        try:
-            line = encode(env)
-        except UnencodableError:
-            del env["chunk"]
-            line = encode(env)
+        error = {"type": f.type, "message": f.message}
+        env = self._next("chunk_error", stage=f.stage, error=error, chunk=f.chunk)
+        line = encode_without(env, "chunk")
         await self._fanout.deliver(env, line, acks)
         limit = self.max_chunk_errors
         if limit is not None and self.chunk_errors > limit and self._halt is None:
@@ -291,16 +279,12 @@ class Run:
         self.errors += 1
         message = str(exc) if not isinstance(exc, TimeoutError) else "stage timed out"
         self.log.error("run_failed", stage=stage, error=type(exc).__name__, exc_info=exc)
-        env = self._base("error")
-        env["stage"] = stage
-        env["error"] = {"type": type(exc).__name__, "message": message}
-        await self._emit(env)
+        error = {"type": type(exc).__name__, "message": message}
+        await self._emit(self._next("error", stage=stage, error=error))
 
     async def _emit_complete(self, reason: Reason) -> None:
         self.reason = reason
-        env = self._base("complete")
-        env["stats"] = self.stats()
-        env["reason"] = reason
+        env = self._next("complete", stats=self.stats(), reason=reason)
         await self._emit(env)
         self.log.info("run_completed", reason=reason, **env["stats"])
 

@@ -9,28 +9,22 @@ to the event loop regularly, and can be stopped gracefully at a chunk boundary.
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from typing import Any
 
-from pipeline.engine.acks import Ack, AckRunner, Carry, release_all
-from pipeline.engine.isolate import Failure, failure
+from pipeline.engine.acks import Ack, AckRunner
+from pipeline.engine.isolate import apply_steps, steps_of
+from pipeline.engine.items import Carry, Item, failure
 from pipeline.stage import ResolvedStage
 from pipeline.types import BadChunk, Message
 
 __all__ = [
     "FAIRNESS_EVERY",
     "FAIRNESS_SECONDS",
-    "SPECIAL",
     "Emit",
     "SourceReader",
-    "Step",
-    "apply_steps",
-    "is_fast",
-    "special_map",
-    "steps_of",
 ]
 
 FAIRNESS_EVERY = 256
@@ -39,9 +33,7 @@ FAIRNESS_SECONDS = 0.001
 """...or sooner, once this long has passed since it last yielded (checked every 16)."""
 _CHECK_EVERY = 16
 
-SPECIAL = (Carry, Failure)
-"""Chain items that are not plain chunks."""
-Emit = Callable[[Any], Awaitable[None] | None]
+Emit = Callable[[Item], Awaitable[None] | None]
 
 
 def _open(stage: ResolvedStage, params: dict[str, Any]) -> AsyncIterator[Any]:
@@ -165,56 +157,3 @@ class SourceReader:
                     if since_yield >= FAIRNESS_EVERY or now - last_yield >= FAIRNESS_SECONDS:
                         await asyncio.sleep(0)
                         since_yield, last_yield = 0, clock()
-
-
-Step = tuple[Callable[[Any], Any], str]
-
-
-def steps_of(stages: Iterable[ResolvedStage]) -> list[Step]:
-    """Bind each plain sync map to its parameters, with its stage id."""
-    return [(functools.partial(s.fn, **s.params) if s.params else s.fn, s.id) for s in stages]
-
-
-def apply_steps(item: Any, steps: list[Step]) -> Any:
-    """Run consecutive plain sync maps on one item; None when a map dropped it."""
-    if type(item) in SPECIAL:
-        for fn, sid in steps:
-            item = special_map(item, fn, sid)
-            if item is None:
-                return None
-        return item
-    for fn, sid in steps:
-        try:
-            result = fn(item)
-        except Exception as exc:
-            return failure(sid, exc, item)
-        if result is None:
-            return None
-        item = result
-    return item
-
-
-def special_map(item: Any, fn: Callable[[Any], Any], sid: str) -> Any:
-    """Apply one sync map to a `Carry` or pass a `Failure` through; None when dropped."""
-    if type(item) is Failure or type(item.chunk) is Failure:
-        return item
-    try:
-        result = fn(item.chunk)
-    except Exception as exc:
-        return Carry(failure(sid, exc, item.chunk), item.acks)
-    if result is None:
-        release_all(item.acks)
-        return None
-    return Carry(result, item.acks)
-
-
-def is_fast(stage: ResolvedStage) -> bool:
-    """Whether a stage is a plain sync map: no timeout, retry, thread or concurrency."""
-    return (
-        stage.kind == "map"
-        and stage.concurrency == 1
-        and stage.timeout is None
-        and stage.retry.attempts <= 1
-        and not stage.blocking
-        and not inspect.iscoroutinefunction(stage.fn)
-    )

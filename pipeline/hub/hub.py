@@ -20,32 +20,17 @@ A run's streams end right after its ``complete`` (`Hub.end_run`); at shutdown
 
 from __future__ import annotations
 
-import asyncio
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import TypeVar
 
-from pipeline.envelope import encode, now
+from pipeline.envelope import encode, lagged
+from pipeline.hub.ring import Ring, RunSpan
 from pipeline.hub.subscription import MAX_BATCH_BYTES, BadSince, Item, Subscription, parse_since
 from pipeline.types import Envelope
 
 __all__ = ["MAX_BATCH_BYTES", "BadSince", "Hub", "Item", "Subscription", "parse_since"]
 
 _SWEEP_MIN = 64
-_T = TypeVar("_T")
-
-
-class _Run:
-    """One run as the hub sees it: where it starts in the ring and where it ended."""
-
-    __slots__ = ("counts", "end", "id", "last_seq", "start")
-
-    def __init__(self, run_id: str, start: int) -> None:
-        self.id = run_id
-        self.start = start
-        self.end: int | None = None
-        self.last_seq = 0
-        self.counts: dict[str, int] = {}
 
 
 class Hub:
@@ -78,16 +63,9 @@ class Hub:
         self.client_buffer = client_buffer
         # Replay backlog (<= retain) plus client_buffer envelopes behind it must fit.
         self._cap = retain + client_buffer
-        # Three parallel rings indexed by position % cap (positions count every line ever).
-        self._lines: list[bytes] = []
-        self._items: list[tuple[str, int, str, bytes]] = []
-        self._offsets: list[int] = []  # bytes published before this line
-        self._head = 0
-        self._bytes = 0
-        self._run: _Run | None = None
+        self._ring = Ring(self._cap)
+        self._run: RunSpan | None = None
         self._subs: set[Subscription] = set()
-        self._waiters: set[asyncio.Future[None]] = set()
-        self._closed = False
         self._dropped = 0
         self._sweep_every = max(_SWEEP_MIN, client_buffer // 8)
 
@@ -121,7 +99,7 @@ class Hub:
     @property
     def buffered(self) -> int:
         """Lines the ring holds now (never more than ``retain + client_buffer``)."""
-        return len(self._lines)
+        return len(self._ring)
 
     def finished(self, run: str, seq: int) -> bool:
         """Whether ``run`` is the current run, it has ended, and ``seq`` is its last.
@@ -139,14 +117,13 @@ class Hub:
         Readers of the previous run still get its envelopes up to where it ended.
         Clients that subscribed before the first run follow this one from its start.
         """
-        old = self._run
+        old, head = self._run, self._ring.head
         if old is not None and old.end is None:
-            old.end = self._head
-        self._run = new = _Run(run, self._head)
+            old.end = head
+        self._run = new = RunSpan(run, head)
         for sub in self._subs:
-            if sub._run is None:
-                sub._run = new
-        self._wake()
+            sub.adopt(new)
+        self._ring.wake()
 
     def publish(self, envelope: Envelope, line: bytes) -> None:
         """Append one envelope (and its encoded line) to the ring and wake the readers.
@@ -162,24 +139,13 @@ class Hub:
         seq: int = envelope["seq"]
         status: str = envelope["status"]
         line = memoryview(line).tobytes()  # orjson's bytes hold ~4 KiB each: right-size
-        item = (run.id, seq, status, line)  # a plain tuple: `Item`s are made when read
-        head = self._head
-        if head < self._cap:  # the ring is still filling up
-            self._lines.append(line)
-            self._items.append(item)
-            self._offsets.append(self._bytes)
-        else:
-            i = head % self._cap
-            self._lines[i] = line
-            self._items[i] = item
-            self._offsets[i] = self._bytes
-        self._bytes += len(line)
-        self._head = head = head + 1
+        ring = self._ring
+        head = ring.append((run.id, seq, status, line))
         run.last_seq = seq
         counts = run.counts
         counts[status] = counts.get(status, 0) + 1
-        if self._waiters:
-            self._wake()
+        if ring.waiters:
+            ring.wake()
         if not head % self._sweep_every:
             self._sweep()
 
@@ -187,13 +153,12 @@ class Hub:
         """End the current run after its ``complete``: its streams end once drained."""
         run = self._run
         if run is not None and run.end is None:
-            run.end = self._head
-            self._wake()
+            run.end = self._ring.head
+            self._ring.wake()
 
     def close(self) -> None:
         """Shut down: every subscription ends once it has drained what it can read."""
-        self._closed = True
-        self._wake()
+        self._ring.close()
 
     # -- consumer side ---------------------------------------------------------------
 
@@ -222,63 +187,44 @@ class Hub:
         """
         want = parse_since(since)
         run = self._run
-        cursor, notice = self._head, None
+        cursor, notice = self._ring.head, None
         if run is not None:
             cursor, notice = self._start(run, want)
-        sub = Subscription(self, run, cursor, notice, on_drop)
+        sub = Subscription(
+            self._ring, run, cursor, notice, self.client_buffer, on_drop=on_drop, hub=self
+        )
         self._subs.add(sub)
         return sub
 
-    def _start(self, run: _Run, want: tuple[str | None, int] | None) -> tuple[int, Item | None]:
+    def _start(self, run: RunSpan, want: tuple[str | None, int] | None) -> tuple[int, Item | None]:
         """Return the cursor and the ``lagged`` notice (if any) for a new subscription."""
-        head = self._head
+        ring = self._ring
+        head = ring.head
         oldest = max(run.start, head - self.retain)
         if want is None:
             return (head if run.end is None else oldest), None
         want_run, seq = want
         first = 1 if want_run is not None and want_run != run.id else seq + 1
-        oldest_seq = self._items[oldest % self._cap][1] if oldest < head else run.last_seq + 1
+        oldest_seq = ring.seq_at(oldest) if oldest < head else run.last_seq + 1
         if first >= oldest_seq:
-            cursor = bisect_left(range(oldest, head), first, key=self._seq_at) + oldest
+            cursor = bisect_left(range(oldest, head), first, key=ring.seq_at) + oldest
             return cursor, None
-        notice: Envelope = {
-            "status": "lagged",
-            "pipeline": self.name,
-            "run": run.id,
-            "missed": oldest_seq - first,
-            "timestamp": now(),
-        }
+        notice = lagged(self.name, run.id, oldest_seq - first, "not_retained")
         line = memoryview(encode(notice)).tobytes()
         return oldest, Item(run.id, None, "lagged", line)
 
-    def _seq_at(self, pos: int) -> int:
-        return self._items[pos % self._cap][1]
-
-    def _offset(self, pos: int) -> int:
-        return self._bytes if pos == self._head else self._offsets[pos % self._cap]
-
-    def _slice(self, ring: list[_T], start: int, stop: int) -> list[_T]:
-        i = start % self._cap
-        j = i + stop - start
-        return ring[i:j] if j <= self._cap else ring[i:] + ring[: j - self._cap]
-
-    def _wake(self) -> None:
-        for fut in self._waiters:
-            if not fut.done():
-                fut.set_result(None)
-        self._waiters.clear()
-
     def _sweep(self) -> None:
         """Drop every lapped client now, so that even a frozen one is noticed."""
-        head = self._head
-        for sub in [s for s in self._subs if s._lapped(head)]:
-            self._drop(sub)
+        head = self._ring.head
+        for sub in [s for s in self._subs if s.lapped(head)]:
+            sub.drop()
 
-    def _drop(self, sub: Subscription) -> None:
-        if sub._dropped:
-            return
-        sub._dropped = True
+    # -- called by subscriptions -----------------------------------------------------
+
+    def left(self, sub: Subscription) -> None:
+        """``sub`` ended (closed, drained or dropped): it no longer counts as a client."""
+        self._subs.discard(sub)
+
+    def lapped(self, sub: Subscription) -> None:
+        """``sub`` was dropped for falling too far behind."""
         self._dropped += 1
-        sub._finish()
-        if sub._on_drop is not None:
-            asyncio.get_running_loop().call_soon(sub._on_drop)

@@ -1,7 +1,8 @@
 """A client's side of the `pipeline.hub.hub.Hub`: resume tokens and the subscription.
 
-`Subscription` is a cursor into the hub's ring; it reads the ring directly (the two
-modules are one unit split for size), so a batch is a slice of the already-encoded lines.
+`Subscription` is a cursor into the hub's `pipeline.hub.ring.Ring`, so a batch is a
+slice of the already-encoded lines. It tells its hub (a `Roster`) when it leaves or is
+dropped; it knows nothing else of the hub.
 """
 
 from __future__ import annotations
@@ -10,14 +11,12 @@ import asyncio
 import re
 from bisect import bisect_right
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple, Self
+from typing import NamedTuple, Protocol, Self
 
 from pipeline.errors import PipelineError
+from pipeline.hub.ring import Ring, RunSpan
 
-if TYPE_CHECKING:
-    from pipeline.hub.hub import Hub, _Run
-
-__all__ = ["MAX_BATCH_BYTES", "BadSince", "Item", "Subscription", "parse_since"]
+__all__ = ["MAX_BATCH_BYTES", "BadSince", "Item", "Roster", "Subscription", "parse_since"]
 
 MAX_BATCH_BYTES = 256 * 1024
 """A batch holds at most this many bytes, unless a single line is larger."""
@@ -61,6 +60,16 @@ def parse_since(since: str | None) -> tuple[str | None, int] | None:
     return match[1], int(match[2])
 
 
+class Roster(Protocol):
+    """What a subscription tells its hub."""
+
+    def left(self, sub: Subscription) -> None:
+        """``sub`` ended: it no longer counts as a client."""
+
+    def lapped(self, sub: Subscription) -> None:
+        """``sub`` was dropped for falling too far behind."""
+
+
 class Subscription:
     """One client's cursor into a `Hub`: an async iterator of ready batches.
 
@@ -74,34 +83,41 @@ class Subscription:
     """
 
     __slots__ = (
+        "_buffer",
         "_closed",
         "_cursor",
         "_dropped",
         "_fut",
-        "_hub",
         "_last",
         "_more",
         "_notice",
         "_on_drop",
         "_replay_end",
+        "_ring",
+        "_roster",
         "_run",
     )
 
     def __init__(
         self,
-        hub: Hub,
-        run: _Run | None,
+        ring: Ring,
+        run: RunSpan | None,
         cursor: int,
         notice: Item | None,
-        on_drop: Callable[[], object] | None,
+        client_buffer: int,
+        *,
+        hub: Roster,
+        on_drop: Callable[[], object] | None = None,
     ) -> None:
-        self._hub = hub
+        self._ring = ring
+        self._roster = hub
+        self._buffer = client_buffer
         self._run = run
         self._cursor = cursor
         self._notice = notice
         self._on_drop = on_drop
         # Replay backlog does not count as lagging: only what was published after it.
-        self._replay_end = hub._head
+        self._replay_end = ring.head
         self._fut: asyncio.Future[None] | None = None
         self._closed = False
         self._dropped = False
@@ -129,13 +145,28 @@ class Subscription:
         self._closed = True
         self._finish()
 
+    def adopt(self, run: RunSpan) -> None:
+        """Follow ``run`` from its start if this client subscribed before any run."""
+        if self._run is None:
+            self._run = run
+
+    def drop(self) -> None:
+        """Cut the stream short because the client was lapped (idempotent)."""
+        if self._dropped:
+            return
+        self._dropped = True
+        self._roster.lapped(self)
+        self._finish()
+        if self._on_drop is not None:
+            asyncio.get_running_loop().call_soon(self._on_drop)
+
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> bytes:
         """Return the next batch of NDJSON lines as one ``bytes``."""
         start, stop, notice = await self._next()
-        lines = self._hub._slice(self._hub._lines, start, stop)
+        lines = self._ring.slice(self._ring.lines, start, stop)
         if notice is not None:
             lines.insert(0, notice.line)
         return b"".join(lines)
@@ -146,7 +177,7 @@ class Subscription:
 
     async def _next_items(self) -> list[Item]:
         start, stop, notice = await self._next()
-        items = [Item._make(t) for t in self._hub._slice(self._hub._items, start, stop)]
+        items = [Item._make(t) for t in self._ring.slice(self._ring.items, start, stop)]
         if notice is not None:
             items.insert(0, notice)
         return items
@@ -169,31 +200,30 @@ class Subscription:
 
     def _span(self) -> tuple[int, int]:
         """Return the positions ready to read, capped at `MAX_BATCH_BYTES`."""
-        hub, run, start = self._hub, self._run, self._cursor
+        ring, run, start = self._ring, self._run, self._cursor
         if run is None or self._closed or self._dropped:
             return start, start
-        if self._lapped(hub._head):
-            hub._drop(self)
+        if self.lapped(ring.head):
+            self.drop()
             return start, start
-        stop = hub._head if run.end is None else run.end
-        base = hub._offset(start)
-        if stop - start > 1 and hub._offset(stop) - base > MAX_BATCH_BYTES:
-            fits = bisect_right(range(start + 1, stop), base + MAX_BATCH_BYTES, key=hub._offset)
+        stop = ring.head if run.end is None else run.end
+        base = ring.offset(start)
+        if stop - start > 1 and ring.offset(stop) - base > MAX_BATCH_BYTES:
+            fits = bisect_right(range(start + 1, stop), base + MAX_BATCH_BYTES, key=ring.offset)
             stop, self._more = start + max(fits, 1), True
         return start, stop
 
-    def _lapped(self, head: int) -> bool:
+    def lapped(self, head: int) -> bool:
         """Whether the head is further ahead than this client may lag (and it needs more)."""
         run = self._run
         if run is None or self._cursor == run.end:
             return False
-        return head - max(self._cursor, self._replay_end) > self._hub.client_buffer
+        return head - max(self._cursor, self._replay_end) > self._buffer
 
     def _advance(self, start: int, stop: int) -> None:
         if stop > start:
-            hub = self._hub
             self._cursor = stop
-            run, seq = hub._items[(stop - 1) % hub._cap][:2]
+            run, seq = self._ring.item_at(stop - 1)[:2]
             self._last = (run, seq)
 
     def _done(self) -> bool:
@@ -201,12 +231,12 @@ class Subscription:
             return True
         run = self._run
         if run is None:
-            return self._hub._closed
-        return self._cursor == run.end or self._hub._closed
+            return self._ring.closed
+        return self._cursor == run.end or self._ring.closed
 
     def _finish(self) -> None:
         self._notice = None
-        self._hub._subs.discard(self)
+        self._roster.left(self)
         fut = self._fut
         if fut is not None and not fut.done():
             fut.set_result(None)
@@ -214,11 +244,11 @@ class Subscription:
     async def _wait(self) -> None:
         fut = asyncio.get_running_loop().create_future()
         self._fut = fut
-        self._hub._waiters.add(fut)
+        self._ring.waiters.add(fut)
         try:
             await fut
         finally:
-            self._hub._waiters.discard(fut)
+            self._ring.waiters.discard(fut)
             self._fut = None
 
 

@@ -1,6 +1,6 @@
 """The HTTP surface (SPEC §6): routes, auth, errors, CORS and ``max_clients``.
 
-`create_app` builds a Starlette app over a `Streams` registry (the supervisor, the
+`create_app` builds a Starlette app over a `ServerState` registry (the supervisor, the
 resolved pipelines, one hub per ``trigger: start`` pipeline, the ``server:`` settings).
 Stream bodies live in `pipeline.server.streams`. Every error is JSON,
 ``{"error": {"type": ..., "message": ...}}``, sent before any byte of a body; nothing
@@ -36,7 +36,7 @@ from pipeline.server.streams import (
     WebSocketStream,
 )
 
-__all__ = ["SEND_TIMEOUT", "Streams", "create_app", "error"]
+__all__ = ["SEND_TIMEOUT", "ServerState", "create_app", "error"]
 
 SEND_TIMEOUT = 30.0
 """Seconds one write to a client may take before the connection is cut."""
@@ -56,7 +56,7 @@ class _NothingNew(Exception):
     """An SSE reconnect from the last envelope of a run that has ended (becomes 204)."""
 
 
-class Streams:
+class ServerState:
     """What the app serves, and the streams open right now (for limits and shutdown)."""
 
     def __init__(
@@ -241,7 +241,7 @@ def error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def create_app(streams: Streams) -> Starlette:
+def create_app(streams: ServerState) -> Starlette:
     """Build the Starlette app serving ``streams`` (see the module docstring)."""
     log = get_logger()
 

@@ -37,7 +37,7 @@ from pipeline.config.snapshot import Snapshot
 from pipeline.engine.supervisor import Supervisor
 from pipeline.hub.hub import Hub
 from pipeline.log import get_logger
-from pipeline.server.app import Streams, create_app
+from pipeline.server.app import ServerState, create_app
 from pipeline.server.reload import Reloader
 from pipeline.server.streams import install_cut_filter
 
@@ -78,7 +78,7 @@ class PipelineServer(uvicorn.Server):
     def __init__(
         self,
         config: uvicorn.Config,
-        streams: Streams,
+        streams: ServerState,
         start: list[str],
         reloader: Reloader | None = None,
         *,
@@ -228,7 +228,7 @@ def build(
     }
     sup = Supervisor(picked, feeds=hubs, shutdown_timeout=settings.shutdown_timeout)
     extra = {} if send_timeout is None else {"send_timeout": send_timeout}
-    streams = Streams(sup, picked, hubs, settings, **extra)
+    streams = ServerState(sup, picked, hubs, settings, **extra)
     config = uvicorn.Config(
         create_app(streams),
         loop="auto",

@@ -31,7 +31,7 @@ from pipeline.engine.supervisor import ReloadStatus
 from pipeline.errors import ConfigError, Problem
 from pipeline.hub.hub import Hub
 from pipeline.log import get_logger
-from pipeline.server.app import Streams
+from pipeline.server.app import ServerState
 
 __all__ = ["WATCH_DEBOUNCE_MS", "Reloader"]
 
@@ -44,7 +44,7 @@ class Reloader:
 
     def __init__(
         self,
-        streams: Streams,
+        streams: ServerState,
         current: Snapshot,
         take: Callable[[Snapshot], Snapshot],
         *,

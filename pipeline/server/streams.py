@@ -31,7 +31,7 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from pipeline.envelope import encode, encode_sse, now
+from pipeline.envelope import encode, encode_sse, heartbeat, lagged
 from pipeline.hub.hub import Hub, Item, Subscription
 from pipeline.log import get_logger
 
@@ -209,17 +209,14 @@ class _Stream(Response):
         await self._end(send)
 
     def _heartbeat(self) -> bytes:
-        return encode({"status": "heartbeat", "pipeline": self.hub.name, "timestamp": now()})
+        return encode(heartbeat(self.hub.name))
 
     def _lagged_line(self, sub: Subscription) -> bytes:
         """The notice a dropped client gets last: where to resume from."""
-        env: dict[str, Any] = {"status": "lagged", "pipeline": self.hub.name}
-        env["run"] = self.hub.run
-        last = sub.last
-        seen = int(last.rpartition(":")[2]) if last and last.startswith(f"{self.hub.run}:") else 0
-        env["missed"] = max(self.hub.last_seq - seen, 0)
-        env |= {"reason": "slow_client", "resume": last, "timestamp": now()}
-        return encode(env)
+        hub, last = self.hub, sub.last
+        seen = int(last.rpartition(":")[2]) if last and last.startswith(f"{hub.run}:") else 0
+        missed = max(hub.last_seq - seen, 0)
+        return encode(lagged(hub.name, hub.run, missed, "slow_client", resume=last))
 
 
 class NDJSONStream(_Stream):

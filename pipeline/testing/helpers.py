@@ -12,12 +12,12 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pipeline.engine.run import Run
-from pipeline.stage import ResolvedStage, RetryPolicy, meta_of
+from pipeline.errors import StageLoadError
+from pipeline.stage import ResolvedStage, RetryPolicy, calling_of, meta_of
 from pipeline.types import Chunk, Envelope, StageKind
 
 __all__ = ["collect_source", "make_stage", "run_pipeline", "run_transform"]
@@ -31,7 +31,7 @@ def _kind(fn: Callable[..., Any], role: str) -> StageKind:
         return "sink"
     if meta is not None and meta.stream:
         return "stream"
-    if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+    if calling_of(fn) in ("gen", "asyncgen"):
         return "flat_map"
     return "map"
 
@@ -48,9 +48,16 @@ def make_stage(
     retry: tuple[int, float] | None = None,
     blocking: bool = False,
 ) -> ResolvedStage:
-    """Build a `ResolvedStage` from a plain function, as the loader would from YAML."""
+    """Build a `ResolvedStage` from a plain function, as the loader would from YAML.
+
+    Raises:
+        StageLoadError: ``fn`` is not callable.
+    """
     if isinstance(fn, ResolvedStage):
         return fn
+    if not callable(fn):
+        msg = f"a {role} must be callable, got `{type(fn).__qualname__}`"
+        raise StageLoadError(msg)
     name = getattr(fn, "__name__", "stage")
     return ResolvedStage(
         id=id or f"{role}:{name}",
