@@ -15,7 +15,7 @@ from tests.browser import browser, other_origin, page  # noqa: F401  (fixtures f
 ROOT = Path(__file__).resolve().parent.parent
 
 # Stage modules that fail on import on purpose (the bad-config corpus): not for doctest.
-collect_ignore = ["bad_configs"]
+collect_ignore = ["config/bad_configs"]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

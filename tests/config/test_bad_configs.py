@@ -1,4 +1,4 @@
-"""Every config in tests/bad_configs/ fails `pipeline validate` with its exact problems.
+"""Every config in tests/config/bad_configs/ fails `pipeline validate` with its exact problems.
 
 Each ``NN_name.yaml`` has its expected stderr in ``NN_name.expected``. The CLI runs as a
 real subprocess from the corpus folder with a relative ``-c``, and ``SECRET`` set to a

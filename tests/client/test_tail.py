@@ -32,7 +32,7 @@ import uvicorn
 import pipeline.client.tail as tailmod
 from pipeline.client.tail import TailError, Target, format_envelope, resolve_target, tail
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 

@@ -16,7 +16,7 @@ from pipeline.config.catalog import (
 )
 from stages import BUILTINS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_builtin_is_fully_documented() -> None:
