@@ -13,6 +13,7 @@ from pipeline.errors import (
     StageLoadError,
     StageParamsError,
 )
+from pipeline.inlet import Inlet
 from pipeline.stage import sink, stream_transform
 from pipeline.types import BadChunk, Chunk, Envelope, Message
 
@@ -21,6 +22,7 @@ __all__ = [
     "Chunk",
     "ConfigError",
     "Envelope",
+    "Inlet",
     "Message",
     "PipelineError",
     "StageLoadError",

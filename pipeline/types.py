@@ -22,6 +22,9 @@ StageKind = Literal["source", "map", "flat_map", "stream", "sink"]
 AckFn: TypeAlias = Callable[[], "Awaitable[None] | None"]
 """Called once every sink has accepted the envelope of an acknowledged chunk."""
 
+OnEnvelope: TypeAlias = Callable[[dict[str, Any]], None]
+"""Told each ``processing``/``chunk_error`` envelope made from a chunk, before its ack."""
+
 STATUSES: tuple[Status, ...] = ("starting", "processing", "chunk_error", "error", "complete")
 
 
@@ -31,7 +34,9 @@ class Message:
 
     The engine calls ``ack`` once every sink has accepted the envelope that came from
     ``data`` (or the dead-letter sink its ``chunk_error``), or when a transform drops it.
-    Broker sources use this for at-least-once delivery.
+    Broker sources use this for at-least-once delivery. ``on_envelope``, when given, is
+    called with each ``processing`` or ``chunk_error`` envelope made from ``data`` (its
+    ``seq`` assigned) before the sinks get it; it must be quick and must not raise.
 
     Example:
         >>> async def source():
@@ -40,6 +45,7 @@ class Message:
 
     data: Chunk
     ack: AckFn | None = None
+    on_envelope: OnEnvelope | None = None
 
 
 @dataclass(slots=True)
@@ -56,3 +62,4 @@ class BadChunk:
     raw: Chunk
     error: BaseException
     ack: AckFn | None = None
+    on_envelope: OnEnvelope | None = None

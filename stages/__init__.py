@@ -12,6 +12,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "counter": "stages.sources:counter",
         "file": "stages.sources:file",
         "stdin": "stages.sources:stdin",
+        "ingest": "stages.connectors.ingest:ingest",
     },
     "transform": {
         "parse_json": "stages.transforms:parse_json",

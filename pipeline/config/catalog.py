@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.inlet import inlet_parameter
 from pipeline.stage import calling_of, meta_of, params_model
 
 __all__ = ["ParamDoc", "StageDoc", "catalog", "render_markdown", "render_text"]
@@ -123,7 +124,10 @@ def _params(fn: Callable[..., Any], role: str) -> list[ParamDoc]:
     model = params_model(fn, skip_first=role != "source")
     written = {name: p.annotation for name, p in inspect.signature(fn).parameters.items()}
     out = []
+    bound = inlet_parameter(fn)  # bound by the server, not given in `with:`
     for name, info in model.model_fields.items():
+        if name == bound:
+            continue
         hint = written.get(name, inspect.Parameter.empty)
         if isinstance(hint, str):
             type_text = hint

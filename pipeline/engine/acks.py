@@ -17,9 +17,9 @@ from collections import deque
 from collections.abc import Awaitable, Iterable
 from typing import Any
 
-from pipeline.types import AckFn
+from pipeline.types import AckFn, Envelope, OnEnvelope
 
-__all__ = ["Ack", "AckRunner", "release_all", "retain_all"]
+__all__ = ["Ack", "AckRunner", "notify_all", "release_all", "retain_all"]
 
 
 class AckRunner:
@@ -66,11 +66,12 @@ class AckRunner:
 class Ack:
     """A reference-counted acknowledgement; ``fn`` runs when the count reaches zero."""
 
-    __slots__ = ("count", "fn", "runner")
+    __slots__ = ("count", "fn", "on_envelope", "runner")
 
-    def __init__(self, fn: AckFn, runner: AckRunner) -> None:
+    def __init__(self, fn: AckFn, runner: AckRunner, on_envelope: OnEnvelope | None = None) -> None:
         self.fn = fn
         self.runner = runner
+        self.on_envelope = on_envelope
         self.count = 1
 
     def release(self) -> None:
@@ -86,6 +87,13 @@ def release_all(acks: Iterable[Ack]) -> None:
     """Release one reference of each ack."""
     for ack in acks:
         ack.release()
+
+
+def notify_all(acks: Iterable[Ack], env: Envelope) -> None:
+    """Tell each ack that wants to know (``Message.on_envelope``) about ``env``."""
+    for ack in acks:
+        if ack.on_envelope is not None:
+            ack.on_envelope(env)
 
 
 def retain_all(acks: Iterable[Ack], extra: int) -> None:

@@ -180,14 +180,14 @@ class Fanout:
         async def items() -> AsyncIterator[Any]:
             while True:
                 payload, pending = await w.queue.get()
-                if last[0] is not None and payload is not _END:
-                    last[0].accept()
-                    last[0] = None
                 if payload is _END:
                     finished[0] = True
                     return
                 last[0] = pending
                 yield payload
+                if pending is not None:  # it asks for the next one: this one is accepted
+                    last[0] = None
+                    pending.accept()
 
         await w.stage.fn(items(), **w.stage.params)
         if not finished[0]:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any, Literal
 
-from pipeline.engine.acks import AckRunner
+from pipeline.engine.acks import AckRunner, notify_all
 from pipeline.engine.chain import StageCrash, all_fast, build_chain
 from pipeline.engine.fanout import Fanout
 from pipeline.engine.items import SPECIAL, Carry, Failure
@@ -249,6 +249,8 @@ class Run:
             return
         self.seq += 1
         self.processed += 1
+        if acks:
+            notify_all(acks, env)
         await self._fanout.deliver(env, line, acks)
 
     async def _emit_unencodable(
@@ -263,6 +265,8 @@ class Run:
         error = {"type": f.type, "message": f.message}
         env = self._next("chunk_error", stage=f.stage, error=error, chunk=f.chunk)
         line = encode_without(env, "chunk")
+        if acks:
+            notify_all(acks, env)
         await self._fanout.deliver(env, line, acks)
         limit = self.max_chunk_errors
         if limit is not None and self.chunk_errors > limit and self._halt is None:

@@ -98,9 +98,9 @@ class SourceReader:
         if type(raw) is Message:
             if raw.ack is None:
                 return raw.data
-            return Carry(raw.data, (Ack(raw.ack, self.runner),))
+            return Carry(raw.data, (Ack(raw.ack, self.runner, raw.on_envelope),))
         assert type(raw) is BadChunk
-        acks = () if raw.ack is None else (Ack(raw.ack, self.runner),)
+        acks = () if raw.ack is None else (Ack(raw.ack, self.runner, raw.on_envelope),)
         fail = failure(self.stage.id, raw.error, raw.raw)
         return Carry(fail, acks) if acks else fail
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pipeline.engine.run import Run
+from pipeline.inlet import Inlet, inlet_parameter
 from pipeline.log import get_logger
 from pipeline.stage import ResolvedStage
 from pipeline.types import Envelope, Reason
@@ -52,6 +53,7 @@ class _Slot:
     task: asyncio.Task[Reason] | None = None
     runs: int = 0
     request_runs: set[Run] = field(default_factory=set)
+    inlet: tuple[str, Inlet] | None = None
     successor: tuple[PipelineSpec, Feed | None, bool] | None = None  # spec, feed, start
 
 
@@ -103,9 +105,13 @@ class Supervisor:
         feeds: Mapping[str, Feed] | None = None,
         extra_sinks: Sequence[ResolvedStage] = (),
         shutdown_timeout: float = 10.0,
+        inlets: bool = False,
     ) -> None:
         feeds = feeds or {}
         self._slots = {n: _Slot(p, feeds.get(n)) for n, p in pipelines.items()}
+        self._inlets = inlets
+        for slot in self._slots.values():
+            self._bind_inlet(slot)
         self._extra_sinks = tuple(extra_sinks)
         self.shutdown_timeout = shutdown_timeout
         self.shutting_down = False
@@ -135,22 +141,49 @@ class Supervisor:
             source_params=source_params,
         )
 
+    def inlet(self, name: str) -> Inlet | None:
+        """The `Inlet` bound to the source of pipeline ``name``, if its source takes one.
+
+        Only the supervisor of a server binds inlets (``inlets=True``); a source that
+        takes one gets ``None`` otherwise.
+        """
+        slot = self._slots.get(name)
+        return slot.inlet[1] if slot is not None and slot.inlet is not None else None
+
+    def _bind_inlet(self, slot: _Slot) -> dict[str, Any] | None:
+        """The source's parameters with its `Inlet` bound, when it takes one (else None).
+
+        A slot keeps its inlet across runs and reloads, so the server always finds it.
+        """
+        param = inlet_parameter(slot.spec.source.fn) if self._inlets else None
+        if param is None:
+            slot.inlet = None
+            return None
+        inlet = slot.inlet[1] if slot.inlet is not None else Inlet(slot.spec.name)
+        slot.inlet = (param, inlet)
+        return {**slot.spec.source.params, param: inlet}
+
     def start(self, names: Iterable[str]) -> None:
         """Start one run of each named pipeline in the background."""
         for name in names:
             self._start_slot(self._slots[name])
 
     def _start_slot(self, slot: _Slot) -> None:
-        run = self._new_run(slot, slot.feed.publish if slot.feed else None)
+        params = self._bind_inlet(slot)
+        run = self._new_run(slot, slot.feed.publish if slot.feed else None, params)
         slot.run, slot.runs = run, slot.runs + 1
         if slot.feed is not None:  # at once: a client arriving now already sees this run
             slot.feed.begin_run(run.id)
+        if slot.inlet is not None:
+            slot.inlet[1].begin_run(run.id)
         slot.task = asyncio.get_running_loop().create_task(self._execute(slot, run))
 
     async def _execute(self, slot: _Slot, run: Run) -> Reason:
         try:
             return await run.execute()
         finally:
+            if slot.inlet is not None:
+                slot.inlet[1].end_run()
             if slot.feed is not None:
                 slot.feed.end_run()
             if slot.successor is not None:  # a reload: the new run starts at once

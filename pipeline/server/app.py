@@ -28,6 +28,7 @@ from pipeline.errors import StageParamsError
 from pipeline.hub.hub import BadSince, Hub, parse_since
 from pipeline.log import get_logger
 from pipeline.server.auth import Auth, Refusal
+from pipeline.server.ingest import IngestRefused, receive
 from pipeline.server.streams import (
     JSONLStream,
     NDJSONStream,
@@ -47,6 +48,7 @@ _STATUS_TYPES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    409: "conflict",
     426: "upgrade_required",
     503: "unavailable",
 }
@@ -282,6 +284,20 @@ def create_app(streams: ServerState) -> Starlette:
         except Refusal as exc:
             return error(exc.status, exc.kind, exc.message)
 
+    async def ingest(request: Request) -> Response:
+        if not streams.authorized(request):
+            return error(401, "unauthorized", "missing or wrong bearer token")
+        name = request.path_params["name"]
+        if name not in streams.pipelines:
+            return error(404, "not_found", f"unknown pipeline `{name}`")
+        inlet = streams.supervisor.inlet(name)
+        if inlet is None:
+            return error(409, "no_ingest_source", f"pipeline `{name}` has no ingest source")
+        try:
+            return await receive(request, inlet)
+        except IngestRefused as exc:
+            return error(exc.status, exc.kind, exc.message, exc.headers)
+
     async def ws_over_http(request: Request) -> Response:
         return error(426, "upgrade_required", "this endpoint needs a WebSocket upgrade")
 
@@ -320,6 +336,7 @@ def create_app(streams: ServerState) -> Starlette:
         Route("/pipelines/{name}", one_pipeline),
         Route("/pipelines/{name}/stream", ndjson),
         Route("/pipelines/{name}/events", events),
+        Route("/pipelines/{name}/ingest", ingest, methods=["POST"]),
         Route("/pipelines/{name}/ws", ws_over_http),
         WebSocketRoute("/pipelines/{name}/ws", websocket),
     ]
@@ -329,8 +346,8 @@ def create_app(streams: ServerState) -> Starlette:
             Middleware(
                 CORSMiddleware,
                 allow_origins=streams.settings.cors_origins,
-                allow_methods=["GET", "HEAD"],
-                allow_headers=["Authorization", "Last-Event-ID"],
+                allow_methods=["GET", "HEAD", "POST"],
+                allow_headers=["Authorization", "Last-Event-ID", "Content-Type"],
                 expose_headers=["Content-Type"],
             )
         )

@@ -226,7 +226,7 @@ def build(
         for n, rp in picked.items()
         if rp.config.trigger == "start"
     }
-    sup = Supervisor(picked, feeds=hubs, shutdown_timeout=settings.shutdown_timeout)
+    sup = Supervisor(picked, feeds=hubs, shutdown_timeout=settings.shutdown_timeout, inlets=True)
     extra = {} if send_timeout is None else {"send_timeout": send_timeout}
     streams = ServerState(sup, picked, hubs, settings, **extra)
     config = uvicorn.Config(

@@ -1,0 +1,4 @@
+"""Connectors: built-in stages that talk to an external system, one module per system.
+
+Each module imports its client library itself, so the core install stays lean.
+"""
