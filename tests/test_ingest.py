@@ -154,8 +154,10 @@ def test_curl_data_binary_file(server: Any) -> None:
     data = tmp / "batch.ndjson"
     data.write_text("".join(f'{{"line": {i}}}\n' for i in range(20)))
     out = subprocess.run(
-        [curl, "-sS", "--fail-with-body", "-H", f"Authorization: Bearer {TOKEN}"]
-        + ["--data-binary", f"@{data}", srv.url("/pipelines/feed/ingest")],
+        [
+            *(curl, "-sS", "--fail-with-body", "-H", f"Authorization: Bearer {TOKEN}"),
+            *("--data-binary", f"@{data}", srv.url("/pipelines/feed/ingest")),
+        ],
         capture_output=True,
         timeout=30,
         check=True,
