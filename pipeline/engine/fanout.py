@@ -30,6 +30,15 @@ Publish = Callable[[Envelope, bytes], None]
 _END: Any = object()
 
 
+class _Flush:
+    """A marker in a sink's queue: set once the sink accepted everything before it."""
+
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+
 class _Pending:
     """Counts the sinks that still have to accept one acknowledged envelope."""
 
@@ -118,6 +127,28 @@ class Fanout:
         if pending is not None:
             pending.accept()
 
+    async def flush(self) -> None:
+        """Wait until every live sink accepted every envelope handed to it so far.
+
+        A sink that fails meanwhile is reported (``on_failure``) before this returns, so
+        the run can still end with ``error`` instead of ``complete(finished)``.
+        """
+        waits: list[tuple[_Worker, _Flush]] = []
+        for w in self._workers:
+            if w.dead or w.task is None or w.task.done():
+                continue
+            marker = _Flush()
+            await w.queue.put((marker, None))
+            waits.append((w, marker))
+        for w, marker in waits:
+            if w.task is None:  # pragma: no cover - started above
+                continue
+            flushed = asyncio.ensure_future(marker.event.wait())
+            try:
+                await asyncio.wait({flushed, w.task}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                flushed.cancel()
+
     async def close(self, timeout: float | None = None) -> None:
         """End every sink's input, wait for them to flush and close, then stop them."""
         tasks = [w.task for w in self._workers if w.task is not None]
@@ -162,6 +193,9 @@ class Fanout:
             payload, pending = await queue.get()
             if payload is _END:
                 return
+            if type(payload) is _Flush:
+                payload.event.set()
+                continue
             if stage.blocking:
                 await asyncio.to_thread(fn, payload)
             elif is_async:
@@ -183,6 +217,9 @@ class Fanout:
                 if payload is _END:
                     finished[0] = True
                     return
+                if type(payload) is _Flush:
+                    payload.event.set()
+                    continue
                 last[0] = pending
                 yield payload
                 if pending is not None:  # it asks for the next one: this one is accepted

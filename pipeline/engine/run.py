@@ -155,6 +155,8 @@ class Run:
         except Exception as exc:  # a bug of ours must still end the run cleanly
             self.log.exception("engine_failed")
             await self._emit_error("engine", exc)
+        if self._halt is None and self._aborted is None:
+            await self._fanout.flush()  # a sink failing on the last envelopes is an error too
         if self._halt is not None:
             await self._emit_error(self._halt[1], self._halt[2])
         return False

@@ -457,6 +457,38 @@ async def test_sink_failure_ends_run_with_error() -> None:
     assert len(envs) < 100
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_sink_failing_on_the_last_envelope_ends_run_with_error(stream: bool) -> None:
+    """A sink that fails after the source ended still makes the run end with error."""
+
+    async def three() -> AsyncIterator[int]:
+        for i in range(3):
+            yield i
+
+    async def check(env: dict[str, Any]) -> None:
+        await asyncio.sleep(0.01)  # a sink slower than the run: it is still busy at the end
+        if env["status"] == "processing" and env["data"] == 2:
+            raise OSError("disk full at close")
+
+    @sink(stream=True)
+    async def streamed(envs: AsyncIterator[dict[str, Any]]) -> None:
+        async for env in envs:
+            await check(env)
+
+    envs = await run_pipeline(three, [], [streamed if stream else check])
+    assert_well_formed(envs)
+    assert [e["status"] for e in envs] == [
+        "starting",
+        "processing",
+        "processing",
+        "processing",
+        "error",
+        "complete",
+    ]
+    assert envs[-2]["error"] == {"type": "OSError", "message": "disk full at close"}
+    assert envs[-1]["reason"] == "error"
+
+
 class Resources:
     """Counts open resources of test sources and sinks."""
 
