@@ -229,6 +229,50 @@ def stages(markdown: bool) -> None:
     click.echo(catalog.render_markdown(docs) if markdown else catalog.render_text(docs), nl=False)
 
 
+@main.command(name="test")
+@click.argument("files", nargs=-1)
+@_config_option
+@click.option("--junit", "junit", default=None, help="Also write a JUnit XML report here.")
+@click.option("--update", is_flag=True, help="Rewrite the golden files of the cases run.")
+@click.option("-k", "keyword", default=None, help="Only the cases whose name contains this.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error", "critical"]),
+    default="critical",
+    show_default=True,
+    help="Log level of the pipelines' own logs on stderr.",
+)
+def test_(
+    files: tuple[str, ...],
+    config_path: str,
+    junit: str | None,
+    update: bool,
+    keyword: str | None,
+    log_level: str,
+) -> None:
+    """Run the YAML test cases of a config (default: every *.test.yaml beside it)."""
+    from pipeline.testing import runner
+
+    logmod.configure("json", log_level)
+    _, resolved = load_pipelines(config_path)
+    found = list(files) or [str(p) for p in sorted(Path(config_path).parent.glob("*.test.yaml"))]
+    if not found:
+        click.echo(f"{config_path}: no *.test.yaml beside it; name the test files", err=True)
+        sys.exit(2)
+    try:
+        cases = runner.load_all(found, resolved)
+    except ConfigError as exc:
+        _fail_config(exc)
+    if keyword is not None:
+        cases = [c for c in cases if keyword in c.name]
+    outcomes = runner.run_cases(cases, update=update, echo=click.echo)
+    if junit:
+        runner.write_junit(junit, outcomes)
+    failed = sum(not o.passed for o in outcomes)
+    click.echo(f"{len(outcomes) - failed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
 @main.command()
 @click.argument("target")
 @_config_option
