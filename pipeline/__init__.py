@@ -15,12 +15,13 @@ from pipeline.errors import (
 )
 from pipeline.inlet import Inlet
 from pipeline.stage import sink, stream_transform
-from pipeline.types import BadChunk, Chunk, Envelope, Message
+from pipeline.types import BadChunk, Chunk, Delivery, Envelope, Message
 
 __all__ = [
     "BadChunk",
     "Chunk",
     "ConfigError",
+    "Delivery",
     "Envelope",
     "Inlet",
     "Message",

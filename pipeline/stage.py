@@ -43,11 +43,15 @@ class StageMeta:
         receives: for sinks: ``envelopes`` (every envelope as a dict), ``data`` (the
             ``data`` of ``processing`` envelopes only) or ``lines`` (every envelope as
             its encoded NDJSON bytes).
+        confirm: for stream sinks: each item comes as a `pipeline.Delivery` the sink
+            accepts once written (or rejects), instead of counting as accepted when the
+            sink asks for the next one; for sinks that batch or write asynchronously.
     """
 
     role: Literal["transform", "sink"]
     stream: bool = False
     receives: SinkReceives = "envelopes"
+    confirm: bool = False
 
 
 _ATTR = "__pipeline_stage__"
@@ -71,31 +75,46 @@ def stream_transform(fn: F) -> F:
 
 
 @overload
-def sink(fn: F, *, stream: bool = ..., receives: SinkReceives = ...) -> F: ...
+def sink(fn: F, *, stream: bool = ..., receives: SinkReceives = ..., confirm: bool = ...) -> F: ...
 
 
 @overload
 def sink(
-    fn: None = None, *, stream: bool = ..., receives: SinkReceives = ...
+    fn: None = None, *, stream: bool = ..., receives: SinkReceives = ..., confirm: bool = ...
 ) -> Callable[[F], F]: ...
 
 
 def sink(
-    fn: F | None = None, *, stream: bool = False, receives: SinkReceives = "envelopes"
+    fn: F | None = None,
+    *,
+    stream: bool = False,
+    receives: SinkReceives = "envelopes",
+    confirm: bool = False,
 ) -> F | Callable[[F], F]:
     """Mark ``fn`` as a sink, optionally with options.
 
     A plain sink is called once per item. With ``stream=True`` it is called once per run
     with an async iterator of items, and keeps its resource under ``async with`` for as
     long as it iterates, so it is opened before the first item and closed after the last
-    one, also on error, cancellation and shutdown.
+    one, also on error, cancellation and shutdown. With ``confirm=True`` (stream sinks
+    only) each item comes wrapped in a `pipeline.Delivery` that the sink accepts once it
+    is written, or rejects alone (a ``chunk_error`` for its chunk, the run goes on).
+    Such a sink must answer within a bounded time when its input goes quiet (flush on
+    an interval, not only on the next item): a run waits for those answers before its
+    ``complete`` (at most ``pipeline.engine.run.SETTLE_TIMEOUT`` seconds).
+
+    Raises:
+        TypeError: ``confirm=True`` without ``stream=True``.
 
     Example:
         >>> @sink(receives="data")
         ... def show(data):
         ...     print(data)
     """
-    meta = StageMeta(role="sink", stream=stream, receives=receives)
+    if confirm and not stream:
+        msg = "`confirm=True` needs `stream=True`: only a stream sink sees deliveries"
+        raise TypeError(msg)
+    meta = StageMeta(role="sink", stream=stream, receives=receives, confirm=confirm)
 
     def mark(f: F) -> F:
         setattr(f, _ATTR, meta)

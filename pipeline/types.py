@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias
 
 Chunk: TypeAlias = Any
 """One unit of data flowing through a pipeline (usually a dict)."""
@@ -63,3 +63,31 @@ class BadChunk:
     error: BaseException
     ack: AckFn | None = None
     on_envelope: OnEnvelope | None = None
+
+
+class Delivery(Protocol):
+    """One item handed to a confirming sink (``@sink(stream=True, confirm=True)``).
+
+    The sink says when it is done with ``item``: `accept` once it is durably written (the
+    acknowledgements of the chunk it came from may then fire), or `reject` when this one
+    item cannot be written (a constraint it violates): the engine then emits a
+    ``chunk_error`` for that chunk, with the sink's id as ``stage``, and the chunk is
+    acknowledged once that ``chunk_error`` was delivered. Each call after the first is
+    ignored. An item neither accepted nor rejected when the sink fails is never
+    acknowledged, so a broker redelivers it.
+
+    Example:
+        >>> from pipeline import sink
+        >>> @sink(stream=True, confirm=True)
+        ... async def keep(deliveries):
+        ...     async for d in deliveries:
+        ...         d.accept()
+    """
+
+    item: Any
+
+    def accept(self) -> None:
+        """The item is written: it counts as accepted by this sink."""
+
+    def reject(self, error: BaseException) -> None:
+        """This item cannot be written: its chunk becomes a ``chunk_error``."""

@@ -11,6 +11,7 @@ def test_public_names_are_pinned() -> None:
         "BadChunk",
         "Chunk",
         "ConfigError",
+        "Delivery",
         "Envelope",
         "Inlet",
         "Message",

@@ -8,7 +8,12 @@ ends when the run ends, so the sink flushes and closes also on error, cancellati
 shutdown. A sink that raises has failed for good: it receives nothing more and the run
 ends with ``error``. An envelope's acks are released once every sink meant to receive
 it has accepted it (a plain sink: its call returned; a stream sink: it asked for the
-next item, or returned after the last one).
+next item, or returned after the last one; a confirming sink, ``@sink(stream=True,
+confirm=True)``: it called `Delivery.accept`). A confirming sink may also reject one
+item (`Delivery.reject`): ``on_reject`` hears of it, the run emits a ``chunk_error`` for
+that chunk, and the chunk's acks are released once that ``chunk_error`` was delivered.
+`Fanout.settle` waits until confirming sinks have answered for everything they got, so
+a run's last rejections come before its ``complete``.
 """
 
 from __future__ import annotations
@@ -20,13 +25,15 @@ import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from pipeline.engine.acks import Ack, release_all
+from pipeline.engine.acks import Ack, release_all, retain_all
 from pipeline.stage import ResolvedStage, StageMeta
 from pipeline.types import Envelope
 
 __all__ = ["Fanout", "stdout_stage"]
 
 Publish = Callable[[Envelope, bytes], None]
+OnReject = Callable[[str, BaseException, Any, tuple[Ack, ...]], None]
+"""``(sink id, error, chunk, acks)``: a confirming sink rejected one chunk's envelope."""
 _END: Any = object()
 
 
@@ -54,16 +61,75 @@ class _Pending:
             release_all(self.acks)
 
 
+class _Delivery:
+    """One item for a confirming sink; it says when the item is written (`Delivery`)."""
+
+    __slots__ = ("_env", "_pending", "_worker", "item")
+
+    def __init__(self, item: Any, env: Envelope, pending: _Pending | None, worker: _Worker):
+        self.item = item
+        self._env: Envelope | None = env
+        self._pending = pending
+        self._worker = worker
+
+    def accept(self) -> None:
+        """The item is written; counts as accepted by this sink."""
+        if self._env is None:
+            return
+        self._env = None
+        if self._pending is not None:
+            self._pending.accept()
+        self._worker.answered()
+
+    def reject(self, error: BaseException) -> None:
+        """This item cannot be written: its chunk becomes a ``chunk_error``."""
+        env, pending = self._env, self._pending
+        if env is None:
+            return
+        self._env = None
+        acks: tuple[Ack, ...] = ()
+        if pending is not None:
+            acks = pending.acks
+            retain_all(acks, 1)  # released again once the chunk_error is delivered
+            pending.accept()
+        chunk = env.get("data", env.get("chunk"))
+        self._worker.rejected(error, chunk, acks)
+        self._worker.answered()
+
+
 class _Worker:
-    def __init__(self, stage: ResolvedStage, *, dead_letter: bool, buffer: int) -> None:
+    def __init__(
+        self,
+        stage: ResolvedStage,
+        *,
+        dead_letter: bool,
+        buffer: int,
+        on_reject: OnReject | None = None,
+    ) -> None:
         self.stage = stage
         meta = stage.meta or StageMeta(role="sink")
         self.receives = meta.receives
         self.stream = meta.stream
+        self.confirm = meta.confirm
         self.dead_letter = dead_letter
         self.queue: asyncio.Queue[tuple[Any, _Pending | None]] = asyncio.Queue(buffer)
         self.dead = False
         self.task: asyncio.Task[None] | None = None
+        self.outstanding = 0
+        self.settled = asyncio.Event()
+        self.settled.set()
+        self._on_reject = on_reject
+
+    def answered(self) -> None:
+        self.outstanding -= 1
+        if self.outstanding == 0:
+            self.settled.set()
+
+    def rejected(self, error: BaseException, chunk: Any, acks: tuple[Ack, ...]) -> None:
+        if self._on_reject is not None:
+            self._on_reject(self.stage.id, error, chunk, acks)
+        else:
+            release_all(acks)
 
     def wants(self, status: str) -> bool:
         if self.dead_letter:
@@ -88,14 +154,19 @@ class Fanout:
         *,
         publish: Publish | None = None,
         on_failure: Callable[[str, BaseException], None] | None = None,
+        on_reject: OnReject | None = None,
         buffer: int = 256,
     ) -> None:
         self.publish = publish
         self.on_failure = on_failure
         self.failures: list[tuple[str, BaseException]] = []
-        self._workers = [_Worker(s, dead_letter=False, buffer=buffer) for s in sinks]
+        self._workers = [
+            _Worker(s, dead_letter=False, buffer=buffer, on_reject=on_reject) for s in sinks
+        ]
         if dead_letter is not None:
-            self._workers.append(_Worker(dead_letter, dead_letter=True, buffer=buffer))
+            self._workers.append(
+                _Worker(dead_letter, dead_letter=True, buffer=buffer, on_reject=on_reject)
+            )
 
     @property
     def direct(self) -> bool:
@@ -119,7 +190,12 @@ class Fanout:
                 continue
             if pending is not None:
                 pending.left += 1
-            item = (w.payload(env, line), pending)
+            if w.confirm:
+                w.outstanding += 1
+                w.settled.clear()
+                item = (_Delivery(w.payload(env, line), env, pending, w), pending)
+            else:
+                item = (w.payload(env, line), pending)
             if w.queue.full():
                 await w.queue.put(item)
             else:
@@ -148,6 +224,20 @@ class Fanout:
                 await asyncio.wait({flushed, w.task}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 flushed.cancel()
+
+    async def settle(self, timeout: float | None = None) -> bool:
+        """Wait until every live confirming sink answered for every item it got.
+
+        Returns False when ``timeout`` passed first.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                for w in self._workers:
+                    if w.confirm and not w.dead:
+                        await w.settled.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def close(self, timeout: float | None = None) -> None:
         """End every sink's input, wait for them to flush and close, then stop them."""
@@ -178,6 +268,7 @@ class Fanout:
 
     def _fail(self, w: _Worker, exc: BaseException) -> None:
         w.dead = True
+        w.settled.set()
         while not w.queue.empty():
             w.queue.get_nowait()
         self.failures.append((w.stage.id, exc))
@@ -220,11 +311,12 @@ class Fanout:
                 if type(payload) is _Flush:
                     payload.event.set()
                     continue
-                last[0] = pending
+                keep = None if w.confirm else pending  # a confirming sink accepts itself
+                last[0] = keep
                 yield payload
-                if pending is not None:  # it asks for the next one: this one is accepted
+                if keep is not None:  # it asks for the next one: this one is accepted
                     last[0] = None
-                    pending.accept()
+                    keep.accept()
 
         await w.stage.fn(items(), **w.stage.params)
         if not finished[0]:

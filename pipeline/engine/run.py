@@ -4,6 +4,11 @@
 item into a ``processing`` or ``chunk_error`` envelope with the next ``seq``, hands it to
 `Fanout`, and always ends with exactly one ``complete`` carrying ``stats`` and
 ``reason``, also after ``error``, on shutdown and on cancellation.
+
+A confirming sink that rejects one envelope (`pipeline.Delivery.reject`) gets a
+``chunk_error`` emitted for that chunk by a small task of the run (never by the sink's
+own task, whose queue may be full); before ``complete`` the run waits, at most
+`SETTLE_TIMEOUT` seconds, until every confirming sink answered for what it got.
 """
 
 from __future__ import annotations
@@ -11,14 +16,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any, Literal
 
-from pipeline.engine.acks import AckRunner, notify_all
+from pipeline.engine.acks import Ack, AckRunner, notify_all
 from pipeline.engine.chain import StageCrash, all_fast, build_chain
 from pipeline.engine.fanout import Fanout
-from pipeline.engine.items import SPECIAL, Carry, Failure
+from pipeline.engine.items import SPECIAL, Carry, Failure, failure
 from pipeline.engine.source import SourceReader
 from pipeline.envelope import (
     UnencodableError,
@@ -32,10 +38,12 @@ from pipeline.log import get_logger
 from pipeline.stage import ResolvedStage
 from pipeline.types import Envelope, Reason
 
-__all__ = ["Run", "RunState", "new_run_id"]
+__all__ = ["SETTLE_TIMEOUT", "Run", "RunState", "new_run_id"]
 
 RunState = Literal["pending", "running", "completed", "failed"]
 _TRACEBACKS_PER_STAGE = 5
+SETTLE_TIMEOUT = 30.0
+"""Seconds a run waits, before ``complete``, for confirming sinks to answer (flush)."""
 
 
 def new_run_id() -> str:
@@ -75,8 +83,15 @@ class Run:
         self.acks = AckRunner(self.log)
         self._params = None if source_params is None else dict(source_params)
         self._fanout = Fanout(
-            sinks, dead_letter, publish=publish, on_failure=self._sink_failed, buffer=sink_buffer
+            sinks,
+            dead_letter,
+            publish=publish,
+            on_failure=self._sink_failed,
+            on_reject=self._sink_rejected,
+            buffer=sink_buffer,
         )
+        self._rejects: deque[tuple[Failure, tuple[Ack, ...]]] = deque()
+        self._reject_task: asyncio.Task[None] | None = None
         self._direct = self._fanout.publish if self._fanout.direct else None
         self._reader: SourceReader | None = None
         self._driver: asyncio.Task[None] | None = None
@@ -109,6 +124,37 @@ class Run:
     def _sink_failed(self, stage: str, exc: BaseException) -> None:
         self.log.error("sink_failed", stage=stage, error=f"{type(exc).__name__}: {exc}")
         self._halt_run(stage, exc)
+
+    def _sink_rejected(
+        self, stage: str, exc: BaseException, chunk: Any, acks: tuple[Ack, ...] | None
+    ) -> None:
+        if acks is None:
+            self.log.warning("sink_rejected", stage=stage, error=f"{type(exc).__name__}: {exc}")
+            return
+        self._rejects.append((failure(stage, exc, chunk), acks))
+        if self._reject_task is None or self._reject_task.done():
+            loop = asyncio.get_running_loop()
+            self._reject_task = loop.create_task(self._emit_rejects(), name="sink rejects")
+
+    async def _emit_rejects(self) -> None:
+        while self._rejects:
+            f, acks = self._rejects.popleft()
+            await self._emit_failure(f, acks)
+
+    async def _settle(self) -> None:
+        """Wait (bounded) until confirming sinks answered and their rejections are out."""
+        try:
+            async with asyncio.timeout(SETTLE_TIMEOUT):
+                while True:
+                    await self._fanout.settle()
+                    task = self._reject_task
+                    if task is None or task.done():
+                        if not self._rejects:
+                            return
+                        task = self._reject_task = asyncio.create_task(self._emit_rejects())
+                    await task
+        except TimeoutError:
+            self.log.warning("sinks_unsettled", timeout=SETTLE_TIMEOUT)
 
     def _halt_run(self, stage: str, exc: BaseException) -> None:
         if self._halt is None:
@@ -157,6 +203,7 @@ class Run:
             await self._emit_error("engine", exc)
         if self._halt is None and self._aborted is None:
             await self._fanout.flush()  # a sink failing on the last envelopes is an error too
+            await self._settle()  # confirming sinks answer; their rejections come out
         if self._halt is not None:
             await self._emit_error(self._halt[1], self._halt[2])
         return False
@@ -220,6 +267,9 @@ class Run:
         return emit
 
     async def _finish(self) -> None:
+        if self._reject_task is not None and not self._reject_task.done():
+            self._reject_task.cancel()
+            await asyncio.gather(self._reject_task, return_exceptions=True)
         await self._fanout.close()
         await self.acks.aclose()
         self.state = "failed" if self.reason == "error" else "completed"

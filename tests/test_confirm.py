@@ -1,0 +1,139 @@
+"""Confirming sinks: acceptance when written, one rejected item -> its own chunk_error."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from pipeline import Delivery, Message, sink
+from pipeline.testing import run_pipeline
+
+pytestmark = pytest.mark.anyio
+
+
+def broker(count: int, acked: list[int]) -> Any:
+    async def source() -> AsyncIterator[Message]:
+        for i in range(count):
+            yield Message({"n": i}, ack=lambda i=i: acked.append(i))
+
+    return source
+
+
+async def test_acks_fire_only_when_the_batch_is_confirmed() -> None:
+    """A batching sink's items are acknowledged when it accepts them, not when it reads on."""
+    acked: list[int] = []
+    acked_at_flush: list[list[int]] = []
+
+    @sink(stream=True, confirm=True)
+    async def batches(deliveries: AsyncIterator[Delivery]) -> None:
+        held: list[Delivery] = []
+        it = aiter(deliveries)
+        while True:
+            try:
+                d = await asyncio.wait_for(anext(it), 0.05)
+            except TimeoutError:
+                d = None
+            except StopAsyncIteration:
+                return
+            if d is not None and d.item["status"] != "processing":
+                d.accept()
+                continue
+            if d is not None:
+                held.append(d)
+            if len(held) == 3 or (d is None and held):
+                acked_at_flush.append(list(acked))
+                for h in held:
+                    h.accept()
+                held = []
+
+    envs = await run_pipeline(broker(7, acked), [], [batches])
+    assert envs[-1]["reason"] == "finished"
+    assert acked_at_flush == [[], [0, 1, 2], [0, 1, 2, 3, 4, 5]]
+    assert sorted(acked) == list(range(7))
+
+
+async def test_a_rejected_item_becomes_its_chunk_error_and_is_acked_after_dead_letter() -> None:
+    """One rejected item: a chunk_error naming the sink; the others are written."""
+    acked: list[int] = []
+    dead: list[dict[str, Any]] = []
+
+    @sink(stream=True, confirm=True, receives="data")
+    async def picky(deliveries: AsyncIterator[Delivery]) -> None:
+        async for d in deliveries:
+            if d.item["n"] == 2:
+                assert 2 not in acked
+                d.reject(ValueError("duplicate key `n`=2"))
+            else:
+                d.accept()
+
+    def dead_letter(env: dict[str, Any]) -> None:
+        dead.append(env)
+
+    envs = await run_pipeline(broker(4, acked), [], [picky], dead_letter=dead_letter)
+    errors = [e for e in envs if e["status"] == "chunk_error"]
+    assert [(e["stage"], e["error"], e["chunk"]) for e in errors] == [
+        ("sinks[0]:picky", {"type": "ValueError", "message": "duplicate key `n`=2"}, {"n": 2})
+    ]
+    assert [e["seq"] for e in dead] == [errors[0]["seq"]]
+    assert envs[-1]["status"] == "complete"
+    assert envs[-1]["stats"]["chunk_errors"] == 1
+    assert [e["seq"] for e in envs] == list(range(1, len(envs) + 1))
+    assert sorted(acked) == [0, 1, 2, 3]
+
+
+async def test_rejections_at_the_last_flush_come_before_complete() -> None:
+    """A sink that flushes only when its input goes quiet still reports before `complete`."""
+    acked: list[int] = []
+
+    @sink(stream=True, confirm=True, receives="data")
+    async def lazy(deliveries: AsyncIterator[Delivery]) -> None:
+        held: list[Delivery] = []
+        it = aiter(deliveries)
+        while True:
+            try:
+                d = await asyncio.wait_for(anext(it), 0.05)
+            except TimeoutError:
+                for h in held:
+                    h.reject(RuntimeError("no")) if h.item["n"] % 2 else h.accept()
+                held = []
+                continue
+            except StopAsyncIteration:
+                return
+            held.append(d)
+
+    envs = await run_pipeline(broker(4, acked), [], [lazy])
+    assert [e["status"] for e in envs] == [
+        "starting",
+        *["processing"] * 4,
+        "chunk_error",
+        "chunk_error",
+        "complete",
+    ]
+    assert [e["chunk"]["n"] for e in envs if e["status"] == "chunk_error"] == [1, 3]
+    assert sorted(acked) == [0, 1, 2, 3]
+
+
+async def test_unanswered_items_of_a_failed_sink_are_never_acked() -> None:
+    """A confirming sink that dies holding items leaves them unacknowledged."""
+    acked: list[int] = []
+
+    @sink(stream=True, confirm=True, receives="data")
+    async def dies(deliveries: AsyncIterator[Delivery]) -> None:
+        async for d in deliveries:
+            if d.item["n"] < 2:
+                d.accept()
+            if d.item["n"] == 3:
+                raise OSError("connection lost")
+
+    envs = await run_pipeline(broker(5, acked), [], [dies])
+    assert envs[-1]["reason"] == "error"
+    assert acked == [0, 1]
+
+
+def test_confirm_needs_a_stream_sink() -> None:
+    """`confirm=True` on a per-item sink is refused where it is declared."""
+    with pytest.raises(TypeError, match="`confirm=True` needs `stream=True`"):
+        sink(confirm=True)(lambda env: None)
