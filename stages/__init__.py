@@ -23,5 +23,6 @@ BUILTINS: dict[str, dict[str, str]] = {
     "sink": {
         "stdout": "stages.sinks:stdout",
         "file": "stages.sinks:file",
+        "postgres": "stages.connectors.postgres:write",
     },
 }

@@ -1,0 +1,124 @@
+"""What every connector shares: decoding payloads, encoding what sinks write, masking URLs.
+
+Private to `stages.connectors`: the names here are not part of the stage library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any, Literal, TypeVar
+
+import orjson
+
+from pipeline import BadChunk, Message
+from pipeline.envelope import encode
+
+__all__ = [
+    "Format",
+    "Receives",
+    "batched",
+    "decode",
+    "mask_url",
+    "missing_extra",
+    "payload_of",
+]
+
+T = TypeVar("T")
+
+Format = Literal["json", "text", "raw"]
+Receives = Literal["envelopes", "data"]
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/]*):[^@/]*@")
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with the password of its user info replaced by ``***``.
+
+    Example:
+        >>> mask_url("postgresql://app:s3cret@db:5432/prod")
+        'postgresql://app:***@db:5432/prod'
+    """
+    return _USERINFO.sub(r"\g<scheme>\g<user>:***@", url)
+
+
+def missing_extra(connector: str, extra: str) -> str:
+    """The one-line message of a connector whose client library is not installed."""
+    return f"the `{connector}` connector needs its client: pip install 'ndjson-pipeline[{extra}]'"
+
+
+def decode(payload: bytes, fmt: Format, ack: Any = None) -> Message | BadChunk:
+    """Turn one message payload into a chunk (`Message`) or a `BadChunk` when undecodable.
+
+    ``json``: one JSON value; ``text``: UTF-8 text; ``raw``: the bytes as they came.
+    """
+    try:
+        if fmt == "json":
+            return Message(orjson.loads(payload), ack=ack)
+        if fmt == "text":
+            return Message(payload.decode("utf-8"), ack=ack)
+    except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
+        what = "JSON" if fmt == "json" else "UTF-8 text"
+        err = ValueError(f"payload is not {what}: {exc}")
+        return BadChunk(payload.decode("utf-8", "replace"), err, ack=ack)
+    return Message(payload, ack=ack)
+
+
+def payload_of(envelope: dict[str, Any], receives: Receives) -> bytes | None:
+    """The bytes a connector sink writes for ``envelope``; None when it writes nothing.
+
+    ``envelopes``: the encoded envelope (without the newline); ``data``: only the
+    ``data`` of ``processing`` envelopes, encoded as JSON (``bytes`` as they are), so a
+    ``format: json`` source reads back exactly that ``data``.
+    """
+    if receives == "envelopes":
+        return encode(envelope)[:-1]
+    if envelope["status"] != "processing":
+        return None
+    data = envelope["data"]
+    if isinstance(data, bytes):
+        return data
+    return encode(data)[:-1]
+
+
+async def batched(items: AsyncIterable[T], size: int, interval: float) -> AsyncIterator[list[T]]:
+    """Group ``items`` into lists of at most ``size``, each out within ``interval`` seconds.
+
+    A list is yielded when it is full, when ``interval`` passed since its first item
+    came, or when the input ends. The pending read is never cancelled by the timer (that
+    would close the engine's iterator); it is kept for the next round.
+    """
+    it = aiter(items)
+    loop = asyncio.get_running_loop()
+    held: list[T] = []
+    deadline = 0.0
+    step: asyncio.Future[T] | None = None
+    try:
+        while True:
+            if step is None:
+                step = asyncio.ensure_future(anext(it))
+            timeout = max(deadline - loop.time(), 0.0) if held else None
+            done, _ = await asyncio.wait({step}, timeout=timeout)
+            if not done:
+                out, held = held, []
+                yield out
+                continue
+            try:
+                item = step.result()
+            except StopAsyncIteration:
+                step = None
+                break
+            step = None
+            if not held:
+                deadline = loop.time() + interval
+            held.append(item)
+            if len(held) >= size:
+                out, held = held, []
+                yield out
+        if held:
+            yield held
+    finally:
+        if step is not None:
+            step.cancel()
+            await asyncio.gather(step, return_exceptions=True)
