@@ -13,6 +13,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "file": "stages.sources:file",
         "stdin": "stages.sources:stdin",
         "ingest": "stages.connectors.ingest:ingest",
+        "amqp": "stages.connectors.amqp:read",
     },
     "transform": {
         "parse_json": "stages.transforms:parse_json",
@@ -24,5 +25,6 @@ BUILTINS: dict[str, dict[str, str]] = {
         "stdout": "stages.sinks:stdout",
         "file": "stages.sinks:file",
         "postgres": "stages.connectors.postgres:write",
+        "amqp": "stages.connectors.amqp:write",
     },
 }

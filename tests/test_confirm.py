@@ -137,3 +137,25 @@ def test_confirm_needs_a_stream_sink() -> None:
     """`confirm=True` on a per-item sink is refused where it is declared."""
     with pytest.raises(TypeError, match="`confirm=True` needs `stream=True`"):
         sink(confirm=True)(lambda env: None)
+
+
+async def test_rejecting_an_envelope_that_is_no_chunk_is_only_logged() -> None:
+    """`starting`/`complete` rejected: no chunk_error (no loop through the sink), acks fire."""
+    acked: list[int] = []
+
+    @sink(stream=True, confirm=True)
+    async def refuses_all(deliveries: AsyncIterator[Delivery]) -> None:
+        async for d in deliveries:
+            d.reject(OSError("refused"))
+
+    envs = await run_pipeline(broker(2, acked), [], [refuses_all])
+    assert [e["status"] for e in envs] == [
+        "starting",
+        "processing",
+        "processing",
+        "chunk_error",
+        "chunk_error",
+        "complete",
+    ]
+    assert envs[-1]["stats"]["chunk_errors"] == 2
+    assert sorted(acked) == [0, 1]

@@ -36,6 +36,7 @@ __all__ = [
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 MASK = "***"
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:@/\s]*):[^@/\s]*@")
 
 
 class _Model(BaseModel):
@@ -280,8 +281,8 @@ def _check_pipeline(pipeline: PipelineConfig, loc: Loc, out: _Collector) -> None
 def describe(config: Config) -> dict[str, Any]:
     """Describe ``config`` as JSON-able data for ``pipeline list``.
 
-    Every value that came from the environment is replaced by ``***``, and so is a
-    non-empty ``server.token``.
+    Every value that came from the environment is replaced by ``***``, and so are a
+    non-empty ``server.token`` and the password of a URL (``postgresql://u:***@h/db``).
     """
     server = config.server.model_dump()
     if server["token"]:
@@ -319,6 +320,8 @@ def _masked(config: Config, loc: Loc, value: Any) -> Any:
         return value
     if config.from_env(loc):
         return MASK
+    if isinstance(value, str) and "://" in value:  # a password in a URL or DSN
+        return _URL_PASSWORD.sub(rf"\1:{MASK}@", value)
     if isinstance(value, dict):
         return {k: _masked(config, (*loc, k), v) for k, v in value.items()}
     if isinstance(value, list):

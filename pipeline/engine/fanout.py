@@ -32,8 +32,13 @@ from pipeline.types import Envelope
 __all__ = ["Fanout", "stdout_stage"]
 
 Publish = Callable[[Envelope, bytes], None]
-OnReject = Callable[[str, BaseException, Any, tuple[Ack, ...]], None]
-"""``(sink id, error, chunk, acks)``: a confirming sink rejected one chunk's envelope."""
+OnReject = Callable[[str, BaseException, Any, "tuple[Ack, ...] | None"], None]
+"""``(sink id, error, chunk, acks)``: a confirming sink rejected one chunk's envelope.
+
+``acks`` is None when the rejected envelope was not a chunk's (``starting``,
+``chunk_error``, ``complete``...): that is only logged, and counts as accepted, so a
+rejection can never loop through the sink that rejected it.
+"""
 _END: Any = object()
 
 
@@ -87,13 +92,21 @@ class _Delivery:
         if env is None:
             return
         self._env = None
+        if env.get("status") != "processing":  # not a chunk: nothing to turn into an error
+            self._worker.rejected(error, None, None)
+            self.accept_after_reject(pending)
+            return
         acks: tuple[Ack, ...] = ()
         if pending is not None:
             acks = pending.acks
             retain_all(acks, 1)  # released again once the chunk_error is delivered
             pending.accept()
-        chunk = env.get("data", env.get("chunk"))
-        self._worker.rejected(error, chunk, acks)
+        self._worker.rejected(error, env["data"], acks)
+        self._worker.answered()
+
+    def accept_after_reject(self, pending: _Pending | None) -> None:
+        if pending is not None:
+            pending.accept()
         self._worker.answered()
 
 
@@ -125,10 +138,11 @@ class _Worker:
         if self.outstanding == 0:
             self.settled.set()
 
-    def rejected(self, error: BaseException, chunk: Any, acks: tuple[Ack, ...]) -> None:
+    def rejected(self, error: BaseException, chunk: Any, acks: tuple[Ack, ...] | None) -> None:
+        """Report a rejection; ``acks`` None: not a chunk's envelope (only logged)."""
         if self._on_reject is not None:
             self._on_reject(self.stage.id, error, chunk, acks)
-        else:
+        elif acks:
             release_all(acks)
 
     def wants(self, status: str) -> bool:

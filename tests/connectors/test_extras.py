@@ -18,7 +18,11 @@ SOURCE = "pipelines:\n  p:\n    source: {{use: {use}}}\n"
 
 @pytest.mark.parametrize(
     ("use", "shape", "module", "extra"),
-    [("postgres", SINK, "asyncpg", "postgres")],
+    [
+        ("postgres", SINK, "asyncpg", "postgres"),
+        ("amqp", SINK, "aio_pika", "amqp"),
+        ("amqp", SOURCE, "aio_pika", "amqp"),
+    ],
 )
 def test_missing_client_names_the_extra(
     write_config: Callable[..., Path], use: str, shape: str, module: str, extra: str
@@ -36,3 +40,41 @@ def test_missing_client_names_the_extra(
     assert len(lines) == 1, proc.stderr
     assert f"pip install 'ndjson-pipeline[{extra}]'" in lines[0]
     assert lines[0].startswith(f"{config}:")
+
+
+def test_list_and_validate_never_print_a_password_in_a_url(
+    write_config: Callable[..., Path],
+) -> None:
+    """A DSN or URL written in the YAML shows `***` for its password in `list`."""
+    config = write_config(
+        """
+        pipelines:
+          p:
+            source:
+              use: amqp
+              with: {url: "amqp://guest:hunter2secret@127.0.0.1:5672/", queue: q}
+            sinks:
+              - use: postgres
+                with:
+                  dsn: postgresql://app:hunter2secret@127.0.0.1/db
+                  table: t
+                  columns: {id: data.id}
+        """
+    )
+    for args in (["list"], ["list", "--json"], ["validate"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "pipeline", *args, "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "hunter2secret" not in proc.stdout + proc.stderr
+    listed = subprocess.run(
+        [sys.executable, "-m", "pipeline", "list", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    assert "postgresql://app:***@127.0.0.1/db" in listed
+    assert "amqp://guest:***@127.0.0.1:5672/" in listed

@@ -1,0 +1,255 @@
+"""RabbitMQ connector (AMQP 0-9-1, aio-pika): a queue consumer with manual acks, a publisher.
+
+Install with ``pip install 'ndjson-pipeline[amqp]'``. The password of a ``url`` is never
+printed: logs and errors show the URL with ``***`` in its place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+from pydantic import PositiveInt
+
+from pipeline import BadChunk, Delivery, Message, sink
+from stages.connectors._common import Format, Receives, decode, mask_url, missing_extra, payload_of
+
+try:
+    import aio_pika
+    import aio_pika.abc
+    import aio_pika.exceptions
+    import aiormq.exceptions
+except ImportError:  # pragma: no cover - exercised by the missing-extra test in a subprocess
+    raise ImportError(missing_extra("amqp", "amqp")) from None
+
+__all__ = ["MaxDeliveriesExceeded", "read", "write"]
+
+URL = "amqp://guest:guest@127.0.0.1:5672/"
+_WINDOW = 256
+"""Publishes awaiting the broker's confirm, at most, in the sink."""
+DRAIN_TIMEOUT = 10.0
+"""Seconds a stopping source waits for the acks of what it already delivered."""
+DRAIN_STALL = 2.0
+"""...giving up sooner when no ack came for this long."""
+
+
+class MaxDeliveriesExceeded(Exception):
+    """A message was delivered more than ``max_deliveries`` times."""
+
+
+async def _connect(url: str) -> aio_pika.abc.AbstractConnection:
+    try:
+        return await aio_pika.connect(url, timeout=10)
+    except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
+        text = mask_url(str(exc)) if url not in str(exc) else "(details hidden)"
+        msg = f"cannot connect to RabbitMQ at `{mask_url(url)}`: {type(exc).__name__}: {text}"
+        raise ConnectionError(msg) from None
+
+
+class _InFlight:
+    """Counts messages delivered and not yet acked, to drain them before closing."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def ack_of(self, message: aio_pika.abc.AbstractIncomingMessage) -> Any:
+        self.count += 1
+        self.idle.clear()
+
+        async def ack() -> None:
+            try:
+                await message.ack()
+            finally:
+                self.count -= 1
+                if self.count == 0:
+                    self.idle.set()
+
+        return ack
+
+
+def _deliveries(message: aio_pika.abc.AbstractIncomingMessage) -> int:
+    """How many times the broker delivered this message before (a quorum queue counts)."""
+    count = (message.headers or {}).get("x-delivery-count", 0)
+    return count if isinstance(count, int) else 0
+
+
+async def read(
+    *,
+    url: str = URL,
+    queue: str,
+    prefetch: PositiveInt = 100,
+    format: Format = "json",
+    max_deliveries: PositiveInt | None = None,
+    declare: bool = True,
+) -> AsyncIterator[Message | BadChunk]:
+    """Consume a RabbitMQ queue; each message is acknowledged after every sink accepted it.
+
+    Manual acks: a message is acked (``basic.ack``) once every sink accepted every
+    envelope made from it (or the dead-letter sink its ``chunk_error``). ``prefetch``
+    is the in-flight cap: the broker sends no more un-acked messages than that, so it
+    also bounds the duplicates after a crash. Any number of workers reading the same
+    ``queue`` are competing consumers: each message goes to one of them, and the
+    un-acked messages of a worker that dies go to the others. With ``max_deliveries``
+    the queue is a quorum queue (only those count deliveries, header
+    ``x-delivery-count``): a message delivered more often than that becomes a
+    ``chunk_error`` with ``error.type: MaxDeliveriesExceeded`` and is then acked, so a
+    message that kills its worker cannot loop forever. On shutdown the source stops
+    consuming (prefetched messages not yet read go back to the queue) and waits, at most
+    10 s, for the acks of what it delivered.
+
+    Args:
+        url: ``amqp://user:password@host:5672/vhost`` (the password is never printed).
+        queue: The queue to consume.
+        prefetch: Un-acknowledged messages this worker holds, at most.
+        format: ``json`` (one JSON value per message; undecodable -> ``chunk_error``),
+            ``text`` (UTF-8) or ``raw`` (bytes).
+        max_deliveries: Deliveries of one message, at most (needs a quorum queue).
+        declare: Declare the queue (durable) if it does not exist; ``false`` uses it
+            as it is.
+
+    Example:
+        source:
+          use: amqp
+          with: {url: "amqp://guest:guest@127.0.0.1:5672/", queue: orders, prefetch: 50}
+    """
+    inflight = _InFlight()
+    async with AsyncExitStack() as stack:
+        conn = await _connect(url)
+        stack.push_async_callback(conn.close)
+        channel = await conn.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        args: dict[str, Any] | None = (
+            {"x-queue-type": "quorum"} if max_deliveries is not None else None
+        )
+        if declare:
+            q = await channel.declare_queue(queue, durable=True, arguments=args)
+        else:
+            q = await channel.get_queue(queue, ensure=True)
+        stack.push_async_callback(_drain, inflight)  # runs before the connection closes
+        async with q.iterator() as messages:
+            async for message in messages:
+                ack = inflight.ack_of(message)
+                seen = _deliveries(message)
+                if max_deliveries is not None and seen >= max_deliveries:
+                    err = MaxDeliveriesExceeded(
+                        f"delivered {seen + 1} times (max_deliveries: {max_deliveries})"
+                    )
+                    yield BadChunk(message.body.decode("utf-8", "replace"), err, ack=ack)
+                else:
+                    yield decode(message.body, format, ack=ack)
+
+
+async def _drain(inflight: _InFlight) -> None:
+    """Wait for the acks of delivered messages: up to `DRAIN_TIMEOUT` s, while they come.
+
+    Gives up sooner when no ack came for `DRAIN_STALL` s (a failed sink never accepts).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_TIMEOUT
+    while inflight.count and loop.time() < deadline:
+        before = inflight.count
+        wait = min(DRAIN_STALL, deadline - loop.time())
+        try:
+            async with asyncio.timeout(wait):
+                await inflight.idle.wait()
+        except TimeoutError:
+            if inflight.count >= before:
+                return
+
+
+@sink(stream=True, confirm=True)
+async def write(
+    deliveries: AsyncIterator[Delivery],
+    *,
+    url: str = URL,
+    exchange: str = "",
+    routing_key: str,
+    receives: Receives = "envelopes",
+    persistent: bool = True,
+) -> None:
+    """Publish each envelope (or only its ``data``) to a RabbitMQ exchange, with confirms.
+
+    The channel uses publisher confirms: an envelope is accepted when the broker
+    confirmed its message, so with a broker source upstream nothing is acknowledged
+    before RabbitMQ has it. Publishes are pipelined (up to 256 awaiting their confirm).
+    A message the broker returns (no queue bound for ``routing_key``) becomes that
+    chunk's ``chunk_error``. The message body is the encoded envelope, or with
+    ``receives: data`` only the ``data`` of ``processing`` envelopes (JSON), so an
+    ``amqp`` source reads back exactly what this sink wrote.
+
+    Args:
+        deliveries: The envelopes (given by the engine).
+        url: ``amqp://user:password@host:5672/vhost`` (the password is never printed).
+        exchange: The exchange; ``""`` is the default exchange (``routing_key`` names
+            a queue).
+        routing_key: The routing key of every message.
+        receives: ``envelopes`` (every envelope) or ``data`` (the data of each
+            ``processing`` envelope).
+        persistent: Mark messages persistent (they survive a broker restart).
+
+    Example:
+        sinks:
+          - use: amqp
+            with: {exchange: "", routing_key: results, receives: data}
+    """
+    mode = aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
+    conn = await _connect(url)
+    try:
+        channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        target = channel.default_exchange if not exchange else await channel.get_exchange(exchange)
+        await _publish_all(deliveries, target, routing_key, receives, mode)
+    finally:
+        await asyncio.shield(conn.close())
+
+
+async def _publish_all(
+    deliveries: AsyncIterator[Delivery],
+    target: aio_pika.abc.AbstractExchange,
+    routing_key: str,
+    receives: Receives,
+    mode: aio_pika.DeliveryMode,
+) -> None:
+    pending: set[asyncio.Future[Any]] = set()
+    failed: list[BaseException] = []
+
+    def settle(d: Delivery, task: asyncio.Future[Any]) -> None:
+        """Accept, reject or record the outcome of one publish."""
+        pending.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            d.accept()
+        elif isinstance(exc, aio_pika.exceptions.DeliveryError):
+            d.reject(exc)
+        else:
+            failed.append(exc)
+
+    try:
+        async for d in deliveries:
+            body = payload_of(d.item, receives)
+            if body is None:
+                d.accept()
+                continue
+            message = aio_pika.Message(body, delivery_mode=mode)
+            task: asyncio.Future[Any] = asyncio.ensure_future(
+                target.publish(message, routing_key, mandatory=True)
+            )
+            pending.add(task)
+            task.add_done_callback(functools.partial(settle, d))
+            if len(pending) >= _WINDOW:
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if failed:
+                raise failed[0]
+        if pending:
+            await asyncio.wait(pending)
+        if failed:
+            raise failed[0]
+    finally:
+        for task in pending:
+            task.cancel()
