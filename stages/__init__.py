@@ -14,6 +14,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "stdin": "stages.sources:stdin",
         "ingest": "stages.connectors.ingest:ingest",
         "amqp": "stages.connectors.amqp:read",
+        "mqtt": "stages.connectors.mqtt:read",
     },
     "transform": {
         "parse_json": "stages.transforms:parse_json",
@@ -26,5 +27,6 @@ BUILTINS: dict[str, dict[str, str]] = {
         "file": "stages.sinks:file",
         "postgres": "stages.connectors.postgres:write",
         "amqp": "stages.connectors.amqp:write",
+        "mqtt": "stages.connectors.mqtt:write",
     },
 }

@@ -6,13 +6,14 @@ Private to `stages.connectors`: the names here are not part of the stage library
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
 import orjson
 
-from pipeline import BadChunk, Message
+from pipeline import BadChunk, Delivery, Message
 from pipeline.envelope import encode
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "mask_url",
     "missing_extra",
     "payload_of",
+    "publish_all",
 ]
 
 T = TypeVar("T")
@@ -122,3 +124,54 @@ async def batched(items: AsyncIterable[T], size: int, interval: float) -> AsyncI
         if step is not None:
             step.cancel()
             await asyncio.gather(step, return_exceptions=True)
+
+
+async def publish_all(
+    deliveries: AsyncIterator[Delivery],
+    publish: Callable[[bytes], Awaitable[Any]],
+    *,
+    receives: Receives,
+    window: int,
+    rejectable: tuple[type[BaseException], ...] = (),
+) -> None:
+    """Publish each delivery's payload, pipelined; accept each once its publish returned.
+
+    At most ``window`` publishes await the broker at once. A publish that raises one of
+    ``rejectable`` rejects that delivery alone (a ``chunk_error``); any other error
+    fails the sink once the publishes in flight have ended.
+    """
+    pending: set[asyncio.Future[Any]] = set()
+    failed: list[BaseException] = []
+
+    def settle(d: Delivery, task: asyncio.Future[Any]) -> None:
+        pending.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            d.accept()
+        elif isinstance(exc, rejectable):
+            d.reject(exc)
+        else:
+            failed.append(exc)
+
+    try:
+        async for d in deliveries:
+            body = payload_of(d.item, receives)
+            if body is None:
+                d.accept()
+                continue
+            task: asyncio.Future[Any] = asyncio.ensure_future(publish(body))
+            pending.add(task)
+            task.add_done_callback(functools.partial(settle, d))
+            if len(pending) >= window:
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if failed:
+                raise failed[0]
+        if pending:
+            await asyncio.wait(pending)
+        if failed:
+            raise failed[0]
+    finally:
+        for task in pending:
+            task.cancel()

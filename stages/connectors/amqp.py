@@ -7,15 +7,21 @@ printed: logs and errors show the URL with ``***`` in its place.
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack
 from typing import Any
 
 from pydantic import PositiveInt
 
 from pipeline import BadChunk, Delivery, Message, sink
-from stages.connectors._common import Format, Receives, decode, mask_url, missing_extra, payload_of
+from stages.connectors._common import (
+    Format,
+    Receives,
+    decode,
+    mask_url,
+    missing_extra,
+    publish_all,
+)
 
 try:
     import aio_pika
@@ -202,54 +208,17 @@ async def write(
     try:
         channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
         target = channel.default_exchange if not exchange else await channel.get_exchange(exchange)
-        await _publish_all(deliveries, target, routing_key, receives, mode)
+
+        def publish(body: bytes) -> Awaitable[Any]:
+            message = aio_pika.Message(body, delivery_mode=mode)
+            return target.publish(message, routing_key, mandatory=True)
+
+        await publish_all(
+            deliveries,
+            publish,
+            receives=receives,
+            window=_WINDOW,
+            rejectable=(aio_pika.exceptions.DeliveryError,),
+        )
     finally:
         await asyncio.shield(conn.close())
-
-
-async def _publish_all(
-    deliveries: AsyncIterator[Delivery],
-    target: aio_pika.abc.AbstractExchange,
-    routing_key: str,
-    receives: Receives,
-    mode: aio_pika.DeliveryMode,
-) -> None:
-    pending: set[asyncio.Future[Any]] = set()
-    failed: list[BaseException] = []
-
-    def settle(d: Delivery, task: asyncio.Future[Any]) -> None:
-        """Accept, reject or record the outcome of one publish."""
-        pending.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is None:
-            d.accept()
-        elif isinstance(exc, aio_pika.exceptions.DeliveryError):
-            d.reject(exc)
-        else:
-            failed.append(exc)
-
-    try:
-        async for d in deliveries:
-            body = payload_of(d.item, receives)
-            if body is None:
-                d.accept()
-                continue
-            message = aio_pika.Message(body, delivery_mode=mode)
-            task: asyncio.Future[Any] = asyncio.ensure_future(
-                target.publish(message, routing_key, mandatory=True)
-            )
-            pending.add(task)
-            task.add_done_callback(functools.partial(settle, d))
-            if len(pending) >= _WINDOW:
-                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            if failed:
-                raise failed[0]
-        if pending:
-            await asyncio.wait(pending)
-        if failed:
-            raise failed[0]
-    finally:
-        for task in pending:
-            task.cancel()

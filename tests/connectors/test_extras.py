@@ -22,6 +22,8 @@ SOURCE = "pipelines:\n  p:\n    source: {{use: {use}}}\n"
         ("postgres", SINK, "asyncpg", "postgres"),
         ("amqp", SINK, "aio_pika", "amqp"),
         ("amqp", SOURCE, "aio_pika", "amqp"),
+        ("mqtt", SINK, "aiomqtt", "mqtt"),
+        ("mqtt", SOURCE, "aiomqtt", "mqtt"),
     ],
 )
 def test_missing_client_names_the_extra(
