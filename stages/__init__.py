@@ -15,6 +15,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "ingest": "stages.connectors.ingest:ingest",
         "amqp": "stages.connectors.amqp:read",
         "mqtt": "stages.connectors.mqtt:read",
+        "postgres": "stages.connectors.postgres_source:read",
     },
     "transform": {
         "parse_json": "stages.transforms:parse_json",

@@ -21,6 +21,7 @@ __all__ = [
     "Receives",
     "batched",
     "decode",
+    "drain",
     "mask_url",
     "missing_extra",
     "payload_of",
@@ -175,3 +176,23 @@ async def publish_all(
     finally:
         for task in pending:
             task.cancel()
+
+
+async def drain(
+    idle: asyncio.Event, pending: Callable[[], int], *, timeout: float = 10.0, stall: float = 2.0
+) -> None:
+    """Wait until ``idle`` is set (a stopping source's deliveries all acked), bounded.
+
+    Waits at most ``timeout`` seconds, and gives up sooner when ``pending()`` did not
+    go down for ``stall`` seconds (a failed sink never accepts what it held).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while pending() and loop.time() < deadline:
+        before = pending()
+        try:
+            async with asyncio.timeout(min(stall, deadline - loop.time())):
+                await idle.wait()
+        except TimeoutError:
+            if pending() >= before:
+                return

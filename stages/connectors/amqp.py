@@ -18,6 +18,7 @@ from stages.connectors._common import (
     Format,
     Receives,
     decode,
+    drain,
     mask_url,
     missing_extra,
     publish_all,
@@ -36,10 +37,6 @@ __all__ = ["MaxDeliveriesExceeded", "read", "write"]
 URL = "amqp://guest:guest@127.0.0.1:5672/"
 _WINDOW = 256
 """Publishes awaiting the broker's confirm, at most, in the sink."""
-DRAIN_TIMEOUT = 10.0
-"""Seconds a stopping source waits for the acks of what it already delivered."""
-DRAIN_STALL = 2.0
-"""...giving up sooner when no ack came for this long."""
 
 
 class MaxDeliveriesExceeded(Exception):
@@ -136,7 +133,9 @@ async def read(
             q = await channel.declare_queue(queue, durable=True, arguments=args)
         else:
             q = await channel.get_queue(queue, ensure=True)
-        stack.push_async_callback(_drain, inflight)  # runs before the connection closes
+        stack.push_async_callback(
+            drain, inflight.idle, lambda: inflight.count
+        )  # runs before the connection closes
         async with q.iterator() as messages:
             async for message in messages:
                 ack = inflight.ack_of(message)
@@ -148,24 +147,6 @@ async def read(
                     yield BadChunk(message.body.decode("utf-8", "replace"), err, ack=ack)
                 else:
                     yield decode(message.body, format, ack=ack)
-
-
-async def _drain(inflight: _InFlight) -> None:
-    """Wait for the acks of delivered messages: up to `DRAIN_TIMEOUT` s, while they come.
-
-    Gives up sooner when no ack came for `DRAIN_STALL` s (a failed sink never accepts).
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DRAIN_TIMEOUT
-    while inflight.count and loop.time() < deadline:
-        before = inflight.count
-        wait = min(DRAIN_STALL, deadline - loop.time())
-        try:
-            async with asyncio.timeout(wait):
-                await inflight.idle.wait()
-        except TimeoutError:
-            if inflight.count >= before:
-                return
 
 
 @sink(stream=True, confirm=True)

@@ -1,7 +1,8 @@
 """PostgreSQL connector (asyncpg): a batched, idempotent sink and a resuming keyset source.
 
 Install with ``pip install 'ndjson-pipeline[postgres]'``. The password of a ``dsn`` is
-never printed: logs and errors show the DSN with ``***`` in its place.
+never printed: logs and errors show the DSN with ``***`` in its place. The source lives
+in `stages.connectors.postgres_source` (its checkpoint table and cursor codec).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ SOURCE = "pipelines:\n  p:\n    source: {{use: {use}}}\n"
     ("use", "shape", "module", "extra"),
     [
         ("postgres", SINK, "asyncpg", "postgres"),
+        ("postgres", SOURCE, "asyncpg", "postgres"),
         ("amqp", SINK, "aio_pika", "amqp"),
         ("amqp", SOURCE, "aio_pika", "amqp"),
         ("mqtt", SINK, "aiomqtt", "mqtt"),
