@@ -39,6 +39,15 @@ async def depth(queue: str) -> int:
         return int(q.declaration_result.message_count)
 
 
+async def consumers(queue: str) -> int:
+    """Consumers of ``queue`` right now."""
+    conn = await aio_pika.connect(URL)
+    async with conn:
+        ch = await conn.channel()
+        q = await ch.declare_queue(queue, passive=True)
+        return int(q.declaration_result.consumer_count)
+
+
 async def delete(queue: str) -> None:
     conn = await aio_pika.connect(URL)
     async with conn:
@@ -186,8 +195,8 @@ pipelines:
 
 def test_sigkill_loses_nothing_and_competing_workers_share(queue: str, tmp_path: Path) -> None:
     """Kill a worker holding un-acked messages: the others get everything; dups <= prefetch."""
-    total, prefetch = 200, 10
-    asyncio.run(publish(queue, [orjson.dumps(i) for i in range(total)]))
+    total, prefetch, early = 200, 10, 50
+    asyncio.run(publish(queue, [orjson.dumps(i) for i in range(early)]))
     seen = {name: tmp_path / f"{name}.ndjson" for name in ("victim", "a", "b")}
     configs = {
         name: write_config(
@@ -214,6 +223,8 @@ def test_sigkill_loses_nothing_and_competing_workers_share(queue: str, tmp_path:
         Worker(configs["a"], "work", tmp_path / "a.out") as a,
         Worker(configs["b"], "work", tmp_path / "b.out") as b,
     ):
+        wait_until(lambda: asyncio.run(consumers(queue)) == 2, timeout=60)
+        asyncio.run(publish(queue, [orjson.dumps(i) for i in range(early, total)]))
         wait_until(lambda: len(set(read("a")) | set(read("b"))) >= total - 5, timeout=90)
         a.stop()
         b.stop()
