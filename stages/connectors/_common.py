@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, TypeVar
@@ -18,6 +19,7 @@ from pipeline.envelope import encode
 
 __all__ = [
     "Format",
+    "InFlight",
     "Receives",
     "batched",
     "decode",
@@ -196,3 +198,52 @@ async def drain(
         except TimeoutError:
             if pending() >= before:
                 return
+
+
+class InFlight:
+    """Counts the messages a source handed on and not yet acked, to drain them on stop.
+
+    Example:
+        >>> inflight = InFlight()
+        >>> ack = inflight.track(lambda: None)
+        >>> inflight.count, ack(), inflight.count
+        (1, None, 0)
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def track(self, ack: Callable[[], Any]) -> Callable[[], Awaitable[None] | None]:
+        """Count one message; return its ack, which uncounts it once it ran."""
+        self.count += 1
+        self.idle.clear()
+
+        def wrapped() -> Awaitable[None] | None:
+            try:
+                result = ack()
+            except BaseException:
+                self._done()
+                raise
+            if inspect.isawaitable(result):
+                return self._await(result)
+            self._done()
+            return None
+
+        return wrapped
+
+    async def _await(self, result: Awaitable[Any]) -> None:
+        try:
+            await result
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.idle.set()
+
+    async def drain(self) -> None:
+        """Wait (bounded, see `drain`) until every counted message was acked."""
+        await drain(self.idle, lambda: self.count)

@@ -16,9 +16,9 @@ from pydantic import PositiveInt
 from pipeline import BadChunk, Delivery, Message, sink
 from stages.connectors._common import (
     Format,
+    InFlight,
     Receives,
     decode,
-    drain,
     mask_url,
     missing_extra,
     publish_all,
@@ -50,29 +50,6 @@ async def _connect(url: str) -> aio_pika.abc.AbstractConnection:
         text = mask_url(str(exc)) if url not in str(exc) else "(details hidden)"
         msg = f"cannot connect to RabbitMQ at `{mask_url(url)}`: {type(exc).__name__}: {text}"
         raise ConnectionError(msg) from None
-
-
-class _InFlight:
-    """Counts messages delivered and not yet acked, to drain them before closing."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
-
-    def ack_of(self, message: aio_pika.abc.AbstractIncomingMessage) -> Any:
-        self.count += 1
-        self.idle.clear()
-
-        async def ack() -> None:
-            try:
-                await message.ack()
-            finally:
-                self.count -= 1
-                if self.count == 0:
-                    self.idle.set()
-
-        return ack
 
 
 def _deliveries(message: aio_pika.abc.AbstractIncomingMessage) -> int:
@@ -120,7 +97,7 @@ async def read(
           use: amqp
           with: {url: "amqp://guest:guest@127.0.0.1:5672/", queue: orders, prefetch: 50}
     """
-    inflight = _InFlight()
+    inflight = InFlight()
     async with AsyncExitStack() as stack:
         conn = await _connect(url)
         stack.push_async_callback(conn.close)
@@ -133,12 +110,11 @@ async def read(
             q = await channel.declare_queue(queue, durable=True, arguments=args)
         else:
             q = await channel.get_queue(queue, ensure=True)
-        stack.push_async_callback(
-            drain, inflight.idle, lambda: inflight.count
-        )  # runs before the connection closes
+        # runs before the connection closes: the acks of what was handed on go out first
+        stack.push_async_callback(inflight.drain)
         async with q.iterator() as messages:
             async for message in messages:
-                ack = inflight.ack_of(message)
+                ack = inflight.track(message.ack)
                 seen = _deliveries(message)
                 if max_deliveries is not None and seen >= max_deliveries:
                     err = MaxDeliveriesExceeded(

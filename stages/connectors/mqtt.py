@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from pipeline import BadChunk, Delivery, Message, sink
 from stages.connectors._common import (
     Format,
+    InFlight,
     Receives,
     decode,
     mask_url,
@@ -108,26 +110,27 @@ async def read(
     client = _client(url, client_id, persistent=client_id is not None)
     paho = client._client  # aiomqtt does not expose manual acks
     paho.manual_ack_set(True)
+    inflight = InFlight()
     await _enter(client, url)
     try:
         await client.subscribe(topic, qos=qos)
         async for message in client.messages:
             payload = message.payload
             body = payload if isinstance(payload, bytes) else str(payload).encode()
-            ack = _acker(paho, message.mid, message.qos)
+            ack = None
+            if message.qos:
+                ack = inflight.track(functools.partial(paho.ack, message.mid, message.qos))
             yield decode(body, format, ack=ack)
     finally:
-        await asyncio.shield(_leave(client))
+        await asyncio.shield(_stop(client, inflight))
 
 
-def _acker(paho: Any, mid: int, qos: int) -> Any:
-    if qos == 0:
-        return None
-
-    def ack() -> None:
-        paho.ack(mid, qos)
-
-    return ack
+async def _stop(client: aiomqtt.Client, inflight: InFlight) -> None:
+    """Let the PUBACKs of what was handed on go out, then disconnect."""
+    try:
+        await inflight.drain()
+    finally:
+        await _leave(client)
 
 
 @sink(stream=True, confirm=True)

@@ -157,3 +157,29 @@ def test_sigkill_then_restart_with_the_same_client_id_loses_nothing(
     assert set(read("victim")[:5]) | set(read("restart")) == set(range(total))
     duplicates = len(read("victim")) + len(read("restart")) - total
     assert 1 <= duplicates <= 21  # the held one, plus at most Mosquitto's in-flight window
+
+
+def test_sigterm_pubacks_what_it_took_before_leaving(unique: str, tmp_path: Path) -> None:
+    """SIGTERM: the worker acks what it handed on; its next session gets only new messages."""
+    topic, cid = f"{unique}/in", f"{unique}-worker"
+    asyncio.run(open_session(topic, cid))
+    asyncio.run(publish(topic, [orjson.dumps(i) for i in range(30)]))
+    seen = {name: tmp_path / f"{name}.ndjson" for name in ("first", "second")}
+
+    def read(name: str) -> list[int]:
+        path = seen[name]
+        return [orjson.loads(x) for x in path.read_bytes().splitlines()] if path.exists() else []
+
+    def config(name: str) -> Path:
+        text = WORKER.format(topic=topic, cid=cid, seen=seen[name], accept=10**9)
+        return write_config(tmp_path / f"{name}.yaml", text)
+
+    with Worker(config("first"), "work", tmp_path / "first.out") as first:
+        wait_until(lambda: len(read("first")) == 30, timeout=60)
+        first.stop()
+    asyncio.run(publish(topic, [b"-1"]))
+    with Worker(config("second"), "work", tmp_path / "second.out") as second:
+        wait_until(lambda: read("second"), timeout=60)
+        second.stop()
+    assert read("first") == list(range(30))
+    assert read("second") == [-1]
