@@ -12,8 +12,8 @@ import pytest
 
 from pipeline.testing import make_stage, run_pipeline
 from stages.connectors import mqtt
-from tests.connectors.helpers import Worker, data_of, run_until, write_config
 from tests.http_helpers import wait_until
+from tests.stages.connectors.helpers import Worker, data_of, run_until, write_config
 
 aiomqtt = pytest.importorskip("aiomqtt")
 pytestmark = pytest.mark.anyio
@@ -125,7 +125,7 @@ pipelines:
       use: mqtt
       with: {{topic: "{topic}", client_id: {cid}}}
     sinks:
-      - use: tests.connectors.gates:hold
+      - use: tests.stages.connectors.gates:hold
         with: {{seen: {seen}, accept: {accept}}}
 """
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.connectors.conftest import PG_DSN
-from tests.connectors.helpers import Worker, write_config
-from tests.connectors.test_amqp import delete, depth, publish
 from tests.http_helpers import wait_until
+from tests.stages.connectors.conftest import PG_DSN
+from tests.stages.connectors.helpers import Worker, write_config
+from tests.stages.connectors.test_amqp import delete, depth, publish
 
 asyncpg = pytest.importorskip("asyncpg")
 
@@ -33,7 +33,7 @@ pipelines:
 {gate}
 """
 GATE = """\
-      - use: tests.connectors.gates:hold
+      - use: tests.stages.connectors.gates:hold
         with: {{seen: {seen}, accept: 10}}
 """
 

@@ -18,7 +18,7 @@ from pipeline.engine.run import Run
 from pipeline.testing import make_stage
 from pipeline.types import Envelope
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 async def run_until(

@@ -12,9 +12,9 @@ import orjson
 import pytest
 
 from stages.connectors.postgres_source import CHECKPOINTS, dump_cursor, load_cursor, read
-from tests.connectors.conftest import PG_DSN
-from tests.connectors.helpers import Worker, data_of, run_until, write_config
 from tests.http_helpers import wait_until
+from tests.stages.connectors.conftest import PG_DSN
+from tests.stages.connectors.helpers import Worker, data_of, run_until, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -110,7 +110,7 @@ pipelines:
       use: postgres
       with: {{dsn: "{dsn}", table: {table}, cursor: id, interval: 0.05, batch: 10}}
     sinks:
-      - use: tests.connectors.gates:hold
+      - use: tests.stages.connectors.gates:hold
         with: {{seen: {seen}, accept: {accept}}}
 """
 

@@ -12,8 +12,8 @@ import pytest
 
 from pipeline.testing import make_stage, run_pipeline
 from stages.connectors import amqp
-from tests.connectors.helpers import Worker, data_of, run_until, write_config
 from tests.http_helpers import wait_until
+from tests.stages.connectors.helpers import Worker, data_of, run_until, write_config
 
 aio_pika = pytest.importorskip("aio_pika")
 pytestmark = pytest.mark.anyio
@@ -188,7 +188,7 @@ pipelines:
       use: amqp
       with: {{queue: {queue}, prefetch: {prefetch}}}
     sinks:
-      - use: tests.connectors.gates:hold
+      - use: tests.stages.connectors.gates:hold
         with: {{seen: {seen}, accept: {accept}}}
 """
 

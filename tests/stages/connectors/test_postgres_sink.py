@@ -12,7 +12,7 @@ import pytest
 from pipeline import Message
 from pipeline.testing import make_stage, run_pipeline
 from stages.connectors.postgres import write
-from tests.connectors.conftest import PG_DSN
+from tests.stages.connectors.conftest import PG_DSN
 
 pytestmark = pytest.mark.anyio
 
