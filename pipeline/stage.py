@@ -10,12 +10,13 @@ import functools
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, get_type_hints, overload
-
-import pydantic
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_type_hints, overload
 
 from pipeline.errors import StageParamsError
 from pipeline.types import StageKind
+
+if TYPE_CHECKING:  # pydantic is imported on first use: `import pipeline` stays cheap
+    import pydantic
 
 __all__ = [
     "ResolvedStage",
@@ -224,6 +225,8 @@ def params_model(fn: Callable[..., Any], *, skip_first: bool) -> type[pydantic.B
         hint = hints.get(p.name, Any)
         default = ... if p.default is p.empty else p.default
         fields[p.name] = (hint, default)
+    import pydantic
+
     config = pydantic.ConfigDict(extra=extra, arbitrary_types_allowed=True, strict=False)
     name = getattr(fn, "__name__", "stage")
     return pydantic.create_model(f"{name}_params", __config__=config, **fields)
@@ -247,6 +250,8 @@ def validate_params(
     Raises:
         StageParamsError: with ``(location, message)`` pairs; messages never echo input.
     """
+    import pydantic
+
     model = params_model(fn, skip_first=skip_first)
     try:
         parsed = model.model_validate(dict(with_))

@@ -32,11 +32,19 @@ from typing import Any
 import orjson
 
 from pipeline.testing.cases import Case, ChunkErrorSpec, Condition, FileSpec
+from pipeline.testing.compare import (
+    MISSING,
+    compact,
+    diff,
+    equal,
+    error_matches,
+    error_view,
+    matches,
+    resolve_path,
+)
 from pipeline.testing.harness import RunResult
 
-__all__ = ["Miss", "check", "compact", "diff", "golden_lines", "matches", "resolve_path"]
-
-MISSING: Any = object()
+__all__ = ["Miss", "check", "golden_lines"]
 
 
 @dataclass
@@ -46,75 +54,6 @@ class Miss:
     loc: tuple[str | int, ...]
     message: str
     diff: list[str] = field(default_factory=list)
-
-
-def compact(value: Any) -> str:
-    """One line of JSON (keys sorted) for a value shown in a diff."""
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=repr).decode()
-
-
-def _shown(items: list[Any]) -> list[str]:
-    """Items as lines: one line each, or indented when that line would be long."""
-    out = []
-    for v in items:
-        line = compact(v)
-        if isinstance(v, dict | list) and len(line) > 72:
-            text = orjson.dumps(v, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2, default=repr)
-            out += text.decode().splitlines()
-        else:
-            out.append(line)
-    return out
-
-
-def diff(expected: list[Any], got: list[Any]) -> list[str]:
-    """A unified diff of two lists, ``-`` expected and ``+`` got (mappings indented)."""
-    lines = difflib.unified_diff(
-        _shown(expected),
-        _shown(got),
-        "expected",
-        "got",
-        lineterm="",
-        n=3,
-    )
-    return list(lines)
-
-
-def equal(a: Any, b: Any) -> bool:
-    """Equality as JSON sees it: ``1 == 1.0`` but ``true != 1``."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(equal(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(equal(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
-
-
-def matches(expected: Any, got: Any) -> bool:
-    """``expected`` is in ``got``: a mapping by its keys (recursively), else by equality."""
-    if isinstance(expected, dict):
-        return isinstance(got, dict) and all(
-            k in got and matches(v, got[k]) for k, v in expected.items()
-        )
-    return equal(expected, got)
-
-
-_PART = re.compile(r"\[(-?\d+)\]|([^.\[\]]+)")
-
-
-def resolve_path(value: Any, path: str) -> Any:
-    """The value at ``path`` (``data.items[0].id``) inside ``value``, or `MISSING`."""
-    for index, key in _PART.findall(path):
-        if key:
-            if not isinstance(value, dict) or key not in value:
-                return MISSING
-            value = value[key]
-        else:
-            i = int(index)
-            if not isinstance(value, list) or not -len(value) <= i < len(value):
-                return MISSING
-            value = value[i]
-    return value
 
 
 def golden_lines(result: RunResult) -> list[str]:
@@ -246,29 +185,6 @@ def _count(case: Case, result: RunResult) -> list[Miss]:
     return [Miss(("expect", "count"), message)]
 
 
-def _error_view(env: dict[str, Any]) -> dict[str, Any]:
-    view = {
-        "stage": env.get("stage"),
-        "type": env["error"]["type"],
-        "message": env["error"]["message"],
-    }
-    if "chunk" in env:
-        view["chunk"] = env["chunk"]
-    return view
-
-
-def _error_matches(spec: ChunkErrorSpec, env: dict[str, Any]) -> bool:
-    given = spec.model_fields_set
-    stage = str(env.get("stage", ""))
-    if spec.stage is not None and spec.stage not in (stage, stage.partition(":")[0]):
-        return False
-    if spec.type is not None and spec.type != env["error"]["type"]:
-        return False
-    if spec.message is not None and not re.search(spec.message, env["error"]["message"]):
-        return False
-    return "chunk" not in given or matches(spec.chunk, env.get("chunk", MISSING))
-
-
 def _spec_view(spec: ChunkErrorSpec) -> dict[str, Any]:
     return {
         k: getattr(spec, k)
@@ -280,30 +196,30 @@ def _spec_view(spec: ChunkErrorSpec) -> dict[str, Any]:
 def _chunk_errors(case: Case, result: RunResult) -> list[Miss]:
     specs, got = case.expect.chunk_errors or [], result.errors
     for n, (spec, env) in enumerate(zip(specs, got, strict=False)):
-        if not _error_matches(spec, env):
+        if not error_matches(_spec_view(spec), env):
             message = f"chunk_errors[{n}] does not match the chunk_error that came"
             views = [_spec_view(s) for s in specs]
             return [
                 Miss(
                     ("expect", "chunk_errors", n),
                     message,
-                    diff(views, [_error_view(g) for g in got]),
+                    diff(views, [error_view(g) for g in got]),
                 )
             ]
     if len(specs) != len(got):
         message = f"chunk_errors: {len(specs)} expected, {len(got)} came"
         views = [_spec_view(s) for s in specs]
         return [
-            Miss(("expect", "chunk_errors"), message, diff(views, [_error_view(g) for g in got]))
+            Miss(("expect", "chunk_errors"), message, diff(views, [error_view(g) for g in got]))
         ]
     return []
 
 
 def _error(case: Case, result: RunResult) -> list[Miss]:
     spec, env = case.expect.error, result.error
-    if spec is None or (env is not None and _error_matches(spec, env)):
+    if spec is None or (env is not None and error_matches(_spec_view(spec), env)):
         return []
-    got = [_error_view(env)] if env is not None else []
+    got = [error_view(env)] if env is not None else []
     return [
         Miss(
             ("expect", "error"),

@@ -32,7 +32,16 @@ import orjson
 from pipeline.config.loader import ResolvedPipeline
 from pipeline.engine.run import Run
 from pipeline.errors import PipelineError, StageParamsError
-from pipeline.stage import ResolvedStage, StageMeta, validate_params
+from pipeline.stage import ResolvedStage, SinkReceives, StageMeta, validate_params
+from pipeline.testing.compare import (
+    compact,
+    diff,
+    equal,
+    error_matches,
+    error_view,
+    matches,
+    show_envelopes,
+)
 from pipeline.types import BadChunk, Chunk, Envelope, Message
 
 __all__ = [
@@ -75,9 +84,14 @@ class Fault:
     """
 
     stage: str
-    on_chunk: tuple[int, ...]
+    on_chunk: int | tuple[int, ...] = 1
     error: str = "InjectedFault"
     message: str = "injected fault"
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        """The chunk numbers that fail (from 1)."""
+        return (self.on_chunk,) if isinstance(self.on_chunk, int) else tuple(self.on_chunk)
 
     def exception(self, n: int) -> Exception:
         """The exception raised on chunk ``n``."""
@@ -99,7 +113,7 @@ class _Trigger:
         if any(chunk is p for p in self.poisoned):  # a retry of a failed chunk fails again
             raise self.fault.exception(self.count)
         self.count += 1
-        if self.count in self.fault.on_chunk:
+        if self.count in self.fault.chunks:
             if chunk is not None:
                 self.poisoned.append(chunk)
             raise self.fault.exception(self.count)
@@ -163,10 +177,11 @@ class CapturedSink:
 
     __name__ = "captured_sink"
 
-    def __init__(self, receives: str = "envelopes", *, fault: Fault | None = None) -> None:
-        self.receives = receives
+    def __init__(self, receives: SinkReceives = "envelopes", *, fault: Fault | None = None) -> None:
+        self.receives: SinkReceives = receives
         self.items: list[Any] = []
         self._trigger = _Trigger(fault)
+        self.__pipeline_stage__ = StageMeta("sink", receives=receives)  # what @sink would say
 
     def __call__(self, item: Any) -> None:
         """Accept one item (the engine calls this once per envelope the sink wants)."""
@@ -189,11 +204,12 @@ class CapturedSink:
 
     def stage(self, id: str = "captured") -> ResolvedStage:
         """This sink as a stage the engine can run."""
-        meta = StageMeta("sink", receives=self.receives)  # type: ignore[arg-type]
-        return ResolvedStage(id=id, kind="sink", fn=self, meta=meta)
+        return ResolvedStage(id=id, kind="sink", fn=self, meta=self.__pipeline_stage__)
 
 
-def captured_sink(receives: str = "envelopes", *, fault: Fault | None = None) -> CapturedSink:
+def captured_sink(
+    receives: SinkReceives = "envelopes", *, fault: Fault | None = None
+) -> CapturedSink:
     """An in-memory sink for a test; read it back with ``.envelopes`` or ``.data``.
 
     Example:
@@ -262,6 +278,97 @@ class RunResult:
         """Indexes of the input chunks never acknowledged."""
         done = set(self.acked)
         return [i for i in range(len(self.inputs or ())) if i not in done]
+
+    # -- assertions: each failure message shows the envelopes of the run --------------
+
+    def fail(self, message: str, lines: Sequence[str] = ()) -> None:
+        """Raise `AssertionError` with ``message``, a diff, and the run's envelopes."""
+        __tracebackhide__ = True
+        body = "\n".join([message, *lines, show_envelopes(self.envelopes)])
+        raise AssertionError(body)
+
+    def assert_finished(self) -> RunResult:
+        """The run ended with ``complete(finished)`` and no ``error`` envelope."""
+        __tracebackhide__ = True
+        if self.timed_out:
+            self.fail(f"`{self.pipeline}` did not finish within its timeout")
+        if self.reason != "finished":
+            self.fail(f"`{self.pipeline}` ended with reason `{self.reason}`, not `finished`")
+        return self
+
+    def assert_reason(self, reason: str) -> RunResult:
+        """The ``complete`` envelope has ``reason``."""
+        __tracebackhide__ = True
+        if self.reason != reason:
+            self.fail(f"`{self.pipeline}` ended with reason `{self.reason}`, not `{reason}`")
+        return self
+
+    def assert_data(self, expected: Sequence[Chunk]) -> RunResult:
+        """The ``processing`` data is exactly ``expected``, in order."""
+        __tracebackhide__ = True
+        if not equal(list(expected), self.data):
+            self.fail(
+                "the processing data differ (- expected, + got):", diff(list(expected), self.data)
+            )
+        return self
+
+    def assert_contains(self, *chunks: Chunk) -> RunResult:
+        """Each chunk matches a ``processing`` data, in this order (mappings by their keys)."""
+        __tracebackhide__ = True
+        got, start = self.data, 0
+        for n, wanted in enumerate(chunks):
+            hit = next((i for i in range(start, len(got)) if matches(wanted, got[i])), None)
+            if hit is None:
+                self.fail(f"no processing data matches chunks[{n}] {compact(wanted)}")
+            start = (hit or 0) + 1
+        return self
+
+    def assert_chunk_errors(self, *expected: Mapping[str, Any]) -> RunResult:
+        """The ``chunk_error`` envelopes, in order, match ``{stage, type, message, chunk}``.
+
+        ``stage`` is the id or the place (``transforms[0]``); ``message`` a regular
+        expression searched for; ``chunk`` matched like `assert_contains`.
+        """
+        __tracebackhide__ = True
+        got = [error_view(e) for e in self.errors]
+        if len(expected) != len(got) or not all(
+            error_matches(spec, e) for spec, e in zip(expected, self.errors, strict=False)
+        ):
+            wanted = [dict(spec) for spec in expected]
+            self.fail("the chunk_errors differ (- expected, + got):", diff(wanted, got))
+        return self
+
+    def assert_error(self, **expected: Any) -> RunResult:
+        """The run ended with an ``error`` envelope matching ``stage``, ``type``, ``message``."""
+        __tracebackhide__ = True
+        env = self.error
+        if env is None or not error_matches(expected, env):
+            got = [error_view(env)] if env is not None else []
+            self.fail("the run's error differs (- expected, + got):", diff([expected], got))
+        return self
+
+    def assert_stats(self, **expected: Any) -> RunResult:
+        """The ``complete`` stats hold these values (a subset)."""
+        __tracebackhide__ = True
+        got = {k: self.stats.get(k) for k in expected}
+        if not equal(expected, got):
+            self.fail("the stats differ (- expected, + got):", diff([expected], [got]))
+        return self
+
+    def assert_acked(self, expected: Sequence[int] | str = "all") -> RunResult:
+        """These input indexes (from 0) were acknowledged: a list, ``all`` or ``none``."""
+        __tracebackhide__ = True
+        total = len(self.inputs or ())
+        wanted = (
+            list(range(total))
+            if expected == "all"
+            else []
+            if expected == "none"
+            else list(expected)
+        )
+        if wanted != self.acked:
+            self.fail(f"acked: expected {wanted}, got {self.acked} (of {total} input chunks)")
+        return self
 
 
 def stage_places(rp: ResolvedPipeline) -> list[tuple[str, ResolvedStage]]:

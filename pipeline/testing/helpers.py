@@ -18,9 +18,10 @@ from typing import Any
 from pipeline.engine.run import Run
 from pipeline.errors import StageLoadError
 from pipeline.stage import ResolvedStage, RetryPolicy, calling_of, meta_of
+from pipeline.testing.harness import ListSource, RunResult, run_stages
 from pipeline.types import Chunk, Envelope, StageKind
 
-__all__ = ["collect_source", "make_stage", "run_pipeline", "run_transform"]
+__all__ = ["collect_source", "make_stage", "run_pipeline", "run_stage", "run_transform"]
 
 
 def _kind(fn: Callable[..., Any], role: str) -> StageKind:
@@ -123,3 +124,36 @@ async def run_transform(
 
     envs = await run_pipeline(source, [make_stage(fn, params=params)])
     return [e for e in envs if e["status"] in ("processing", "chunk_error")]
+
+
+async def run_stage(
+    fn: Callable[..., Any],
+    chunks: Sequence[Chunk] | None = None,
+    /,
+    *,
+    timeout: float = 30.0,
+    **params: Any,
+) -> RunResult:
+    """Run one stage through the real engine and return everything that came out.
+
+    Without ``chunks``, ``fn`` is the source. With ``chunks`` (yielded by `source_from`,
+    each acknowledged like a broker message), ``fn`` is the only transform, or the only
+    sink when it is marked `@sink`. ``params`` are its ``with:``.
+
+    Example:
+        >>> import asyncio
+        >>> out = asyncio.run(run_stage(lambda n: n * 2, [1, 2]))
+        >>> out.data, out.acked
+        ([2, 4], [0, 1])
+    """
+    name = getattr(fn, "__name__", "stage")
+    if chunks is None:
+        source = make_stage(fn, "source", id=f"source:{name}", params=params)
+        return await run_stages("test", source, timeout=timeout)
+    source = make_stage(ListSource(chunks), "source", id="source:source_from")
+    meta = meta_of(fn)
+    if meta is not None and meta.role == "sink":
+        sink = make_stage(fn, "sink", id=f"sinks[0]:{name}", params=params)
+        return await run_stages("test", source, [], [sink], timeout=timeout)
+    stage = make_stage(fn, id=f"transforms[0]:{name}", params=params)
+    return await run_stages("test", source, [stage], timeout=timeout)
