@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.envelope import encode
 from pipeline.stage import meta_of
+from pipeline.testing import run_stage
 from stages import sinks
 from tests.stages.helpers import open_fds
 
@@ -48,6 +49,31 @@ async def test_file_writes_every_line_and_closes(tmp_path: Path) -> None:
         await sinks.file(feed(LINES), path=str(path))
     assert path.read_bytes() == b"".join(LINES)
     assert open_fds(path) == []
+
+
+@pytest.mark.anyio
+async def test_file_in_a_run_writes_every_envelope_then_acks(tmp_path: Path) -> None:
+    """In a run the file holds each envelope's exact line; chunks are acked once written."""
+    path = tmp_path / "run.ndjson"
+    out = await run_stage(sinks.file, [{"n": 1}, {"n": 2}], path=str(path))
+    out.assert_finished().assert_acked("all")
+    assert path.read_bytes() == b"".join(encode(e) for e in out.envelopes)
+    assert [e["status"] for e in out.envelopes] == [
+        "starting",
+        "processing",
+        "processing",
+        "complete",
+    ]
+    assert open_fds(path) == []
+
+
+@pytest.mark.anyio
+async def test_file_in_a_run_that_cannot_open_ends_with_error(tmp_path: Path) -> None:
+    """A file sink that cannot open its file fails for good: error, nothing acked."""
+    (tmp_path / "taken").write_text("a file, not a folder")
+    out = await run_stage(sinks.file, [{"n": 1}], path=str(tmp_path / "taken" / "run.ndjson"))
+    out.assert_reason("error").assert_acked([])
+    out.assert_error(stage="sinks[0]:file", type="FileExistsError")
 
 
 @pytest.mark.anyio

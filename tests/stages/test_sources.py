@@ -15,6 +15,7 @@ import anyio
 import pytest
 
 from pipeline import BadChunk
+from pipeline.testing import run_stage
 from stages import sources
 from tests.stages.helpers import open_fds
 
@@ -76,7 +77,8 @@ def append(path: Path, text: str) -> None:
 @pytest.mark.anyio
 async def test_counter_yields_count_numbers_from_start() -> None:
     """`counter` yields {"n": i} for `count` numbers starting at `start`."""
-    assert await collect(sources.counter(count=3, start=10)) == [{"n": 10}, {"n": 11}, {"n": 12}]
+    out = await run_stage(sources.counter, count=3, start=10)
+    out.assert_finished().assert_data([{"n": 10}, {"n": 11}, {"n": 12}])
 
 
 @pytest.mark.anyio
@@ -89,7 +91,8 @@ async def test_counter_without_count_is_endless() -> None:
 @pytest.mark.anyio
 async def test_counter_with_interval() -> None:
     """With an interval the numbers still all arrive, in order."""
-    assert await collect(sources.counter(count=3, interval=0.001)) == [{"n": i} for i in range(3)]
+    out = await run_stage(sources.counter, count=3, interval=0.001)
+    out.assert_finished().assert_data([{"n": i} for i in range(3)])
 
 
 @pytest.mark.anyio
@@ -116,9 +119,12 @@ async def test_counter_gives_the_loop_a_turn() -> None:
 
 @pytest.mark.anyio
 async def test_counter_rejects_a_negative_count() -> None:
-    """A negative count is a clear error."""
-    with pytest.raises(ValueError, match="`count` must be 0 or more, got -1"):
-        await collect(sources.counter(count=-1))
+    """A negative count is a clear error: the run ends with it, before any chunk."""
+    out = await run_stage(sources.counter, count=-1)
+    out.assert_reason("error").assert_data([])
+    out.assert_error(
+        stage="source:counter", type="ValueError", message=r"^`count` must be 0 or more, got -1$"
+    )
 
 
 # -- file, to the end ---------------------------------------------------------------------------
@@ -130,6 +136,18 @@ async def test_file_lines_without_line_endings(tmp_path: Path) -> None:
     path = tmp_path / "in.txt"
     path.write_bytes(b"a\nb\r\n\nc")
     assert await collect(sources.file(path=str(path))) == ["a", "b", "", "c"]
+    assert open_fds(path) == []
+
+
+@pytest.mark.anyio
+async def test_file_ndjson_bad_line_is_a_chunk_error_in_a_run(tmp_path: Path) -> None:
+    """In a run, a malformed NDJSON line is a chunk_error holding the line; the run goes on."""
+    path = tmp_path / "in.ndjson"
+    path.write_text('{"a": 1}\nnot json\n[1, 2]\n')
+    out = await run_stage(sources.file, path=str(path), format="ndjson")
+    out.assert_finished().assert_data([{"a": 1}, [1, 2]])
+    out.assert_chunk_errors({"stage": "source:file", "chunk": "not json"})
+    out.assert_stats(processed=2, chunk_errors=1, errors=0)
     assert open_fds(path) == []
 
 

@@ -11,6 +11,7 @@ import anyio
 import pytest
 
 from pipeline.stage import meta_of
+from pipeline.testing import run_stage
 from stages.transforms import batch, dedupe, parse_json, throttle
 
 
@@ -68,6 +69,18 @@ def test_parse_json_bad_text_raises_value_error() -> None:
     """Bad JSON raises a ValueError with a short message (it becomes a chunk_error)."""
     with pytest.raises(ValueError, match=r"^invalid JSON: "):
         parse_json("{not json")
+
+
+@pytest.mark.anyio
+async def test_parse_json_in_a_run_bad_chunks_become_chunk_errors() -> None:
+    """In a run, each chunk that does not parse is a chunk_error; every chunk is acked."""
+    out = await run_stage(parse_json, ['{"a": 1}', "{not json", b"[2]", 5])
+    out.assert_finished().assert_data([{"a": 1}, [2]])
+    out.assert_chunk_errors(
+        {"stage": "transforms[0]:parse_json", "type": "ValueError", "chunk": "{not json"},
+        {"type": "TypeError", "message": re.escape("expected JSON text (str or bytes), got `int`")},
+    )
+    out.assert_acked("all")
 
 
 def test_parse_json_missing_field_and_wrong_type() -> None:
@@ -221,9 +234,10 @@ async def test_dedupe_whole_chunks() -> None:
 
 @pytest.mark.anyio
 async def test_dedupe_unhashable_key_values() -> None:
-    """Key values that are lists or dicts are compared by content."""
+    """Key values that are lists or dicts are compared by content; a dropped chunk is acked."""
     chunks = [{"k": [1, 2]}, {"k": [1, 2]}, {"k": {"a": 1}}, {"k": {"a": 1}}]
-    assert await collect(dedupe(Upstream(chunks)(), key="k")) == [{"k": [1, 2]}, {"k": {"a": 1}}]
+    out = await run_stage(dedupe, chunks, key="k")
+    out.assert_finished().assert_data([{"k": [1, 2]}, {"k": {"a": 1}}]).assert_acked("all")
 
 
 @pytest.mark.anyio
@@ -248,23 +262,23 @@ async def test_dedupe_window_expires() -> None:
 @pytest.mark.anyio
 async def test_dedupe_long_window_drops_repeats() -> None:
     """Within a long window every repeat is dropped."""
-    chunks = [{"id": i % 3} for i in range(30)]
-    got = await collect(dedupe(Upstream(chunks)(), key="id", window=3600))
-    assert got == [{"id": 0}, {"id": 1}, {"id": 2}]
+    out = await run_stage(dedupe, [{"id": i % 3} for i in range(30)], key="id", window=3600)
+    out.assert_finished().assert_data([{"id": 0}, {"id": 1}, {"id": 2}])
 
 
 @pytest.mark.anyio
 async def test_dedupe_memory_is_bounded_by_max_keys() -> None:
     """Beyond max_keys the oldest key is forgotten, so it may pass again."""
     chunks = [{"id": 1}, {"id": 2}, {"id": 3}, {"id": 1}, {"id": 3}]
-    got = await collect(dedupe(Upstream(chunks)(), key="id", window=None, max_keys=2))
-    assert got == [{"id": 1}, {"id": 2}, {"id": 3}, {"id": 1}]
+    out = await run_stage(dedupe, chunks, key="id", window=None, max_keys=2)
+    out.assert_finished().assert_data([{"id": 1}, {"id": 2}, {"id": 3}, {"id": 1}])
 
 
 @pytest.mark.anyio
 async def test_dedupe_rejects_bad_parameters() -> None:
-    """max_keys < 1 and window <= 0 are clear errors."""
-    with pytest.raises(ValueError, match="`max_keys` must be 1 or more, got 0"):
-        await collect(dedupe(Upstream([1])(), max_keys=0))
-    with pytest.raises(ValueError, match="`window` must be more than 0 or null, got -1"):
-        await collect(dedupe(Upstream([1])(), window=-1))
+    """max_keys < 1 and window <= 0 are clear errors that end the run."""
+    out = await run_stage(dedupe, [1], max_keys=0)
+    out.assert_reason("error").assert_data([])
+    out.assert_error(type="ValueError", message=r"^`max_keys` must be 1 or more, got 0$")
+    out = await run_stage(dedupe, [1], window=-1)
+    out.assert_error(type="ValueError", message=r"^`window` must be more than 0 or null, got -1$")
