@@ -47,9 +47,20 @@ def _config_option(fn: F) -> F:
         "--config",
         "config_path",
         envvar="PIPELINE_CONFIG",
-        default="pipelines.yaml",
+        multiple=True,
+        default=("pipelines.yaml",),
         show_default=True,
-        help="Config file (or $PIPELINE_CONFIG).",
+        help="Config file (or $PIPELINE_CONFIG); repeat to merge files, later ones win.",
+    )(fn)
+
+
+def _set_option(fn: F) -> F:
+    return click.option(
+        "--set",
+        "sets",
+        multiple=True,
+        metavar="PATH=VALUE",
+        help="Override one value, e.g. pipelines.NAME.source.with.count=10 (YAML-typed).",
     )(fn)
 
 
@@ -59,12 +70,19 @@ def _fail_config(exc: ConfigError) -> None:
     sys.exit(2)
 
 
-def load_pipelines(config_path: str) -> tuple[Any, dict[str, Any]]:
+def _shown(config_path: tuple[str, ...], sets: tuple[str, ...] = ()) -> str:
+    """How a command names its config: ``a.yaml + b.yaml + --set k=v``."""
+    return " + ".join([*config_path, *(f"--set {s}" for s in sets)])
+
+
+def load_pipelines(
+    config_path: tuple[str, ...], sets: tuple[str, ...] = ()
+) -> tuple[Any, dict[str, Any]]:
     """Load and resolve a config; exit 2 with every problem printed when it is bad."""
     from pipeline.config import loader
 
     try:
-        return loader.load_and_resolve(config_path)
+        return loader.load_and_resolve(config_path, sets=sets)
     except ConfigError as exc:
         _fail_config(exc)
         raise  # unreachable
@@ -90,10 +108,12 @@ def main() -> None:
     is_flag=True,
     help="With --serve: reload when the config or a stage module changes (SIGHUP always does).",
 )
+@_set_option
 @_common
 def run(
     names: tuple[str, ...],
-    config_path: str,
+    config_path: tuple[str, ...],
+    sets: tuple[str, ...],
     serve: bool,
     host: str | None,
     port: int | None,
@@ -103,11 +123,12 @@ def run(
 ) -> None:
     """Run pipelines: envelopes to stdout, or served over HTTP with --serve."""
     logmod.configure(log_format, log_level)
-    cfg, resolved = load_pipelines(config_path)
+    cfg, resolved = load_pipelines(config_path, sets)
     unknown = [n for n in names if n not in resolved]
     if unknown:
         known = ", ".join(f"`{n}`" for n in resolved)
-        click.echo(f"{config_path}: unknown pipeline `{unknown[0]}` (known: {known})", err=True)
+        shown = _shown(config_path, sets)
+        click.echo(f"{shown}: unknown pipeline `{unknown[0]}` (known: {known})", err=True)
         sys.exit(2)
     if watch and not serve:
         click.echo("pipeline run: --reload needs --serve", err=True)
@@ -117,9 +138,9 @@ def run(
         from pipeline.server.process import serve as serve_fn
 
         def take(previous: snapshot.Snapshot) -> snapshot.Snapshot:
-            return snapshot.take(config_path, previous=previous)
+            return snapshot.take(config_path, sets=sets, previous=previous)
 
-        current = snapshot.of(cfg, resolved, [config_path])
+        current = snapshot.of(cfg, resolved, config_path)
         code = serve_fn(
             cfg,
             resolved,
@@ -175,25 +196,41 @@ def _install_signals(sup: Any) -> None:
 
 @main.command()
 @_config_option
+@_set_option
 @_common
-def validate(config_path: str, log_format: logmod.LogFormat, log_level: str) -> None:
+def validate(
+    config_path: tuple[str, ...],
+    sets: tuple[str, ...],
+    log_format: logmod.LogFormat,
+    log_level: str,
+) -> None:
     """Load the config, import every stage, check every parameter."""
     logmod.configure(log_format, log_level)
-    _, resolved = load_pipelines(config_path)
-    click.echo(f"{config_path}: ok ({len(resolved)} pipelines: {', '.join(resolved)})")
+    cfg, resolved = load_pipelines(config_path, sets)
+    from pipeline.config.models import shown_sets
+
+    shown = _shown(config_path, tuple(shown_sets(cfg)))
+    click.echo(f"{shown}: ok ({len(resolved)} pipelines: {', '.join(resolved)})")
 
 
 @main.command(name="list")
 @_config_option
+@_set_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @_common
-def list_(config_path: str, as_json: bool, log_format: logmod.LogFormat, log_level: str) -> None:
+def list_(
+    config_path: tuple[str, ...],
+    sets: tuple[str, ...],
+    as_json: bool,
+    log_format: logmod.LogFormat,
+    log_level: str,
+) -> None:
     """List the pipelines of a config (values from the environment are masked)."""
     from pipeline.config import models as config
 
     logmod.configure(log_format, log_level)
     try:
-        cfg = config.load(config_path)
+        cfg = config.load(config_path, sets=sets)
     except ConfigError as exc:
         _fail_config(exc)
     described = config.describe(cfg)
@@ -205,6 +242,9 @@ def list_(config_path: str, as_json: bool, log_format: logmod.LogFormat, log_lev
 
 def _render_list(described: dict[str, Any]) -> str:
     lines = []
+    if len(described.get("files", [])) > 1 or described.get("sets"):
+        lines.append("config: " + " + ".join(described["files"]))
+        lines += [f"  --set {s}" for s in described.get("sets", [])]
     for name, p in described.get("pipelines", {}).items():
         lines.append(f"{name}  [trigger: {p.get('trigger', 'start')}]")
         if p.get("description"):
@@ -282,7 +322,7 @@ def test_(
 @_common
 def tail(
     target: str,
-    config_path: str,
+    config_path: tuple[str, ...],
     since: str | None,
     raw: bool,
     token: str | None,
@@ -295,7 +335,7 @@ def tail(
     logmod.configure(log_format, log_level)
     try:
         code = tailmod.tail(
-            target, since=since, raw=raw, token=token, config_path=Path(config_path)
+            target, since=since, raw=raw, token=token, config_path=[Path(p) for p in config_path]
         )
     except PipelineError as exc:
         click.echo(f"pipeline tail: {exc}", err=True)

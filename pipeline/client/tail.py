@@ -27,6 +27,7 @@ import random
 import re
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -67,13 +68,14 @@ class Target:
     read_timeout: float = READ_TIMEOUT
 
 
-def resolve_target(target: str, *, token: str | None, config_path: Path) -> Target:
+def resolve_target(target: str, *, token: str | None, config_path: Path | Sequence[Path]) -> Target:
     """Turn a URL or a pipeline NAME into a `Target`.
 
     Args:
         target: ``http(s)://H:P/pipelines/NAME[/stream]``, ``H:P/pipelines/NAME`` or ``NAME``.
         token: the bearer token; for a NAME, ``None`` means the config's ``server.token``.
-        config_path: the config used for a NAME (missing file: ``127.0.0.1:8000``, no token).
+        config_path: the config used for a NAME (missing file: ``127.0.0.1:8000``, no token);
+            several files are merged as ``pipeline run -c A -c B`` merges them.
 
     Raises:
         TailError: the target is neither a URL nor a name, or the config has ``port: 0``.
@@ -91,14 +93,17 @@ def resolve_target(target: str, *, token: str | None, config_path: Path) -> Targ
         msg = f"`{target}` is neither a URL nor a pipeline name"
         raise TailError(msg)
     host, port, heartbeat, config_token = "127.0.0.1", 8000, 15.0, ""
-    if config_path.exists():
+    paths = [config_path] if isinstance(config_path, Path) else list(config_path)
+    existing = [p for p in paths if p.exists()]
+    if existing:
         from pipeline.config import models as config
 
-        server = config.load(config_path).server
+        server = config.load(existing).server
         host, port, heartbeat = server.host, server.port, server.heartbeat
         config_token = server.token
     if port == 0:
-        msg = f"`{config_path}`: server.port is 0 (any free port); pass the stream URL instead"
+        shown = " + ".join(str(p) for p in existing)
+        msg = f"`{shown}`: server.port is 0 (any free port); pass the stream URL instead"
         raise TailError(msg)
     host = _WILDCARDS.get(host, host)
     if ":" in host and not host.startswith("["):
@@ -287,7 +292,7 @@ def tail(
     since: str | None,
     raw: bool,
     token: str | None,
-    config_path: Path,
+    config_path: Path | Sequence[Path],
     out: TextIO | BinaryIO | None = None,
     max_retries: int | None = None,
 ) -> int:

@@ -15,7 +15,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,14 @@ from pipeline.stage import (
 )
 from pipeline.types import StageKind
 
-__all__ = ["TRANSPORT_KEYS", "ResolvedPipeline", "request_params", "resolve"]
+__all__ = [
+    "TRANSPORT_KEYS",
+    "ResolvedPipeline",
+    "load_and_resolve",
+    "problem_order",
+    "request_params",
+    "resolve",
+]
 
 Loc = tuple[str | int, ...]
 TRANSPORT_KEYS = frozenset({"since"})
@@ -71,14 +78,22 @@ def resolve(config: Config) -> dict[str, ResolvedPipeline]:
     importlib.invalidate_caches()
     pipelines = {name: resolver.pipeline(name, p) for name, p in config.pipelines.items()}
     if resolver.problems:
-        raise ConfigError(sorted(resolver.problems, key=lambda p: p.line))
+        raise ConfigError(sorted(resolver.problems, key=problem_order(config)))
     return {name: rp for name, rp in pipelines.items() if rp is not None}
 
 
+def problem_order(config: Config) -> Callable[[Problem], tuple[bool, str, int]]:
+    """Sort key for problems: the first file's in line order, then the others'."""
+    return lambda p: (p.file != config.file, p.file, p.line)
+
+
 def load_and_resolve(
-    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
+    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    environ: Mapping[str, str] | None = None,
+    sets: Sequence[str] = (),
 ) -> tuple[Config, dict[str, ResolvedPipeline]]:
-    """Load ``path`` and resolve it, reporting every problem of the file in one pass.
+    """Load ``path`` (one file or several, merged) and ``sets``, then resolve it,
+    reporting every problem in one pass.
 
     Schema problems do not hide import or parameter problems of the pipelines that did
     validate: both are reported together, in line order.
@@ -87,7 +102,7 @@ def load_and_resolve(
         ConfigError: with every problem found.
     """
     try:
-        config = load(path, environ)
+        config = load(path, environ, sets)
     except ConfigError as exc:
         partial = exc.partial
         if not isinstance(partial, Config):
@@ -106,7 +121,7 @@ def load_and_resolve(
                 )
             ]
             merged = exc.problems + fresh
-            exc.problems = sorted(merged, key=lambda p: p.line)
+            exc.problems = sorted(merged, key=problem_order(partial))
             exc.args = ("\n".join(str(p) for p in exc.problems),)
         raise
     return config, resolve(config)

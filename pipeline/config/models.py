@@ -11,15 +11,15 @@ from __future__ import annotations
 import os
 import re
 import types
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipeline.config import env as _env, parse as _yaml
+from pipeline.config import env as _env, layers as _layers, parse as _yaml
 from pipeline.config.parse import Loc, format_loc
 from pipeline.errors import ConfigError, EnvVarError, Problem
 
@@ -32,6 +32,7 @@ __all__ = [
     "default_config_path",
     "describe",
     "load",
+    "shown_sets",
 ]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -112,12 +113,16 @@ class PipelineConfig(_Model):
 
 @dataclass(frozen=True)
 class Config:
-    """A loaded, validated config file.
+    """A loaded, validated config (one file, or several merged, plus ``--set``).
 
     Attributes:
-        path: the config file; ``file`` is the same path exactly as it was given.
-        base_dir: the folder holding the file, made importable by the loader.
+        path: the (first) config file; ``file`` is the same path exactly as it was given.
+        base_dir: the folder holding the first file, made importable by the loader.
         pipelines: name -> pipeline, in file order.
+        files: every config file, as given, in order.
+        sets: the ``--set PATH=VALUE`` overrides, in order.
+        origins: where each value came from when not from ``file`` (another file, or
+            ``--set``); see `pipeline.config.layers`.
     """
 
     path: Path
@@ -128,6 +133,16 @@ class Config:
     lines: Mapping[Loc, int]
     env_paths: frozenset[Loc]
     secrets: frozenset[str]
+    files: tuple[str, ...] = ()
+    sets: tuple[str, ...] = ()
+    origins: Mapping[Loc, str] = field(default_factory=dict)
+
+    def file_of(self, path: Loc) -> str:
+        """The file the value at ``path`` (or its nearest ancestor) was written in."""
+        loc = tuple(path)
+        while loc not in self.origins and loc not in self.lines and loc:
+            loc = loc[:-1]
+        return self.origins.get(loc, self.file)
 
     def line_of(self, path: str | Loc) -> int:
         """Return the line of ``path`` or of its nearest ancestor found in the file."""
@@ -145,10 +160,13 @@ class Config:
         """Whether the value at ``loc`` (or one containing it) came from the environment."""
         return any(loc[:n] in self.env_paths for n in range(len(loc) + 1))
 
-    def problem(self, loc: Loc, message: str, line: int | None = None) -> Problem:
-        """Build a `Problem` of this file at ``loc``, with secrets scrubbed from the message."""
+    def problem(
+        self, loc: Loc, message: str, line: int | None = None, file: str | None = None
+    ) -> Problem:
+        """Build a `Problem` at ``loc`` (in the file it came from), secrets scrubbed."""
         line = self.line_of(loc) if line is None else line
-        return Problem(self.file, line, format_loc(loc), scrub(message, self.secrets))
+        file = self.file_of(loc) if file is None else file
+        return Problem(file, line, format_loc(loc), scrub(message, self.secrets))
 
 
 def scrub(message: str, secrets: frozenset[str] | set[str]) -> str:
@@ -165,46 +183,58 @@ def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
     return Path(env.get("PIPELINE_CONFIG") or "pipelines.yaml")
 
 
-def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
-    """Read, interpolate and validate the config file at ``path``.
+def load(
+    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    environ: Mapping[str, str] | None = None,
+    sets: Sequence[str] = (),
+) -> Config:
+    """Read, merge, interpolate and validate the config file(s) at ``path``.
 
     Args:
-        path: the file; problems name it exactly as given here.
+        path: the file, or several merged in order (see `pipeline.config.layers`);
+            problems name each file exactly as given here.
         environ: the variables for ``${VAR}``; ``os.environ`` by default.
+        sets: ``PATH=VALUE`` overrides applied last (``--set``).
 
     Raises:
-        ConfigError: with every problem of the file, in line order (`EnvVarError` when
-            the only problems are undefined variables).
+        ConfigError: with every problem found, in line order (`EnvVarError` when the only
+            problems are undefined variables).
     """
-    file = os.fspath(path)
-    parsed = _yaml.read(file)
-    problems = [(loc, line, msg) for loc, line, msg in parsed.problems]
-    if parsed.data is None:
-        raise ConfigError(_as_problems(file, problems))
-    env = _env.interpolate(parsed.data, os.environ if environ is None else environ)
-    poisoned = parsed.poisoned | {loc for loc, _ in env.problems}
-    problems += [(loc, 0, msg) for loc, msg in env.problems]
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    files = [os.fspath(p) for p in paths]
+    layered = _layers.merge([(f, _yaml.read(f)) for f in files], list(sets))
+    problems: list[tuple[Loc, int, str, str | None]] = [
+        (loc, line, msg, file) for file, loc, line, msg in layered.problems
+    ]
+    if layered.data is None:
+        raise ConfigError(_as_problems(problems))
+    env = _env.interpolate(layered.data, os.environ if environ is None else environ)
+    poisoned = layered.poisoned | {loc for loc, _ in env.problems}
+    problems += [(loc, 0, msg, None) for loc, msg in env.problems]
     collected = _Collector()
     server, pipelines = _validate(env.data, collected)
     problems += [
-        (loc, 0, msg)
+        (loc, 0, msg, None)
         for loc, msg in collected.items
         if not any(loc[:n] in poisoned for n in range(len(loc) + 1))
     ]
     config = Config(
-        path=Path(file),
-        file=file,
-        base_dir=Path(file).resolve().parent,
+        path=Path(files[0]),
+        file=files[0],
+        base_dir=Path(files[0]).resolve().parent,
         server=server or ServerConfig(),
         pipelines=pipelines,
-        lines=parsed.lines,
+        lines=layered.lines,
         env_paths=frozenset(env.env_paths),
         secrets=frozenset(env.secrets),
+        files=tuple(files),
+        sets=tuple(sets),
+        origins={k: v for k, v in layered.files.items() if v != files[0]},
     )
     if problems:
         found = sorted(
-            (config.problem(loc, msg, line or None) for loc, line, msg in problems),
-            key=lambda p: p.line,
+            (config.problem(loc, msg, line or None, file) for loc, line, msg, file in problems),
+            key=lambda p: (p.file != files[0], p.file, p.line),
         )
         env_only = len(found) == len(env.problems)
         error = (EnvVarError if env_only else ConfigError)(found)
@@ -214,8 +244,8 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     return config
 
 
-def _as_problems(file: str, items: list[tuple[Loc, int, str]]) -> list[Problem]:
-    return [Problem(file, line, format_loc(loc), msg) for loc, line, msg in items]
+def _as_problems(items: list[tuple[Loc, int, str, str | None]]) -> list[Problem]:
+    return [Problem(file or "", line, format_loc(loc), msg) for loc, line, msg, file in items]
 
 
 class _Collector:
@@ -291,7 +321,22 @@ def describe(config: Config) -> dict[str, Any]:
         name: _describe_pipeline(config, ("pipelines", name), p)
         for name, p in config.pipelines.items()
     }
-    return {"server": _masked(config, ("server",), server), "pipelines": pipelines}
+    return {
+        "files": list(config.files or (config.file,)),
+        "sets": shown_sets(config),
+        "server": _masked(config, ("server",), server),
+        "pipelines": pipelines,
+    }
+
+
+def shown_sets(config: Config) -> list[str]:
+    """The ``--set`` arguments as they may be shown: a token or a ``${VAR}`` is masked."""
+    out = []
+    for arg in config.sets:
+        path, _, value = arg.partition("=")
+        secret = path.strip() in ("server.token", "server.metrics_token") or "${" in value
+        out.append(f"{path}={MASK}" if secret and value else arg)
+    return out
 
 
 def _describe_pipeline(config: Config, loc: Loc, p: PipelineConfig) -> dict[str, Any]:

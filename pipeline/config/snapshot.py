@@ -65,20 +65,23 @@ def _base_dirs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
 
 
 def take(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
+    sets: Sequence[str] = (),
     previous: Snapshot | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Snapshot:
-    """Load and resolve the config at ``path``; with ``previous``, import user code afresh.
+    """Load and resolve the config file(s) at ``path`` with ``sets``; with ``previous``,
+    import user code afresh.
 
     Raises:
         ConfigError: every problem found (a module that fails to import is one).
     """
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
     if previous is not None:
-        code.purge_user_modules([*previous.roots, *_base_dirs([path])])
-    config, resolved = load_and_resolve(path, environ)
-    return of(config, resolved, [path])
+        code.purge_user_modules([*previous.roots, *_base_dirs(paths)])
+    config, resolved = load_and_resolve(paths, environ, sets)
+    return of(config, resolved, paths)
 
 
 def of(

@@ -291,3 +291,25 @@ def test_acking_source_under_load_loses_nothing_across_ten_reloads(tmp_path: Pat
     for i, run in enumerate(runs):
         versions = {e["data"]["version"] for e in envs if e["run"] == run and "data" in e}
         assert versions == {i}
+
+
+def test_reload_rereads_every_file_and_keeps_the_sets(project: Path) -> None:
+    """With several -c files and --set, a reload merges them all again: an edit of the
+    overlay restarts the pipeline it touches and no other."""
+    overlay = project.parent / "overlay.yaml"
+    overlay.write_text("pipelines:\n  b:\n    description: first\n")
+    args = ("-c", str(overlay), "--set", "pipelines.b.retain=7")
+    with ServerProcess(project, args=args) as server:
+        run_a, run_b = state(server, "a")["run"], state(server, "b")["run"]
+        assert state(server, "b")["description"] == "first"
+        overlay.write_text("pipelines:\n  b:\n    description: second\n    retain: 1\n")
+        server.signal(signal.SIGHUP)
+        wait_until(reloaded(server, 1), timeout=20)
+        assert pipelines(server)["reload"]["changed"] == {"changed": ["b"]}
+        b = state(server, "b")
+        assert b["description"] == "second" and b["run"] != run_b
+        assert state(server, "a")["run"] == run_a
+        with httpx.stream("GET", server.url("/pipelines/b/stream?since=0"), timeout=10) as r:
+            lines = r.iter_lines()
+            first = orjson.loads(next(lines))
+        assert first["run"] == b["run"]
