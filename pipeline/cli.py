@@ -319,6 +319,14 @@ def test_(
 @click.option("--since", default=None, help="Resume after SEQ or RUN:SEQ.")
 @click.option("--raw", is_flag=True, help="Print raw NDJSON.")
 @click.option("--token", envvar="PIPELINE_TOKEN", default=None, help="Bearer token.")
+@click.option(
+    "-F",
+    "--follow",
+    "follow_runs",
+    is_flag=True,
+    help="Follow across runs and server restarts: a complete(reason=shutdown|reload) "
+    "does not end it.",
+)
 @_common
 def tail(
     target: str,
@@ -326,6 +334,7 @@ def tail(
     since: str | None,
     raw: bool,
     token: str | None,
+    follow_runs: bool,
     log_format: logmod.LogFormat,
     log_level: str,
 ) -> None:
@@ -335,7 +344,12 @@ def tail(
     logmod.configure(log_format, log_level)
     try:
         code = tailmod.tail(
-            target, since=since, raw=raw, token=token, config_path=[Path(p) for p in config_path]
+            target,
+            since=since,
+            raw=raw,
+            token=token,
+            config_path=[Path(p) for p in config_path],
+            follow_runs=follow_runs,
         )
     except PipelineError as exc:
         click.echo(f"pipeline tail: {exc}", err=True)

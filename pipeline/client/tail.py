@@ -15,6 +15,10 @@
   then no limit.
 - **End**: 0 after ``complete`` of a run without ``error``; 1 after ``error`` or
   ``complete(reason=error)``; 130 on Ctrl-C, quietly; 0 when stdout closes (``| head``).
+  With ``follow_runs`` (``tail -F``) a ``complete`` whose reason is ``shutdown`` or
+  ``reload`` does not end it: it reconnects (waiting for a restarted server, without a
+  retry limit) and resumes from the old run's token, which gets the new run from its
+  first retained envelope.
   Another 4xx (with the server's message), a non-NDJSON answer, a bad target or spent
   retries raise `TailError`, which the CLI turns into exit 2.
 """
@@ -50,6 +54,8 @@ CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 60.0
 RETRY_STATUSES = frozenset({408, 425, 429})
 NOTICES = frozenset({"heartbeat", "lagged"})
+FOLLOWED = frozenset({"shutdown", "reload"})
+"""``complete`` reasons that ``tail -F`` follows past (a new run is coming)."""
 STREAM_TYPES = ("application/x-ndjson", "application/jsonl", "application/json", "text/plain")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}
@@ -128,8 +134,11 @@ def _stream_url(url: str) -> str:
 class _Follower:
     """Connection loop and resume state of one ``tail``."""
 
-    def __init__(self, target: Target, since: str | None, printer: Raw | Pretty) -> None:
+    def __init__(
+        self, target: Target, since: str | None, printer: Raw | Pretty, *, runs: bool = False
+    ) -> None:
         self.target = target
+        self.runs = runs
         self.since = since
         self.printer = printer
         self.decode_all = isinstance(printer, Pretty)
@@ -152,6 +161,8 @@ class _Follower:
         if status == "error":
             self.failed = True
         elif status == "complete":
+            if self.runs and env.get("reason") in FOLLOWED:
+                return
             stats = env.get("stats")
             errors = stats.get("errors", 0) if isinstance(stats, dict) else 0
             bad = self.failed or env.get("reason") == "error" or bool(errors)
@@ -230,7 +241,7 @@ class _Follower:
                 if self.code is not None:
                     return self.code
                 failures = 1 if received else failures + 1
-                default = None if self.answered else INITIAL_ATTEMPTS - 1
+                default = None if self.answered or self.runs else INITIAL_ATTEMPTS - 1
                 limit = default if max_retries is None else max_retries
                 if limit is not None and failures > limit:
                     msg = f"giving up on `{self.target.url}` after {failures} attempts: {reason}"
@@ -295,6 +306,7 @@ def tail(
     config_path: Path | Sequence[Path],
     out: TextIO | BinaryIO | None = None,
     max_retries: int | None = None,
+    follow_runs: bool = False,
 ) -> int:
     """Follow a pipeline's stream until its run completes (behaviour: module docstring).
 
@@ -306,7 +318,9 @@ def tail(
         config_path: the config file, used for a NAME only.
         out: where to write (default: stdout); raw output accepts text or binary files.
         max_retries: consecutive failed attempts allowed before giving up (default: 10 until
-            the server answered once, then unlimited).
+            the server answered once, then unlimited; unlimited with ``follow_runs``).
+        follow_runs: ``tail -F``: go on past a ``complete`` of reason ``shutdown`` or
+            ``reload``, into the next run (of this server or of the one that replaced it).
 
     Returns:
         0 after a run that completed without error, 1 after a failed run, 130 on Ctrl-C.
@@ -324,7 +338,7 @@ def tail(
     resolved = resolve_target(target, token=token, config_path=config_path)
     printer = Raw(out) if raw else Pretty(out)
     try:
-        return _Follower(resolved, since, printer).follow(max_retries)
+        return _Follower(resolved, since, printer, runs=follow_runs).follow(max_retries)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

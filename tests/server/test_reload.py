@@ -313,3 +313,60 @@ def test_reload_rereads_every_file_and_keeps_the_sets(project: Path) -> None:
             lines = r.iter_lines()
             first = orjson.loads(next(lines))
         assert first["run"] == b["run"]
+
+
+def test_event_source_follows_into_the_new_run(project: Path) -> None:
+    """An EventSource reconnecting with Last-Event-ID of the reloaded run's `complete`
+    gets the new run from its first retained envelope (not 204)."""
+    out = project.parent / "out"
+    with ServerProcess(project) as server:
+        run_a = state(server, "a")["run"]
+        (project.parent / "helpers.py").write_text("def label():\n    return 'v2'\n")
+        server.signal(signal.SIGHUP)
+        wait_until(reloaded(server, 1), timeout=20)
+        last = [e for e in envelopes(out / "a.ndjson") if e["run"] == run_a][-1]
+        assert last["status"] == "complete" and last["reason"] == "reload"
+        headers = {"Last-Event-ID": f"{run_a}:{last['seq']}"}
+        with httpx.stream(
+            "GET", server.url("/pipelines/a/events"), headers=headers, timeout=10
+        ) as response:
+            assert response.status_code == 200
+            data = next(x for x in response.iter_lines() if x.startswith("data:"))
+        first = orjson.loads(data.removeprefix("data:").strip())
+        assert first["status"] == "starting" and first["seq"] == 1
+        assert first["run"] == state(server, "a")["run"] != run_a
+
+
+REQUEST_CONFIG = """
+    pipelines:
+      r:
+        trigger: request
+        source: {use: my_stages:ticks, with: {interval: 0.01}}
+        transforms:
+          - use: my_stages:tag
+"""
+
+
+def test_request_pipeline_streams_drain_and_new_requests_run_new_code(tmp_path: Path) -> None:
+    """A changed `trigger: request` pipeline: each open request run ends with
+    complete(reason=reload); the next request runs the new code."""
+    (tmp_path / "my_stages.py").write_text(textwrap.dedent(STAGES))
+    (tmp_path / "helpers.py").write_text(textwrap.dedent(HELPERS_V1))
+    config = tmp_path / "pipelines.yaml"
+    config.write_text(textwrap.dedent(REQUEST_CONFIG))
+    with ServerProcess(config) as server:
+        with httpx.stream("GET", server.url("/pipelines/r/stream"), timeout=20) as response:
+            lines = response.iter_lines()
+            got = [orjson.loads(next(lines)) for _ in range(3)]
+            (tmp_path / "helpers.py").write_text("def label():\n    return 'v2'\n")
+            server.signal(signal.SIGHUP)
+            got += [orjson.loads(x) for x in lines]
+        assert got[-1]["status"] == "complete" and got[-1]["reason"] == "reload"
+        labels = {e["data"]["label"] for e in got if e["status"] == "processing"}
+        assert labels == {"v1"}
+        wait_until(reloaded(server, 1), timeout=20)
+        with httpx.stream("GET", server.url("/pipelines/r/stream"), timeout=20) as response:
+            lines = response.iter_lines()
+            fresh = [orjson.loads(next(lines)) for _ in range(3)]
+        assert [e["status"] for e in fresh] == ["starting", "processing", "processing"]
+        assert {e["data"]["label"] for e in fresh[1:]} == {"v2"}
