@@ -5,15 +5,15 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from tests.http_helpers import ROOT, ServerProcess, wait_until
-from tests.test_reload import HELPERS_V1, STAGES
+from tests.server.test_reload import HELPERS_V1, STAGES
 
 CONFIG = """
     pipelines:
