@@ -272,6 +272,7 @@ def stages(markdown: bool) -> None:
 @main.command(name="test")
 @click.argument("files", nargs=-1)
 @_config_option
+@_set_option
 @click.option("--junit", "junit", default=None, help="Also write a JUnit XML report here.")
 @click.option("--update", is_flag=True, help="Rewrite the golden files of the cases run.")
 @click.option("-k", "keyword", default=None, help="Only the cases whose name contains this.")
@@ -284,7 +285,8 @@ def stages(markdown: bool) -> None:
 )
 def test_(
     files: tuple[str, ...],
-    config_path: str,
+    config_path: tuple[str, ...],
+    sets: tuple[str, ...],
     junit: str | None,
     update: bool,
     keyword: str | None,
@@ -294,10 +296,12 @@ def test_(
     from pipeline.testing import runner
 
     logmod.configure("json", log_level)
-    _, resolved = load_pipelines(config_path)
-    found = list(files) or [str(p) for p in sorted(Path(config_path).parent.glob("*.test.yaml"))]
+    _, resolved = load_pipelines(config_path, sets)
+    beside = Path(config_path[0]).parent
+    found = list(files) or [str(p) for p in sorted(beside.glob("*.test.yaml"))]
     if not found:
-        click.echo(f"{config_path}: no *.test.yaml beside it; name the test files", err=True)
+        shown = _shown(config_path, sets)
+        click.echo(f"{shown}: no *.test.yaml beside it; name the test files", err=True)
         sys.exit(2)
     try:
         cases = runner.load_all(found, resolved)
