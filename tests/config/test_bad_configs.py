@@ -54,6 +54,7 @@ def test_corpus_is_large_enough() -> None:
     assert all((CORPUS / n).with_suffix(".expected").exists() for n in CASES)
 
 
+@pytest.mark.timeout(600)  # the first case's setup runs the whole corpus (51 subprocesses)
 @pytest.mark.parametrize("name", CASES)
 def test_validate_reports_exact_problems(
     name: str, results: dict[str, subprocess.CompletedProcess[str]]
