@@ -14,6 +14,7 @@ from pipeline.errors import (
     StageParamsError,
 )
 from pipeline.inlet import Inlet
+from pipeline.meter import report_backlog
 from pipeline.stage import sink, stream_transform
 from pipeline.types import BadChunk, Chunk, Delivery, Envelope, Message
 
@@ -28,6 +29,7 @@ __all__ = [
     "PipelineError",
     "StageLoadError",
     "StageParamsError",
+    "report_backlog",
     "sink",
     "stream_transform",
 ]

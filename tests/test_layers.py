@@ -15,7 +15,7 @@ import pipeline
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "pipeline"
 
-VOCABULARY = {"types": 0, "errors": 0, "log": 0, "envelope": 1, "stage": 1, "inlet": 1}
+VOCABULARY = {"types": 0, "errors": 0, "log": 0, "meter": 0, "envelope": 1, "stage": 1, "inlet": 1}
 """Top-level modules every room may use, by level."""
 
 ALLOWED = {

@@ -18,6 +18,7 @@ def test_public_names_are_pinned() -> None:
         "PipelineError",
         "StageLoadError",
         "StageParamsError",
+        "report_backlog",
         "sink",
         "stream_transform",
     ]

@@ -55,6 +55,7 @@ class ServerConfig(_Model):
     max_clients: int = Field(default=1000, gt=0)
     shutdown_timeout: float = Field(default=10.0, ge=0)
     cors_origins: list[str] = Field(default_factory=list)
+    metrics_token: str = ""
 
 
 class RetryConfig(_Model):
@@ -312,11 +313,13 @@ def describe(config: Config) -> dict[str, Any]:
     """Describe ``config`` as JSON-able data for ``pipeline list``.
 
     Every value that came from the environment is replaced by ``***``, and so are a
-    non-empty ``server.token`` and the password of a URL (``postgresql://u:***@h/db``).
+    non-empty ``server.token`` or ``server.metrics_token`` and the password of a URL
+    (``postgresql://u:***@h/db``).
     """
     server = config.server.model_dump()
-    if server["token"]:
-        server["token"] = MASK
+    for key in ("token", "metrics_token"):
+        if server[key]:
+            server[key] = MASK
     pipelines = {
         name: _describe_pipeline(config, ("pipelines", name), p)
         for name, p in config.pipelines.items()

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections import deque
 from collections.abc import Awaitable, Iterable
 from typing import Any
 
+from pipeline.meter import Histogram
 from pipeline.types import AckFn, Envelope, OnEnvelope
 
-__all__ = ["Ack", "AckRunner", "notify_all", "release_all", "retain_all"]
+__all__ = ["Ack", "AckRunner", "Probe", "notify_all", "release_all", "retain_all"]
 
 
 class AckRunner:
@@ -32,6 +34,8 @@ class AckRunner:
         self._log = log
         self._closing = False
         self.done = 0
+        self.pending = 0
+        """Acks created and not yet released (messages read, not yet acknowledged)."""
 
     def submit(self, awaitable: Awaitable[Any]) -> None:
         """Queue an awaitable returned by an ack function (never blocks)."""
@@ -73,14 +77,43 @@ class Ack:
         self.runner = runner
         self.on_envelope = on_envelope
         self.count = 1
+        runner.pending += 1
 
     def release(self) -> None:
         """Drop one reference; run the acknowledgement when none are left."""
         self.count -= 1
         if self.count == 0:
+            self.runner.pending -= 1
             result = self.fn()
             if inspect.isawaitable(result):
                 self.runner.submit(result)
+
+
+class Probe(Ack):
+    """Rides with a sampled chunk like an ack: records the time from read to accepted.
+
+    ``kept`` is set when an envelope made from the chunk is delivered (the engine tells
+    every ack of a delivered envelope, see `notify_all`), so a chunk dropped by a filter
+    records nothing.
+    """
+
+    __slots__ = ("hist", "kept", "started")
+
+    def __init__(self, hist: Histogram, started: float) -> None:  # no fn, no runner
+        self.count = 1
+        self.hist = hist
+        self.started = started
+        self.kept = False
+        self.on_envelope = self._keep
+
+    def _keep(self, env: Envelope) -> None:
+        self.kept = True
+
+    def release(self) -> None:
+        """Drop one reference; record the latency when the last one was delivered."""
+        self.count -= 1
+        if self.count == 0 and self.kept:
+            self.hist.observe(time.perf_counter() - self.started)
 
 
 def release_all(acks: Iterable[Ack]) -> None:

@@ -9,6 +9,8 @@ runs its chunks as bounded tasks.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import aclosing
@@ -17,7 +19,9 @@ from typing import Any
 from pipeline.engine.acks import Ack, release_all, retain_all
 from pipeline.engine.isolate import (
     apply_steps,
+    apply_timed,
     call_sync,
+    failed,
     flat_caller,
     is_fast,
     map_caller,
@@ -25,11 +29,13 @@ from pipeline.engine.isolate import (
 )
 from pipeline.engine.items import Carry, Failure, unwrap
 from pipeline.engine.source import SourceReader
+from pipeline.meter import SAMPLE_EVERY, PipelineMeter, StageMeter
 from pipeline.stage import ResolvedStage
 
 __all__ = ["StageCrash", "all_fast", "build_chain"]
 
 _END: Any = object()
+_SAMPLE = SAMPLE_EVERY - 1
 
 
 class StageCrash(Exception):
@@ -42,35 +48,58 @@ class StageCrash(Exception):
 
 
 async def _maps_fast(
-    upstream: AsyncIterator[Any], stages: list[ResolvedStage]
+    upstream: AsyncIterator[Any], stages: list[ResolvedStage], meter: PipelineMeter
 ) -> AsyncIterator[Any]:
     """Consecutive sync maps without timeout, retry or thread: direct calls, one hop."""
-    steps = steps_of(stages)
+    steps = steps_of(stages, meter)
+    first = steps[0][2]
+    for (_, _, m), (_, _, after) in itertools.pairwise(steps):
+        after.upstream = m  # calls after the first are derived
     async with aclosing(upstream):  # type: ignore[type-var]
         async for item in upstream:
+            if not failed(item):
+                first.calls += 1
+                if first.calls & _SAMPLE == 1:
+                    item = apply_timed(item, steps)
+                    if item is not None:
+                        yield item
+                    continue
             item = apply_steps(item, steps)
             if item is not None:
                 yield item
 
 
-async def _maps(upstream: AsyncIterator[Any], stages: list[ResolvedStage]) -> AsyncIterator[Any]:
+async def _maps(
+    upstream: AsyncIterator[Any], stages: list[ResolvedStage], meter: PipelineMeter
+) -> AsyncIterator[Any]:
     """Consecutive maps, some async, timed, retried or in a thread: one hop for them all."""
     steps = [
-        (map_caller(s), s.id, True) if not is_fast(s) else (*steps_of([s])[0], False)
+        (map_caller(s, meter.stage(s.id)), s.id, True, meter.stage(s.id))
+        if not is_fast(s)
+        else (*steps_of([s], meter)[0][:2], False, meter.stage(s.id))
         for s in stages
     ]
+    clock = time.perf_counter
     async with aclosing(upstream):  # type: ignore[type-var]
         async for item in upstream:
             chunk, acks = unwrap(item)
             if type(chunk) is Failure:
                 yield item
                 continue
-            for call, sid, awaited in steps:
+            for call, sid, awaited, m in steps:
+                m.calls += 1
+                started = clock() if m.calls & _SAMPLE == 1 else 0.0
                 if awaited:
                     chunk = await call(chunk)
                 else:
                     chunk = call_sync(call, sid, chunk)
-                if chunk is None or type(chunk) is Failure:
+                if started:
+                    m.seconds.observe(clock() - started)
+                if chunk is None:
+                    m.dropped += 1
+                    break
+                if type(chunk) is Failure:
+                    m.errors += 1
                     break
             if chunk is None:
                 release_all(acks)
@@ -89,21 +118,41 @@ async def _apply_map(call: Callable[[Any], Any], item: Any) -> Any:
     return Carry(result, acks) if acks else result
 
 
-async def _flat(upstream: AsyncIterator[Any], stage: ResolvedStage) -> AsyncIterator[Any]:
+def _count_outputs(m: StageMeter, outputs: list[Any], started: float) -> None:
+    """Record one flat-map call: its outcome from its outputs, and its time if sampled."""
+    if started:
+        m.seconds.observe(time.perf_counter() - started)
+    if not outputs:
+        m.dropped += 1
+    elif type(outputs[-1]) is Failure:
+        m.errors += 1
+
+
+async def _flat(
+    upstream: AsyncIterator[Any], stage: ResolvedStage, meter: PipelineMeter
+) -> AsyncIterator[Any]:
     """A flat-map, one chunk at a time: outputs stream as the stage yields them."""
-    call = flat_caller(stage)
+    m = meter.stage(stage.id)
+    call = flat_caller(stage, m)
+    clock = time.perf_counter
     async with aclosing(upstream):  # type: ignore[type-var]
         async for item in upstream:
             chunk, acks = unwrap(item)
             if type(chunk) is Failure:
                 yield item
                 continue
+            m.calls += 1
+            started = clock() if m.calls & _SAMPLE == 1 else 0.0
             outputs = [out async for out in call(chunk)] if acks else None
             if outputs is None:
+                last: list[Any] = []
                 async with aclosing(call(chunk)) as outs:  # type: ignore[type-var]
                     async for out in outs:
+                        last[:] = [out]
                         yield out
+                _count_outputs(m, last, started)
                 continue
+            _count_outputs(m, outputs, started)
             for out in _spread(outputs, acks):
                 yield out
 
@@ -116,29 +165,40 @@ def _spread(outputs: list[Any], acks: tuple[Ack, ...]) -> list[Any]:
     return [Carry(out, acks) for out in outputs]
 
 
-def _one_call(stage: ResolvedStage) -> Callable[[Any], Any]:
+def _one_call(stage: ResolvedStage, m: StageMeter) -> Callable[[Any], Any]:
     """``one(item) -> list of output items`` for one chunk of a concurrent stage."""
+    clock = time.perf_counter
     if stage.kind == "flat_map":
-        call = flat_caller(stage)
+        call = flat_caller(stage, m)
 
         async def one_flat(item: Any) -> list[Any]:
             chunk, acks = unwrap(item)
             if type(chunk) is Failure:
                 return [item]
+            m.calls += 1
+            started = clock() if m.calls & _SAMPLE == 1 else 0.0
             outputs = [out async for out in call(chunk)]
+            _count_outputs(m, outputs, started)
             return _spread(outputs, acks) if acks else outputs
 
         return one_flat
-    mapped = map_caller(stage)
+    mapped = map_caller(stage, m)
 
     async def one_map(item: Any) -> list[Any]:
+        if failed(item):
+            return [item]
+        m.calls += 1
+        started = clock() if m.calls & _SAMPLE == 1 else 0.0
         out = await _apply_map(mapped, item)
+        _count_outputs(m, [] if out is None else [unwrap(out)[0]], started)
         return [] if out is None else [out]
 
     return one_map
 
 
-async def _concurrent(upstream: AsyncIterator[Any], stage: ResolvedStage) -> AsyncIterator[Any]:
+async def _concurrent(
+    upstream: AsyncIterator[Any], stage: ResolvedStage, meter: PipelineMeter
+) -> AsyncIterator[Any]:
     """Up to ``concurrency`` chunks in flight, in input order or as they finish.
 
     A feeder task reads upstream and starts one task per chunk once a slot is free; a
@@ -146,7 +206,7 @@ async def _concurrent(upstream: AsyncIterator[Any], stage: ResolvedStage) -> Asy
     (aiostream's ``map`` was measured at 0.72x (ordered) and 0.55x (unordered) of the
     ideal rate for 64 chunks awaiting 10 ms each; this reaches the plain-asyncio rate.)
     """
-    one = _one_call(stage)
+    one = _one_call(stage, meter.stage(stage.id))
     loop = asyncio.get_running_loop()
     slots = asyncio.Semaphore(stage.concurrency)
     ready: asyncio.Queue[Any] = asyncio.Queue(stage.concurrency + 1)
@@ -190,10 +250,18 @@ async def _concurrent(upstream: AsyncIterator[Any], stage: ResolvedStage) -> Asy
         await asyncio.gather(feeder, *running, return_exceptions=True)
 
 
-async def _stream(upstream: AsyncIterator[Any], stage: ResolvedStage) -> AsyncIterator[Any]:
-    """A whole-stream transform: failures bypass it; consumed acks ride on the next output."""
+async def _stream(
+    upstream: AsyncIterator[Any], stage: ResolvedStage, meter: PipelineMeter
+) -> AsyncIterator[Any]:
+    """A whole-stream transform: failures bypass it; consumed acks ride on the next output.
+
+    Its meter counts chunks in (``calls``) and chunks out (``outputs``); no call is timed.
+    """
     bypass: deque[Any] = deque()
     held: list[Ack] = []
+    m = meter.stage(stage.id)
+    if m.outputs is None:
+        m.outputs = 0
 
     async def feed() -> AsyncIterator[Any]:
         async with aclosing(upstream):  # type: ignore[type-var]
@@ -203,12 +271,14 @@ async def _stream(upstream: AsyncIterator[Any], stage: ResolvedStage) -> AsyncIt
                     bypass.append(item)
                     continue
                 held.extend(acks)
+                m.calls += 1
                 yield chunk
 
     produced = stage.fn(feed(), **stage.params)
     try:
         async with aclosing(produced):
             async for out in produced:
+                m.outputs = (m.outputs or 0) + 1
                 while bypass:
                     yield bypass.popleft()
                 if held:
@@ -220,13 +290,16 @@ async def _stream(upstream: AsyncIterator[Any], stage: ResolvedStage) -> AsyncIt
     except StageCrash:
         raise
     except Exception as exc:
+        m.errors += 1
         raise StageCrash(stage.id, exc) from exc
     while bypass:
         yield bypass.popleft()
     release_all(held)
 
 
-def _layer(stage: ResolvedStage) -> Callable[[AsyncIterator[Any], ResolvedStage], Any]:
+def _layer(
+    stage: ResolvedStage,
+) -> Callable[[AsyncIterator[Any], ResolvedStage, PipelineMeter], Any]:
     if stage.kind == "stream":
         return _stream
     if stage.concurrency > 1:
@@ -246,6 +319,7 @@ def build_chain(reader: SourceReader, transforms: Iterable[ResolvedStage]) -> An
     maps at the very start is applied by the source reader itself.
     """
     stages = list(transforms)
+    meter = reader.meter
     lead = 0
     while lead < len(stages) and is_fast(stages[lead]):
         lead += 1
@@ -256,8 +330,8 @@ def build_chain(reader: SourceReader, transforms: Iterable[ResolvedStage]) -> An
             group.append(stage)
             continue
         if group:
-            items = (_maps_fast if all_fast(group) else _maps)(items, group)
+            items = (_maps_fast if all_fast(group) else _maps)(items, group, meter)
             group = []
         if stage is not None:
-            items = _layer(stage)(items, stage)
+            items = _layer(stage)(items, stage, meter)
     return items

@@ -187,6 +187,10 @@ class Fanout:
         """True when there is no sink: delivery is a plain call of ``publish``."""
         return not self._workers and self.publish is not None
 
+    def queued(self) -> dict[str, int]:
+        """Envelopes waiting per sink (the dead-letter sink included), by sink id."""
+        return {w.stage.id: w.queue.qsize() for w in self._workers}
+
     async def start(self) -> None:
         """Start one task per sink."""
         loop = asyncio.get_running_loop()

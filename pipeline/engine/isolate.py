@@ -21,13 +21,16 @@ from typing import Any
 
 from pipeline.engine.acks import release_all
 from pipeline.engine.items import SPECIAL, Carry, Failure, failure
+from pipeline.meter import PipelineMeter, StageMeter
 from pipeline.stage import ResolvedStage, RetryPolicy
 from pipeline.types import Chunk
 
 __all__ = [
     "Step",
     "apply_steps",
+    "apply_timed",
     "call_sync",
+    "failed",
     "flat_caller",
     "is_fast",
     "map_caller",
@@ -80,9 +83,15 @@ def call_sync(fn: Callable[[Chunk], Any], sid: str, chunk: Chunk) -> Any:
         return failure(sid, exc, chunk)
 
 
-def map_caller(stage: ResolvedStage) -> Callable[[Any], Awaitable[Any]]:
-    """Return ``call(chunk) -> new chunk | None | Failure`` for a per-chunk map stage."""
+def map_caller(
+    stage: ResolvedStage, meter: StageMeter | None = None
+) -> Callable[[Any], Awaitable[Any]]:
+    """Return ``call(chunk) -> new chunk | None | Failure`` for a per-chunk map stage.
+
+    Each retry attempt is counted on ``meter`` (``retried``).
+    """
     policy, sid = stage.retry, stage.id
+    m = meter or StageMeter(sid)
     if (
         policy.attempts <= 1
         and stage.timeout is None
@@ -107,6 +116,7 @@ def map_caller(stage: ResolvedStage) -> Callable[[Any], Awaitable[Any]]:
             except Exception as exc:
                 if attempt + 1 >= policy.attempts:
                     return failure(sid, exc, chunk)
+            m.retried += 1
             await asyncio.sleep(_delay(policy, attempt))
         raise AssertionError  # pragma: no cover - attempts >= 1
 
@@ -129,14 +139,18 @@ def _flat_source(stage: ResolvedStage, chunk: Any) -> AsyncIterator[Any]:
     return from_sync()
 
 
-def flat_caller(stage: ResolvedStage) -> Callable[[Any], AsyncIterator[Any]]:
+def flat_caller(
+    stage: ResolvedStage, meter: StageMeter | None = None
+) -> Callable[[Any], AsyncIterator[Any]]:
     """Return ``call(chunk)``: an async iterator of output chunks, then maybe a `Failure`.
 
     Outputs stream as the stage yields them. A failure after some outputs keeps those
     outputs and ends with the `Failure`; a retry happens only while nothing was yielded,
-    so no output is ever duplicated. ``timeout`` bounds the whole chunk.
+    so no output is ever duplicated. ``timeout`` bounds the whole chunk. Each retry
+    attempt is counted on ``meter`` (``retried``).
     """
     policy, sid, timeout = stage.retry, stage.id, stage.timeout
+    m = meter or StageMeter(sid)
 
     async def call(chunk: Any) -> AsyncIterator[Any]:
         for attempt in range(policy.attempts):
@@ -158,47 +172,78 @@ def flat_caller(stage: ResolvedStage) -> Callable[[Any], AsyncIterator[Any]]:
                     return
             finally:
                 await gen.aclose()  # type: ignore[attr-defined]
+            m.retried += 1
             await asyncio.sleep(_delay(policy, attempt))
 
     return call
 
 
-Step = tuple[Callable[[Any], Any], str]
+Step = tuple[Callable[[Any], Any], str, StageMeter]
 
 
-def steps_of(stages: Iterable[ResolvedStage]) -> list[Step]:
-    """Bind each plain sync map to its parameters, with its stage id."""
-    return [(functools.partial(s.fn, **s.params) if s.params else s.fn, s.id) for s in stages]
+def steps_of(stages: Iterable[ResolvedStage], meter: PipelineMeter) -> list[Step]:
+    """Bind each plain sync map to its parameters, with its stage id and its meter."""
+    return [
+        (functools.partial(s.fn, **s.params) if s.params else s.fn, s.id, meter.stage(s.id))
+        for s in stages
+    ]
 
 
 def apply_steps(item: Any, steps: list[Step]) -> Any:
-    """Run consecutive plain sync maps on one item; None when a map dropped it."""
+    """Run consecutive plain sync maps on one item; None when a map dropped it.
+
+    Drops and errors are counted on each stage's meter (calls are counted by the caller).
+    """
     if type(item) in SPECIAL:
-        for fn, sid in steps:
-            item = special_map(item, fn, sid)
+        for step in steps:
+            item = special_map(item, step)
             if item is None:
                 return None
         return item
-    for fn, sid in steps:
+    for fn, sid, m in steps:
         try:
             result = fn(item)
         except Exception as exc:
+            m.errors += 1
             return failure(sid, exc, item)
         if result is None:
+            m.dropped += 1
             return None
         item = result
     return item
 
 
-def special_map(item: Any, fn: Callable[[Any], Any], sid: str) -> Any:
+def failed(item: Any) -> bool:
+    """Whether ``item`` is a `Failure`, bare or carried."""
+    return type(item) is Failure or (type(item) is Carry and type(item.chunk) is Failure)
+
+
+def apply_timed(item: Any, steps: list[Step]) -> Any:
+    """`apply_steps`, recording how long each call took (the sampled chunks)."""
+    if failed(item):
+        return item
+    clock = time.perf_counter
+    for step in steps:
+        started = clock()
+        item = apply_steps(item, [step])
+        step[2].seconds.observe(clock() - started)
+        if item is None:
+            return None
+    return item
+
+
+def special_map(item: Any, step: Step) -> Any:
     """Apply one sync map to a `Carry` or pass a `Failure` through; None when dropped."""
     if type(item) is Failure or type(item.chunk) is Failure:
         return item
+    fn, sid, m = step
     try:
         result = fn(item.chunk)
     except Exception as exc:
+        m.errors += 1
         return Carry(failure(sid, exc, item.chunk), item.acks)
     if result is None:
+        m.dropped += 1
         release_all(item.acks)
         return None
     return Carry(result, item.acks)

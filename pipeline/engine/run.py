@@ -35,6 +35,7 @@ from pipeline.envelope import (
     processing,
 )
 from pipeline.log import get_logger
+from pipeline.meter import PipelineMeter
 from pipeline.stage import ResolvedStage
 from pipeline.types import Envelope, Reason
 
@@ -67,6 +68,7 @@ class Run:
         source_params: Mapping[str, Any] | None = None,
         run_id: str | None = None,
         sink_buffer: int = 256,
+        meter: PipelineMeter | None = None,
     ) -> None:
         self.name = name
         self.id = run_id or new_run_id()
@@ -81,6 +83,8 @@ class Run:
         self.errors = 0
         self.log = get_logger(pipeline=name, run=self.id)
         self.acks = AckRunner(self.log)
+        self.meter = meter or PipelineMeter(name)
+        self.meter.chain(source.id, (t.id for t in self.transforms))
         self._params = None if source_params is None else dict(source_params)
         self._fanout = Fanout(
             sinks,
@@ -170,6 +174,7 @@ class Run:
         """Run to the end; return the ``complete`` reason. Re-raises cancellation."""
         self._started = time.monotonic()
         self.state = "running"
+        self.meter.begin(self)
         self.log.info("run_started")
         await self._fanout.start()
         outer_cancel = False
@@ -218,7 +223,7 @@ class Run:
         return self._stop_reason if self._stopping else "finished"
 
     async def _drive(self) -> None:
-        reader = SourceReader(self.source, self.acks, self._params)
+        reader = SourceReader(self.source, self.acks, self._params, self.meter)
         self._reader = reader
         if self._stopping:
             reader.stop()
@@ -267,11 +272,14 @@ class Run:
         return emit
 
     async def _finish(self) -> None:
-        if self._reject_task is not None and not self._reject_task.done():
-            self._reject_task.cancel()
-            await asyncio.gather(self._reject_task, return_exceptions=True)
-        await self._fanout.close()
-        await self.acks.aclose()
+        try:
+            if self._reject_task is not None and not self._reject_task.done():
+                self._reject_task.cancel()
+                await asyncio.gather(self._reject_task, return_exceptions=True)
+            await self._fanout.close()
+            await self.acks.aclose()
+        finally:
+            self.meter.finish(self, self.reason or "cancelled")
         self.state = "failed" if self.reason == "error" else "completed"
         self.done.set()
 
@@ -355,6 +363,10 @@ class Run:
             "complete": 1 if self.reason else 0,
         }
         return {k: v for k, v in counts.items() if v}
+
+    def sink_queues(self) -> dict[str, int]:
+        """Envelopes waiting in each sink's queue (by sink id)."""
+        return self._fanout.queued()
 
     def stats(self) -> dict[str, Any]:
         """The run's stats so far, as in the ``complete`` envelope."""

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from typing import Any
 
-from pipeline.engine.acks import Ack, AckRunner
-from pipeline.engine.isolate import apply_steps, steps_of
+from pipeline.engine.acks import Ack, AckRunner, Probe
+from pipeline.engine.isolate import Step, apply_steps, apply_timed, failed, steps_of
 from pipeline.engine.items import Carry, Item, failure
+from pipeline.meter import LATENCY_INTERVAL, PipelineMeter, current_source
 from pipeline.stage import ResolvedStage
 from pipeline.types import BadChunk, Message
 
@@ -77,11 +79,19 @@ class SourceReader:
     """
 
     def __init__(
-        self, stage: ResolvedStage, runner: AckRunner, params: dict[str, Any] | None = None
+        self,
+        stage: ResolvedStage,
+        runner: AckRunner,
+        params: dict[str, Any] | None = None,
+        meter: PipelineMeter | None = None,
     ) -> None:
         self.stage = stage
         self.params = dict(stage.params) if params is None else params
         self.runner = runner
+        self.meter = meter or PipelineMeter("")
+        self.counts = self.meter.source_meter(stage.id)
+        self._last_probe = 0.0
+        self._probe_tries = 0
         self.error: BaseException | None = None
         self.stopping = False
         self._waiting: asyncio.Task[Any] | None = None
@@ -100,6 +110,7 @@ class SourceReader:
                 return raw.data
             return Carry(raw.data, (Ack(raw.ack, self.runner, raw.on_envelope),))
         assert type(raw) is BadChunk
+        self.counts.bad += 1
         acks = () if raw.ack is None else (Ack(raw.ack, self.runner, raw.on_envelope),)
         fail = failure(self.stage.id, raw.error, raw.raw)
         return Carry(fail, acks) if acks else fail
@@ -114,7 +125,13 @@ class SourceReader:
         or an awaitable to wait for): a chain of plain sync maps then costs no async hop
         at all beyond the source's own.
         """
-        steps = steps_of(maps)
+        steps = steps_of(maps, self.meter)
+        counts = self.counts
+        upstream: Any = counts
+        for _, _, m in steps:  # their calls are derived, not counted one by one
+            m.upstream = upstream
+            upstream = m
+        current_source.set(counts)
         try:
             source = _open(self.stage, self.params)
         except Exception as exc:
@@ -141,8 +158,13 @@ class SourceReader:
                     return
                 finally:
                     self._waiting = None
+                counts.read += 1
                 item = self._item(raw) if type(raw) in wrapped else raw
-                if steps:
+                if budget == _CHECK_EVERY:  # one chunk in 16: timed, maybe a latency probe
+                    item = self._sampled(item, steps)
+                    if item is None and self._probe_tries:
+                        budget += 1  # dropped while a probe is due: the next one is sampled
+                elif steps:
                     item = apply_steps(item, steps)
                 if item is not None:
                     if emit is None:
@@ -157,3 +179,29 @@ class SourceReader:
                     if since_yield >= FAIRNESS_EVERY or now - last_yield >= FAIRNESS_SECONDS:
                         await asyncio.sleep(0)
                         since_yield, last_yield = 0, clock()
+
+    def _sampled(self, item: Any, steps: list[Step]) -> Any:
+        """Apply the maps timing each call; attach a latency probe now and then.
+
+        When a probe is due and the chunk is dropped, the next chunks are sampled too
+        (at most `_CHECK_EVERY` of them), so a filter cannot starve the latency histogram.
+        """
+        started = time.perf_counter()
+        if steps:
+            item = apply_timed(item, steps)
+        if started - self._last_probe < LATENCY_INTERVAL:
+            return item
+        if item is None:
+            tries = self._probe_tries or _CHECK_EVERY + 1
+            self._probe_tries = tries - 1
+            if tries == 1:  # gave up: try again after the next interval
+                self._last_probe = started
+            return None
+        self._probe_tries = 0
+        if failed(item):
+            return item
+        self._last_probe = started
+        probe = Probe(self.meter.latency, started)
+        if type(item) is Carry:
+            return Carry(item.chunk, (*item.acks, probe))
+        return Carry(item, (probe,))

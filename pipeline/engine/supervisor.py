@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from pipeline.engine.run import Run
 from pipeline.inlet import Inlet, inlet_parameter
 from pipeline.log import get_logger
+from pipeline.meter import PipelineMeter
 from pipeline.stage import ResolvedStage
 from pipeline.types import Envelope, Reason
 
@@ -55,6 +56,7 @@ class _Slot:
     request_runs: set[Run] = field(default_factory=set)
     inlet: tuple[str, Inlet] | None = None
     successor: tuple[PipelineSpec, Feed | None, bool] | None = None  # spec, feed, start
+    meter: PipelineMeter = field(default_factory=lambda: PipelineMeter(""))
 
 
 @dataclass
@@ -108,7 +110,9 @@ class Supervisor:
         inlets: bool = False,
     ) -> None:
         feeds = feeds or {}
-        self._slots = {n: _Slot(p, feeds.get(n)) for n, p in pipelines.items()}
+        self._slots = {
+            n: _Slot(p, feeds.get(n), meter=PipelineMeter(n)) for n, p in pipelines.items()
+        }
         self._inlets = inlets
         for slot in self._slots.values():
             self._bind_inlet(slot)
@@ -139,6 +143,7 @@ class Supervisor:
             max_chunk_errors=spec.config.max_chunk_errors,
             publish=publish,
             source_params=source_params,
+            meter=slot.meter,
         )
 
     def inlet(self, name: str) -> Inlet | None:
@@ -216,6 +221,10 @@ class Supervisor:
             slot.request_runs.discard(run)
             feed.end_run()
 
+    def meter(self, name: str) -> PipelineMeter:
+        """The counters of pipeline ``name``, over all its runs (SPEC §9)."""
+        return self._slots[name].meter
+
     def runs(self) -> list[Run]:
         """Every run in progress."""
         out = [s.run for s in self._slots.values() if s.run is not None and not s.run.done.is_set()]
@@ -257,7 +266,8 @@ class Supervisor:
             spec = specs.get(name)
             if slot is None:
                 if spec is not None:
-                    self._slots[name] = slot = _Slot(spec, feeds.get(name))
+                    slot = _Slot(spec, feeds.get(name), meter=PipelineMeter(name))
+                    self._slots[name] = slot
                     if name in start and not self.shutting_down:
                         self._start_slot(slot)
                 continue

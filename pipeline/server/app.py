@@ -29,6 +29,13 @@ from pipeline.hub.hub import BadSince, Hub, parse_since
 from pipeline.log import get_logger
 from pipeline.server.auth import Auth, Refusal
 from pipeline.server.ingest import IngestRefused, receive
+from pipeline.server.metrics import (
+    TRANSPORTS,
+    PipelineCollector,
+    metrics_text,
+    registry_for,
+    snapshot,
+)
 from pipeline.server.streams import (
     JSONLStream,
     NDJSONStream,
@@ -80,6 +87,9 @@ class ServerState:
         self.request_clients: dict[str, int] = dict.fromkeys(pipelines, 0)
         self.request_dropped: dict[str, int] = dict.fromkeys(pipelines, 0)
         self.auth = Auth(settings.token, settings.cors_origins)
+        self.transports = {n: dict.fromkeys(TRANSPORTS, 0) for n in pipelines}
+        self.metrics_auth = Auth(settings.metrics_token, settings.cors_origins)
+        self._registry: Any = None
 
     def update(self, pipelines: Mapping[str, ResolvedPipeline], hubs: Mapping[str, Hub]) -> None:
         """Serve a reloaded set of pipelines; ``hubs`` replaces the hubs it names.
@@ -95,6 +105,7 @@ class ServerState:
         for name in self.pipelines:
             self.request_clients.setdefault(name, 0)
             self.request_dropped.setdefault(name, 0)
+            self.transports.setdefault(name, dict.fromkeys(TRANSPORTS, 0))
 
     def close_hubs(self) -> None:
         """End every open stream once it has drained (shutdown, after the runs ended)."""
@@ -105,8 +116,30 @@ class ServerState:
         """Whether the request carries the bearer token or the session cookie."""
         return self.auth.authorized(conn)
 
+    def metrics_authorized(self, conn: HTTPConnection) -> bool:
+        """Whether ``GET /metrics`` may be served (``server.metrics_token``, if set)."""
+        return self.metrics_auth.authorized(conn)
+
+    def dropped(self, name: str) -> int:
+        """Clients of pipeline ``name`` dropped for falling behind, so far."""
+        hub = self.hubs.get(name)
+        return self.request_dropped[name] + (hub.dropped_clients if hub is not None else 0)
+
+    def metrics(self) -> tuple[bytes, str]:
+        """The Prometheus text of every pipeline's counters, read now."""
+        if self._registry is None:
+            sup = self.supervisor
+            collector = PipelineCollector(
+                lambda: {n: sup.meter(n) for n in self.pipelines},
+                lambda n: str(sup.state(n)["state"]),
+                self.transports.__getitem__,
+                self.dropped,
+            )
+            self._registry = registry_for(collector)
+        return metrics_text(self._registry)
+
     def state(self, name: str) -> dict[str, Any]:
-        """The JSON state of one pipeline, with its clients."""
+        """The JSON state of one pipeline, with its clients and its ``metrics``."""
         out = self.supervisor.state(name)
         hub = self.hubs.get(name)
         if hub is not None:
@@ -121,6 +154,7 @@ class ServerState:
                 "dropped_clients": self.request_dropped[name],
                 "last_seq": None,
             }
+        out["metrics"] = snapshot(out, self.supervisor.meter(name), self.transports[name])
         return out
 
     def open_stream(self, conn: HTTPConnection, *, sse: bool = False) -> tuple[Hub, StreamOptions]:
@@ -150,6 +184,7 @@ class ServerState:
             _no_params(conn.query_params)
             hub, opts = self.hubs[name], self._options(since, conn, None)
         self.open += 1
+        self._count_client(name, conn, sse, opts)
         return hub, opts
 
     def _nothing_newer(self, rp: ResolvedPipeline, run: str | None, seq: int) -> bool:
@@ -163,6 +198,22 @@ class ServerState:
         if rp.config.trigger == "request":
             return all(hub.run != run for hub in self.request_hubs)
         return self.hubs[rp.name].finished(run, seq)
+
+    def _count_client(
+        self, name: str, conn: HTTPConnection, sse: bool, opts: StreamOptions
+    ) -> None:
+        """Count the stream under its transport until it closes."""
+        transport = "ws" if conn.scope["type"] == "websocket" else "sse" if sse else "ndjson"
+        counts = self.transports[name]
+        counts[transport] += 1
+        inner = opts.on_close
+
+        def closed() -> None:
+            counts[transport] -= 1
+            if inner is not None:
+                inner()
+
+        opts.on_close = closed
 
     def _pipeline(self, name: str) -> ResolvedPipeline:
         rp = self.pipelines.get(name)
@@ -298,6 +349,12 @@ def create_app(streams: ServerState) -> Starlette:
         except IngestRefused as exc:
             return error(exc.status, exc.kind, exc.message, exc.headers)
 
+    async def metrics(request: Request) -> Response:
+        if not streams.metrics_authorized(request):
+            return error(401, "unauthorized", "missing or wrong bearer token (metrics_token)")
+        body, content_type = streams.metrics()
+        return Response(body, headers={"content-type": content_type})
+
     async def ws_over_http(request: Request) -> Response:
         return error(426, "upgrade_required", "this endpoint needs a WebSocket upgrade")
 
@@ -332,6 +389,7 @@ def create_app(streams: ServerState) -> Starlette:
     routes = [
         Route("/healthz", healthz),
         Route("/session", session, methods=["POST", "DELETE"]),
+        Route("/metrics", metrics),
         Route("/pipelines", list_pipelines),
         Route("/pipelines/{name}", one_pipeline),
         Route("/pipelines/{name}/stream", ndjson),

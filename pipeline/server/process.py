@@ -275,7 +275,7 @@ def serve(
         )
         return 2
     server = build(cfg, resolved, names=names, current=current, take=take, watch=watch)
-    scrub = _Scrub([cfg.server.token])
+    scrub = _Scrub([cfg.server.token, cfg.server.metrics_token])
     install_cut_filter()
     for name in ("uvicorn.access", "uvicorn.error"):
         logging.getLogger(name).addFilter(scrub)
