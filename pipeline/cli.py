@@ -361,5 +361,31 @@ def tail(
     sys.exit(code)
 
 
+@main.command()
+@click.argument("url", required=False)
+@_config_option
+@click.option("--token", envvar="PIPELINE_TOKEN", default=None, help="Bearer token.")
+@click.option("--once", is_flag=True, help="Print one table (rates over one second) and exit.")
+@_common
+def top(
+    url: str | None,
+    config_path: tuple[str, ...],
+    token: str | None,
+    once: bool,
+    log_format: logmod.LogFormat,
+    log_level: str,
+) -> None:
+    """Live table of a server's pipelines and stages (URL, or the config's server)."""
+    import pipeline.client.top as topmod
+
+    logmod.configure(log_format, log_level)
+    try:
+        code = topmod.top(url, token=token, config_path=[Path(p) for p in config_path], once=once)
+    except PipelineError as exc:
+        click.echo(f"pipeline top: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

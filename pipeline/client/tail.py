@@ -45,7 +45,14 @@ from pipeline import log as logmod
 from pipeline.client.render import Pretty, Raw, compact, format_envelope
 from pipeline.errors import PipelineError
 
-__all__ = ["TailError", "format_envelope", "resolve_target", "tail"]
+__all__ = [
+    "TailError",
+    "auth_headers",
+    "configured_server",
+    "format_envelope",
+    "resolve_target",
+    "tail",
+]
 
 BACKOFF_START = 0.2
 BACKOFF_MAX = 5.0
@@ -98,6 +105,19 @@ def resolve_target(target: str, *, token: str | None, config_path: Path | Sequen
     if not _NAME_RE.match(target):
         msg = f"`{target}` is neither a URL nor a pipeline name"
         raise TailError(msg)
+    base, heartbeat, config_token = configured_server(config_path)
+    url = f"{base}/pipelines/{quote(target, safe='')}/stream"
+    read_timeout = max(READ_TIMEOUT, 3 * heartbeat)
+    return Target(url, token if token is not None else (config_token or None), read_timeout)
+
+
+def configured_server(config_path: Path | Sequence[Path]) -> tuple[str, float, str]:
+    """The config's server as ``(base URL, heartbeat, token)``; the defaults without a file.
+
+    Raises:
+        TailError: the config has ``port: 0`` (any free port: the URL cannot be known).
+        ConfigError: the config file exists but is invalid.
+    """
     host, port, heartbeat, config_token = "127.0.0.1", 8000, 15.0, ""
     paths = [config_path] if isinstance(config_path, Path) else list(config_path)
     existing = [p for p in paths if p.exists()]
@@ -109,14 +129,17 @@ def resolve_target(target: str, *, token: str | None, config_path: Path | Sequen
         config_token = server.token
     if port == 0:
         shown = " + ".join(str(p) for p in existing)
-        msg = f"`{shown}`: server.port is 0 (any free port); pass the stream URL instead"
+        msg = f"`{shown}`: server.port is 0 (any free port); pass the URL instead"
         raise TailError(msg)
     host = _WILDCARDS.get(host, host)
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    url = f"http://{host}:{port}/pipelines/{quote(target, safe='')}/stream"
-    read_timeout = max(READ_TIMEOUT, 3 * heartbeat)
-    return Target(url, token if token is not None else (config_token or None), read_timeout)
+    return f"http://{host}:{port}", heartbeat, config_token
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    """The request headers carrying ``token`` (none without one)."""
+    return {"authorization": f"Bearer {token}"} if token else {}
 
 
 def _stream_url(url: str) -> str:
@@ -230,9 +253,7 @@ class _Follower:
         """Connect, resume and back off until ``complete``; return the exit code."""
         failures = 0
         timeout = httpx.Timeout(CONNECT_TIMEOUT, read=self.target.read_timeout)
-        headers = {"Accept": "application/x-ndjson"}
-        if self.target.token:
-            headers["Authorization"] = f"Bearer {self.target.token}"
+        headers = {"Accept": "application/x-ndjson", **auth_headers(self.target.token)}
         if logging.getLogger("httpx").level == logging.NOTSET:  # one INFO line per request
             logging.getLogger("httpx").setLevel(logging.WARNING)
         with httpx.Client(timeout=timeout, headers=headers, follow_redirects=True) as client:
