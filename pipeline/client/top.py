@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import httpx
 from rich.console import Console
@@ -146,7 +146,7 @@ def render(new: Sample, old: Sample | None, base: str) -> Table:
         title += f" · [bold red]{new.problem}[/]"
     table = Table(title=title, title_justify="left", expand=False, box=None, pad_edge=False)
     for i, name in enumerate(COLUMNS):
-        justify = "left" if i < 2 else "right"
+        justify: Literal["left", "right"] = "left" if i < 2 else "right"
         table.add_column(name, justify=justify, no_wrap=True, min_width=len(name))
     before = old.by_name() if old is not None else {}
     dt = new.at - old.at if old is not None else 0.0
