@@ -62,7 +62,9 @@ def envelopes(path: Path) -> list[dict[str, Any]]:
     """Every whole line of an NDJSON file written by the file sink."""
     if not path.exists():
         return []
-    return [orjson.loads(x) for x in path.read_bytes().split(b"\n") if x.strip()]
+    data = path.read_bytes()
+    whole = data[: data.rfind(b"\n") + 1]  # the sink may be writing the last line right now
+    return [orjson.loads(x) for x in whole.split(b"\n") if x.strip()]
 
 
 def pipelines(server: ServerProcess) -> dict[str, Any]:
