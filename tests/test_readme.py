@@ -46,3 +46,19 @@ def test_first_screen_example_runs(tmp_path: Path) -> None:
     assert errors[0]["chunk"] == {"n": 3}
     stats = envs[-1]["stats"]
     assert (stats["processed"], stats["chunk_errors"], envs[-1]["seq"]) == (90, 10, 102)
+
+
+def test_first_screen_test_case_passes(tmp_path: Path) -> None:
+    """Step 5's test file passes with `pipeline test`; a wrong expectation fails it."""
+    (tmp_path / "my_stages.py").write_text(block("python", 0))
+    (tmp_path / "pipelines.yaml").write_text(block("yaml", 0))
+    case = block("yaml", 1)
+    (tmp_path / "pipelines.test.yaml").write_text(case)
+    command = [sys.executable, "-m", "pipeline", "test"]
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[-1] == "1 passed, 0 failed"
+    (tmp_path / "pipelines.test.yaml").write_text(case.replace("ValueError", "KeyError"))
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "chunk_errors[0] does not match" in proc.stdout
