@@ -92,7 +92,11 @@ async def read(
     un-acknowledged messages it sends (Mosquitto: ``max_inflight_messages``, 20 by
     default), which bounds the duplicates after a crash. MQTT counts no deliveries, so
     there is no ``max_deliveries``; a persistent session is one consumer (two workers
-    with one ``client_id`` take the session from each other).
+    with one ``client_id`` take the session from each other). On shutdown the source
+    waits (at most 10 s, giving up after 2 s without progress) for the PUBACKs of what it
+    handed on before it disconnects. Mosquitto keeps at most ``max_queued_messages``
+    (1000 by default) QoS 1 messages per client, online or away, and drops the rest:
+    raise it in ``mosquitto.conf`` for bursts larger than that.
 
     Args:
         url: ``mqtt://[user:password@]host[:port]`` (the password is never printed).
