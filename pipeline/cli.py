@@ -205,10 +205,14 @@ def validate(
     log_level: str,
 ) -> None:
     """Load the config, import every stage, check every parameter."""
+    from pipeline.config.paths import missing_files
+
     logmod.configure(log_format, log_level)
     cfg, resolved = load_pipelines(config_path, sets)
     from pipeline.config.models import shown_sets
 
+    for problem in missing_files(cfg, resolved):
+        click.echo(f"warning: {problem}", err=True)
     shown = _shown(config_path, tuple(shown_sets(cfg)))
     click.echo(f"{shown}: ok ({len(resolved)} pipelines: {', '.join(resolved)})")
 

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from pipeline import sink
 
@@ -44,28 +44,36 @@ async def stdout(lines: AsyncIterator[bytes]) -> None:
 
 @sink(stream=True, receives="lines")
 async def file(
-    lines: AsyncIterator[bytes], *, path: str, append: bool = False, fsync: bool = True
+    lines: AsyncIterator[bytes],
+    *,
+    path: Path,
+    mode: Literal["append", "truncate"] = "append",
+    fsync: bool = True,
 ) -> None:
     """Write every envelope to a file, one NDJSON line each.
 
-    Missing parent folders are created. Each line is flushed to the operating system as
-    soon as it is written, so ``tail -f`` sees it at once. When the run ends (normally,
-    with an error, or cancelled) the file is flushed, synced to disk and closed.
+    Missing parent folders are created. By default (``mode: append``) lines are added to
+    the end of an existing file, so a restarted pipeline never destroys what an earlier
+    run wrote; ``mode: truncate`` empties the file when the run starts. Each line is
+    flushed to the operating system as soon as it is written, so ``tail -f`` sees it at
+    once. When the run ends (normally, with an error, or cancelled) the file is flushed,
+    synced to disk and closed. Relative paths are relative to the working directory.
 
     Args:
         lines: The encoded envelopes (given by the engine).
         path: The file to write.
-        append: Add to the end of an existing file instead of replacing it.
+        mode: ``append`` (the default) adds to an existing file; ``truncate`` replaces
+            its content at the start of each run.
         fsync: Sync the file to disk when the run ends.
 
     Example:
         sinks:
           - use: file
-            with: {path: out/sensors.ndjson, append: true}
+            with: {path: out/sensors.ndjson, mode: truncate}
     """
     target = Path(path)
     await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
-    fh = await asyncio.to_thread(_open, target, append)
+    fh = await asyncio.to_thread(_open, target, mode)
     try:
         async for line in lines:
             fh.write(line)
@@ -75,8 +83,11 @@ async def file(
         await asyncio.to_thread(_finish, fh, fsync)
 
 
-def _open(target: Path, append: bool) -> BinaryIO:
-    return target.open("ab" if append else "wb")
+def _open(target: Path, mode: str) -> BinaryIO:
+    if mode not in ("append", "truncate"):
+        msg = f"`mode` must be 'append' or 'truncate', got {mode!r}"
+        raise ValueError(msg)
+    return target.open("ab" if mode == "append" else "wb")
 
 
 def _finish(fh: BinaryIO, fsync: bool) -> None:

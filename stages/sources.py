@@ -15,12 +15,15 @@ import sys
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from contextlib import aclosing
-from typing import IO, Literal
+from pathlib import Path
+from typing import Literal
 
 import orjson
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat
 
-from pipeline import BadChunk, Chunk
+from pipeline import BadChunk, Chunk, Message
+from stages.blocks import Opened, absolute, read_blocks
+from stages.checkpoint import Checkpoint, Position
 
 __all__ = ["counter", "file", "stdin"]
 
@@ -77,12 +80,14 @@ async def counter(
 
 async def file(
     *,
-    path: str,
+    path: Path,
     format: Literal["lines", "ndjson"] = "lines",
     follow: bool = False,
     poll_interval: PositiveFloat = 0.25,
     from_end: bool = False,
     encoding: str = "utf-8",
+    checkpoint: str | None = None,
+    checkpoint_interval: PositiveFloat = 1.0,
 ) -> AsyncGenerator[Chunk, None]:
     r"""Read a file line by line, or keep tailing it as it grows, like ``tail -F``.
 
@@ -94,8 +99,19 @@ async def file(
     only yields complete lines (a partial last line waits for its newline). When the path
     is rotated (it now names another file) it first reads what is left of the old file,
     then goes on from the start of the new one; when the file shrinks (truncation) it
-    starts again from the top. While the path is missing it waits for it to come back.
-    A partial last line is yielded when its file is left behind this way.
+    starts again from the top. While the path is missing it waits for it to come back
+    (and logs ``file_waiting`` once). A partial last line is yielded when its file is
+    left behind this way.
+
+    With ``checkpoint`` the source resumes where it stopped: each line is acknowledged
+    once every sink accepted it, and the position after the last line accepted (with
+    no gap before it) is saved in the ``checkpoint`` file as the file's device, inode and
+    byte offset (atomically, at most every ``checkpoint_interval`` seconds, and when the
+    source stops). A restart reads on from there: after a clean stop no line is read
+    twice and none is lost; after a crash, the lines of the last ``checkpoint_interval``
+    may be read again. A file rotated while the pipeline was down is found in its folder
+    by its inode and finished first; a file that shrank is read from the top. Relative
+    paths are relative to the working directory.
 
     Args:
         path: The file to read.
@@ -106,29 +122,81 @@ async def file(
         from_end: When following, skip what the file holds at the start and yield only
             lines appended afterwards.
         encoding: The text encoding of the file; any ASCII-compatible encoding.
+        checkpoint: A file where the position is kept across restarts (created when
+            missing); without it every run reads the file from the top.
+        checkpoint_interval: Seconds between two saves of the checkpoint while lines flow.
 
     Example:
         source:
           use: file
-          with: {path: /var/log/app.ndjson, format: ndjson, follow: true}
+          with: {path: /var/log/app.ndjson, format: ndjson, follow: true,
+                 checkpoint: state/app.checkpoint.json}
     """
     decode = _decoder(format, encoding)
     if poll_interval <= 0:
         msg = f"`poll_interval` must be more than 0, got {poll_interval}"
         raise ValueError(msg)
-    blocks = (
-        _tail_blocks(path, from_end=from_end, poll_interval=poll_interval)
-        if follow
-        else _read_blocks(path)
-    )
+    name = str(path)
+    if checkpoint is not None:
+        resumed = _resumed(name, decode, checkpoint, checkpoint_interval, follow, poll_interval)
+        async with aclosing(resumed):
+            async for item in resumed:
+                yield item
+        return
+    blocks = read_blocks(name, None, follow=follow, from_end=from_end, poll_interval=poll_interval)
     splitter = _Splitter()
     async with aclosing(blocks):
         async for block in blocks:
+            if isinstance(block, Opened):
+                continue
             lines = splitter.flush() if block is None else splitter.feed(block)
             for chunk in decode(lines):
                 yield chunk
     for chunk in decode(splitter.flush()):
         yield chunk
+
+
+async def _resumed(
+    path: str,
+    decode: Callable[[Iterable[bytearray]], Iterator[Chunk]],
+    checkpoint: str,
+    interval: float,
+    follow: bool,
+    poll_interval: float,
+) -> AsyncGenerator[Message | BadChunk, None]:
+    """The file source with a checkpoint: each line a `Message` whose ack moves the mark."""
+    ck = Checkpoint(checkpoint, absolute(path), interval)
+    blocks = read_blocks(path, ck.saved, follow=follow, from_end=False, poll_interval=poll_interval)
+    splitter = _Splitter()
+    at = Position(0, 0, 0)
+    try:
+        async with aclosing(blocks):
+            async for block in blocks:
+                if isinstance(block, Opened):
+                    at = block.at
+                    continue
+                whole = block is not None
+                for raw in splitter.feed(block) if block is not None else splitter.flush():
+                    at = Position(at.dev, at.ino, at.offset + len(raw) + whole)
+                    for item in _acked(decode([raw]), ck.issue(at)):
+                        yield item
+        for raw in splitter.flush():
+            at = Position(at.dev, at.ino, at.offset + len(raw))
+            for item in _acked(decode([raw]), ck.issue(at)):
+                yield item
+    finally:
+        ck.close()
+
+
+def _acked(chunks: Iterator[Chunk], ack: Callable[[], None]) -> Iterator[Message | BadChunk]:
+    """The chunk of one line with its ack (a blank line has none: acknowledged at once)."""
+    for chunk in chunks:
+        if type(chunk) is BadChunk:
+            yield BadChunk(chunk.raw, chunk.error, ack)
+        else:
+            yield Message(chunk, ack)
+        return
+    ack()
 
 
 async def stdin(
@@ -228,72 +296,6 @@ def _parse(raw: bytearray, encoding: str, *, utf8: bool) -> Chunk:
         return BadChunk(raw.decode(encoding, "replace"), exc)
     except orjson.JSONDecodeError as exc:
         return BadChunk(raw.decode(encoding, "replace"), ValueError(f"invalid JSON: {exc}"))
-
-
-# -- reading files ------------------------------------------------------------------------
-
-
-async def _read_blocks(path: str) -> AsyncGenerator[bytes | None, None]:
-    """Yield a file's bytes in blocks, to its end."""
-    try:
-        fh = await asyncio.to_thread(open, path, "rb")
-    except FileNotFoundError:
-        msg = f"no such file `{path}`"
-        raise FileNotFoundError(msg) from None
-    try:
-        while data := await asyncio.to_thread(fh.read, _BLOCK):
-            yield data
-    finally:
-        fh.close()
-
-
-async def _tail_blocks(
-    path: str, *, from_end: bool, poll_interval: float
-) -> AsyncGenerator[bytes | None, None]:
-    """Yield bytes appended to ``path`` forever; ``None`` when a file is left behind."""
-    fh = await _open_or_none(path)
-    if fh is not None and from_end:
-        fh.seek(0, os.SEEK_END)
-    try:
-        while True:
-            if fh is None:
-                await asyncio.sleep(poll_interval)
-                fh = await _open_or_none(path)
-            elif data := await asyncio.to_thread(fh.read, _BLOCK):
-                yield data
-            elif (change := _change(path, fh)) == "truncated":
-                yield None
-                fh.seek(0)
-            elif change == "rotated":
-                while data := await asyncio.to_thread(fh.read, _BLOCK):
-                    yield data  # what was written to the old file before it moved
-                yield None
-                fh.close()
-                fh = await _open_or_none(path)
-            else:
-                await asyncio.sleep(poll_interval)
-    finally:
-        if fh is not None:
-            fh.close()
-
-
-async def _open_or_none(path: str) -> IO[bytes] | None:
-    try:
-        return await asyncio.to_thread(open, path, "rb")
-    except FileNotFoundError:
-        return None
-
-
-def _change(path: str, fh: IO[bytes]) -> Literal["same", "rotated", "truncated"]:
-    """Compare ``path`` with the open file: another file now, or shorter than read."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return "same"  # moved away, nothing new yet: keep reading the old file
-    own = os.fstat(fh.fileno())
-    if (st.st_ino, st.st_dev) != (own.st_ino, own.st_dev):
-        return "rotated"
-    return "truncated" if st.st_size < fh.tell() else "same"
 
 
 # -- reading stdin ------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def test_parameters_come_from_the_signature() -> None:
     )
     sink_file = by_name["sink", "file"]
     assert sink_file.kind == "stream sink, receives lines"
-    assert [p.name for p in sink_file.params] == ["path", "append", "fsync"]
+    assert [p.name for p in sink_file.params] == ["path", "mode", "fsync"]
     assert sink_file.params[0].required
     assert by_name["transform", "batch"].kind == "stream transform"
     assert by_name["transform", "parse_json"].kind == "per-chunk transform"

@@ -49,12 +49,12 @@ CONFIG = """
           - use: my_stages:tag
         sinks:
           - use: file
-            with: {{path: {out}/a.ndjson, append: true, fsync: false}}
+            with: {{path: {out}/a.ndjson, mode: append, fsync: false}}
       b:
         source: {{use: my_stages:ticks, with: {{interval: 0.02}}}}
         sinks:
           - use: file
-            with: {{path: {out}/b.ndjson, append: true, fsync: false}}
+            with: {{path: {out}/b.ndjson, mode: append, fsync: false}}
 """
 
 
@@ -255,7 +255,7 @@ BROKER_CONFIG = """
             concurrency: 8
         sinks:
           - use: file
-            with: {{path: {out}, append: true, fsync: false}}
+            with: {{path: {out}, mode: append, fsync: false}}
 """
 
 

@@ -77,14 +77,23 @@ async def test_file_in_a_run_that_cannot_open_ends_with_error(tmp_path: Path) ->
 
 
 @pytest.mark.anyio
-async def test_file_replaces_or_appends(tmp_path: Path) -> None:
-    """By default the file is replaced; with append the lines are added at its end."""
+async def test_file_appends_by_default_and_truncates_on_request(tmp_path: Path) -> None:
+    """By default lines are added at the end; ``mode: truncate`` replaces the content."""
     path = tmp_path / "run.ndjson"
     path.write_bytes(b"old\n")
-    await sinks.file(feed(LINES[:1]), path=str(path))
-    assert path.read_bytes() == LINES[0]
-    await sinks.file(feed(LINES[1:]), path=str(path), append=True)
-    assert path.read_bytes() == b"".join(LINES)
+    await sinks.file(feed(LINES[:1]), path=path)
+    assert path.read_bytes() == b"old\n" + LINES[0]
+    await sinks.file(feed(LINES[1:]), path=path, mode="truncate")
+    assert path.read_bytes() == b"".join(LINES[1:])
+    await sinks.file(feed(LINES[:1]), path=path, mode="append")
+    assert path.read_bytes() == b"".join(LINES[1:]) + LINES[0]
+
+
+@pytest.mark.anyio
+async def test_file_rejects_an_unknown_mode(tmp_path: Path) -> None:
+    """A mode that is neither append nor truncate fails before anything is written."""
+    with pytest.raises(ValueError, match="`mode` must be 'append' or 'truncate', got 'x'"):
+        await sinks.file(feed(LINES), path=tmp_path / "x.ndjson", mode="x")  # type: ignore[arg-type]
 
 
 @pytest.mark.anyio
