@@ -425,7 +425,7 @@ REDIS_CONFIG = """
             concurrency: 8
         sinks:
           - use: file
-            with: {{path: {out}, append: true, fsync: false}}
+            with: {{path: {out}, mode: append, fsync: false}}
 """
 
 
