@@ -158,6 +158,7 @@ def run(
 
 def run_to_stdout(resolved: dict[str, Any], names: list[str], *, shutdown_timeout: float) -> int:
     """Run ``names`` to completion, every envelope to stdout; return the exit code."""
+    from pipeline.client import progress
     from pipeline.engine.fanout import stdout_stage
     from pipeline.engine.supervisor import Supervisor
 
@@ -170,7 +171,11 @@ def run_to_stdout(resolved: dict[str, Any], names: list[str], *, shutdown_timeou
     async def go() -> dict[str, Any]:
         _install_signals(sup)
         sup.start(names)
-        return await sup.wait()
+        if not progress.wanted():
+            return await sup.wait()
+        meters = {n: sup.meter(n) for n in names}
+        async with progress.Progress(meters, lambda n: str(sup.state(n)["state"])):
+            return await sup.wait()
 
     reasons = asyncio.run(go())
     return 1 if any(r == "error" for r in reasons.values()) else 0

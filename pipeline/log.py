@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Literal
+from typing import Any, Literal, TextIO, cast
 
 import orjson
 import structlog
@@ -23,6 +23,17 @@ LogFormat = Literal["auto", "console", "json"]
 _DICT_TRACEBACKS = structlog.processors.ExceptionRenderer(
     structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
 )
+
+
+class _Stderr:
+    """Whatever ``sys.stderr`` is at each write, so a live display on the terminal (the
+    progress of ``pipeline run``) can print log lines above itself."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
@@ -51,7 +62,7 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _Stderr())),
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s", force=True)

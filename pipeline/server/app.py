@@ -27,6 +27,7 @@ from pipeline.engine.supervisor import Supervisor
 from pipeline.errors import StageParamsError
 from pipeline.hub.hub import BadSince, Hub, parse_since
 from pipeline.log import get_logger
+from pipeline.server import dashboard
 from pipeline.server.auth import Auth, Refusal
 from pipeline.server.ingest import IngestRefused, receive
 from pipeline.server.metrics import (
@@ -387,6 +388,8 @@ def create_app(streams: ServerState) -> Starlette:
         return error(500, "internal", "internal server error")
 
     routes = [
+        Route("/", dashboard.index),
+        Route("/dashboard/{file}", dashboard.asset),
         Route("/healthz", healthz),
         Route("/session", session, methods=["POST", "DELETE"]),
         Route("/metrics", metrics),
