@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -217,6 +218,18 @@ def _start(cwd: Path) -> subprocess.Popen[str]:
     )
 
 
+def _read_rest(proc: subprocess.Popen[str], timeout: float = 30) -> str:
+    """Read stdout to its end through the same buffered file as `_wait_for_lines` (so
+    nothing it already buffered is lost, as with `communicate`), draining stderr aside."""
+    assert proc.stdout is not None and proc.stderr is not None
+    drain = threading.Thread(target=proc.stderr.read, daemon=True)
+    drain.start()
+    rest = proc.stdout.read()
+    proc.wait(timeout=timeout)
+    drain.join(timeout)
+    return rest
+
+
 def _wait_for_lines(proc: subprocess.Popen[str], n: int) -> list[str]:
     assert proc.stdout is not None
     return [proc.stdout.readline() for _ in range(n)]
@@ -229,7 +242,7 @@ def test_signal_ends_run_with_shutdown(tmp_path: Path, sig: signal.Signals) -> N
         try:
             first = _wait_for_lines(proc, 5)
             proc.send_signal(sig)
-            rest, _ = proc.communicate(timeout=30)
+            rest = _read_rest(proc)
         finally:
             proc.kill()
     assert proc.returncode == 0
