@@ -41,7 +41,14 @@ def _orjson_dumps(obj: Any, default: Any = None) -> str:
 
 
 def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
-    """Configure structlog (and stdlib logging, for uvicorn) to write to stderr."""
+    """Configure structlog, and the standard library's logging, to write to stderr.
+
+    Records of the standard library (uvicorn's start, access and shutdown lines, httpx,
+    warnings) go through the same processors and renderer as our own events, so with
+    ``json`` every stderr line is one JSON object. uvicorn's access lines become
+    ``http_request`` events with ``client``, ``method``, ``path`` and ``status``.
+    httpx/httpcore's per-request INFO lines are shown at ``debug`` only.
+    """
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
     renderer: Any = (
@@ -51,21 +58,46 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
         if fmt == "console"
         else structlog.processors.JSONRenderer(serializer=_orjson_dumps)
     )
-    processors: list[Any] = [
-        structlog.contextvars.merge_contextvars,
+    shared: list[Any] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    if fmt == "json":
-        processors.append(_DICT_TRACEBACKS)
-    processors.append(renderer)
+    tail: list[Any] = [_DICT_TRACEBACKS] if fmt == "json" else []
     structlog.configure(
-        processors=processors,
+        processors=[structlog.contextvars.merge_contextvars, *shared, *tail, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _Stderr())),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s", force=True)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, _stdlib_fields],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail, renderer],
+            pass_foreign_args=True,
+        )
+    )
+    logging.basicConfig(handlers=[handler], level=level.upper(), force=True)
+    logging.captureWarnings(True)
+    quiet = logging.DEBUG if level.lower() == "debug" else logging.WARNING
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(quiet)
+
+
+def _stdlib_fields(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Give uvicorn's access lines fields instead of a formatted sentence."""
+    args = event.pop("positional_args", None)
+    if event.get("logger") == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
+        client, http_method, path, version, status = args
+        event.update(
+            event="http_request",
+            client=client,
+            method=http_method,
+            path=path,
+            http_version=version,
+            status=status,
+        )
+    return event
 
 
 def get_logger(**context: Any) -> Any:

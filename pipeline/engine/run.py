@@ -14,6 +14,7 @@ own task, whose queue may be full); before ``complete`` the run waits, at most
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections import deque
@@ -42,7 +43,8 @@ from pipeline.types import Envelope, Reason
 __all__ = ["SETTLE_TIMEOUT", "Run", "RunState", "new_run_id"]
 
 RunState = Literal["pending", "running", "completed", "failed"]
-_TRACEBACKS_PER_STAGE = 5
+_TRACEBACKS_PER_STAGE = 1
+"""Chunk errors of one stage logged with their traceback (the rest: one line each)."""
 SETTLE_TIMEOUT = 30.0
 """Seconds a run waits, before ``complete``, for confirming sinks to answer (flush)."""
 
@@ -104,6 +106,7 @@ class Run:
         self._stop_reason: Reason = "shutdown"
         self._aborted: Reason | None = None
         self._started = 0.0
+        self._ended = 0.0
         self._tracebacks: dict[str, int] = {}
         self.done = asyncio.Event()
 
@@ -334,10 +337,14 @@ class Run:
             self._halt_run(f.stage, RuntimeError(msg))
 
     def _log_failure(self, f: Failure) -> None:
+        """One line per chunk error; its traceback only the first time per stage (or debug)."""
         seen = self._tracebacks.get(f.stage, 0)
         self._tracebacks[f.stage] = seen + 1
-        exc_info = f.exc if seen < _TRACEBACKS_PER_STAGE and f.exc is not None else None
-        self.log.warning("chunk_failed", stage=f.stage, error=f.type, exc_info=exc_info)
+        full = seen < _TRACEBACKS_PER_STAGE or self.log.is_enabled_for(logging.DEBUG)
+        exc_info = f.exc if full and f.exc is not None else None
+        self.log.warning(
+            "chunk_failed", stage=f.stage, error=f.type, message=f.message, exc_info=exc_info
+        )
 
     async def _emit_error(self, stage: str, exc: BaseException) -> None:
         self.errors += 1
@@ -348,6 +355,7 @@ class Run:
 
     async def _emit_complete(self, reason: Reason) -> None:
         self.reason = reason
+        self._ended = time.monotonic()
         env = self._next("complete", stats=self.stats(), reason=reason)
         await self._emit(env)
         self.log.info("run_completed", reason=reason, **env["stats"])
@@ -374,5 +382,11 @@ class Run:
             "processed": self.processed,
             "chunk_errors": self.chunk_errors,
             "errors": self.errors,
-            "duration_s": round(time.monotonic() - self._started, 6) if self._started else 0.0,
+            "duration_s": round(self._duration(), 6),
         }
+
+    def _duration(self) -> float:
+        """Seconds from the start to ``complete`` (or to now, while running)."""
+        if not self._started:
+            return 0.0
+        return (self._ended or time.monotonic()) - self._started

@@ -109,6 +109,8 @@ class PipelineServer(uvicorn.Server):
         if self.reloader is not None and self.watch:
             self._spawn(self.reloader.watch(self._stop_watch))
         self.log.info("listening", host=host, port=port, url=f"http://{_netloc(host, port)}")
+        if self.streams.pipelines:
+            self.log.info("watch_with", **_watch_hints(self.streams, host, port))
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -177,6 +179,20 @@ class PipelineServer(uvicorn.Server):
         finally:
             self.streams.close_hubs()
             self.should_exit = True
+
+
+def _watch_hints(streams: Streams, host: str, port: int) -> dict[str, str]:
+    """How to follow the first pipeline: with curl, with ``pipeline tail``, in a browser."""
+    name = next(iter(streams.pipelines))
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    base = f"http://{_netloc(shown, port)}"
+    auth = ' -H "Authorization: Bearer $PIPELINE_TOKEN"' if streams.settings.token else ""
+    same = (streams.settings.host, streams.settings.port) == (host, port)
+    return {
+        "curl": f"curl -N{auth} {base}/pipelines/{name}/stream?since=0",
+        "tail": f"pipeline tail {name if same else f'{base}/pipelines/{name}'}",
+        "page": f"{base}/",
+    }
 
 
 def _netloc(host: str, port: int) -> str:
@@ -277,8 +293,8 @@ def serve(
     server = build(cfg, resolved, names=names, current=current, take=take, watch=watch)
     scrub = _Scrub([cfg.server.token, cfg.server.metrics_token])
     install_cut_filter()
-    for name in ("uvicorn.access", "uvicorn.error"):
-        logging.getLogger(name).addFilter(scrub)
+    for handler in logging.getLogger().handlers:  # every record: uvicorn, httpx, ...
+        handler.addFilter(scrub)
     with sock:
         server.run(sockets=[sock])
     return 0

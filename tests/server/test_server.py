@@ -122,6 +122,16 @@ def test_pipelines_state_json(server: ServerProcess) -> None:
         assert httpx.get(server.url("/pipelines/live")).json()["clients"] == 1
 
 
+def test_duration_stops_at_complete(server: ServerProcess) -> None:
+    """A finished run's `duration_s` on /pipelines is the one its `complete` carried."""
+    wait_until(lambda: httpx.get(server.url("/pipelines/done")).json()["state"] == "completed")
+    with RawStream(server.port, "/pipelines/done/stream?since=0") as s:
+        complete = s.envelopes()[-1]
+    time.sleep(0.05)  # time passes; a run with no end time would report more
+    stats = httpx.get(server.url("/pipelines/done")).json()["stats"]
+    assert stats == complete["stats"]
+
+
 def test_stream_arrives_incrementally(server: ServerProcess) -> None:
     """The first envelopes of an endless run are read while it goes on, with stream headers."""
     with httpx.stream("GET", server.url("/pipelines/live/stream?since=0")) as resp:
