@@ -36,6 +36,9 @@ class _Stderr:
         sys.stderr.flush()
 
 
+_REMOVE_META = structlog.stdlib.ProcessorFormatter.remove_processors_meta
+
+
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default or repr).decode()
 
@@ -69,11 +72,11 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _Stderr())),
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(cast(TextIO, _Stderr()))  # above a live display too
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, _stdlib_fields],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail, renderer],
+            processors=[_REMOVE_META, *tail, renderer],
             pass_foreign_args=True,
         )
     )

@@ -57,6 +57,9 @@ def picky(chunk: dict) -> dict:
 """
 
 
+PIPELINE_RUN = [sys.executable, "-m", "pipeline", "run"]
+
+
 def _blank_server() -> tuple[http.server.ThreadingHTTPServer, threading.Thread]:
     class Ok(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -121,8 +124,7 @@ def test_debug_level_logs_httpx_as_json(tmp_path: Path) -> None:
     try:
         runs = {
             level: subprocess.run(
-                [sys.executable, "-m", "pipeline", "run", "--log-format", "json"]
-                + ["--log-level", level],
+                [*PIPELINE_RUN, "--log-format", "json", "--log-level", level],
                 cwd=tmp_path,
                 capture_output=True,
                 timeout=60,
