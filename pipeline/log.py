@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any, Literal, TextIO, cast
 
 import orjson
@@ -87,7 +88,9 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
         logging.getLogger(name).setLevel(quiet)
 
 
-def _stdlib_fields(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+def _stdlib_fields(
+    logger: Any, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """Give uvicorn's access lines fields instead of a formatted sentence."""
     args = event.pop("positional_args", None)
     if event.get("logger") == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
