@@ -181,7 +181,7 @@ class PipelineServer(uvicorn.Server):
             self.should_exit = True
 
 
-def _watch_hints(streams: Streams, host: str, port: int) -> dict[str, str]:
+def _watch_hints(streams: ServerState, host: str, port: int) -> dict[str, str]:
     """How to follow the first pipeline: with curl, with ``pipeline tail``, in a browser."""
     name = next(iter(streams.pipelines))
     shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
