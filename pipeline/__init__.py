@@ -2,7 +2,7 @@
 
 Stage authors need one import line::
 
-    from pipeline import Chunk, Envelope, Message, sink, stream_transform
+    from pipeline import Chunk, Envelope, Message, resource, sink, stream_transform
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pipeline.errors import (
 )
 from pipeline.inlet import Inlet
 from pipeline.meter import report_backlog
-from pipeline.stage import sink, stream_transform
+from pipeline.stage import resource, sink, stream_transform
 from pipeline.types import BadChunk, Chunk, Delivery, Envelope, Message
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "StageLoadError",
     "StageParamsError",
     "report_backlog",
+    "resource",
     "sink",
     "stream_transform",
 ]

@@ -6,9 +6,10 @@ and returns the same function, so it stays directly callable in a test.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_type_hints, overload
 
@@ -22,8 +23,13 @@ __all__ = [
     "ResolvedStage",
     "RetryPolicy",
     "StageMeta",
+    "is_resource",
     "meta_of",
+    "open_resource",
     "params_model",
+    "resource",
+    "resource_sink",
+    "resource_source",
     "sink",
     "stream_transform",
     "validate_params",
@@ -158,6 +164,120 @@ def calling_of(fn: Callable[..., Any]) -> Calling:
     if inspect.isgeneratorfunction(target):
         return "gen"
     return "sync"
+
+
+_RESOURCE = "__pipeline_resource__"
+
+
+def resource(fn: F) -> F:
+    """Mark ``fn`` as a stage that holds a resource (a client, a pool) for a whole run.
+
+    ``fn`` takes the stage's parameters (from ``with:``) and either is an async
+    generator function that sets up, ``yield``\\ s the stage once and tears down after
+    the ``yield``, or returns an async context manager whose value is the stage (for
+    example a function decorated with `contextlib.asynccontextmanager`). Set-up runs
+    once per run, before the first chunk; tear-down runs once, on every ending:
+    finished, error, cancelled, shutdown and reload.
+
+    What it yields is the stage for its place in ``pipelines.yaml``: for a transform a
+    function of one chunk (sync, async, or an async generator for a flat-map); for a
+    sink a function of one envelope (``@sink(receives=...)`` on ``fn`` picks what it
+    gets); for a source an async iterable, or a function returning one.
+
+    Example:
+        >>> import httpx
+        >>> @resource
+        ... async def lookup(*, base_url: str, timeout: float = 2.0):
+        ...     async with httpx.AsyncClient(base_url=base_url, timeout=timeout) as client:
+        ...
+        ...         async def enrich(chunk: dict) -> dict:
+        ...             reply = await client.get("/users", params={"id": chunk["user"]})
+        ...             return {**chunk, "user": reply.raise_for_status().json()}
+        ...
+        ...         yield enrich
+    """
+    setattr(fn, _RESOURCE, True)
+    return fn
+
+
+def is_resource(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` was marked with `resource`."""
+    return getattr(fn, _RESOURCE, False) is True
+
+
+def open_resource(
+    fn: Callable[..., Any], params: Mapping[str, Any]
+) -> contextlib.AbstractAsyncContextManager[Any]:
+    """The async context manager of a `resource` stage bound to ``params``.
+
+    Raises:
+        TypeError: ``fn`` returned something that is not an async context manager.
+    """
+    if inspect.isasyncgenfunction(fn):
+        return contextlib.asynccontextmanager(fn)(**params)
+    cm: contextlib.AbstractAsyncContextManager[Any] = fn(**params)
+    if not (hasattr(cm, "__aenter__") and hasattr(cm, "__aexit__")):
+        name = getattr(fn, "__qualname__", repr(fn))
+        msg = (
+            f"`{name}` is marked @resource but returned {type(cm).__name__}, "
+            "not an async context manager (write it as an async generator that yields once)"
+        )
+        raise TypeError(msg)
+    return cm
+
+
+def resource_source(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A source (async generator function) over a `resource` that yields an iterable.
+
+    Its signature is ``fn``'s; the resource stays open while the source is iterated,
+    and is torn down when the engine closes the source, however the run ends.
+    """
+
+    @functools.wraps(fn)
+    async def source(**params: Any) -> AsyncIterator[Any]:
+        async with open_resource(fn, params) as value:
+            items = value() if callable(value) else value
+            if hasattr(items, "__aiter__"):
+                async for item in items:
+                    yield item
+            elif hasattr(items, "__iter__"):
+                for item in items:
+                    yield item
+            else:
+                what = type(items).__name__
+                msg = f"`{_qualname(fn)}` is a resource that yielded {what}, not an iterable"
+                raise TypeError(msg)
+
+    vars(source).pop(_RESOURCE, None)
+    return source
+
+
+def resource_sink(fn: Callable[..., Any], receives: SinkReceives) -> Callable[..., Any]:
+    """A stream sink over a `resource` that yields a function of one item.
+
+    The resource is set up before the first item and torn down after the last one, also
+    on error, cancellation and shutdown (the stream sink's own lifetime).
+    """
+
+    @functools.wraps(fn)
+    async def write_all(items: AsyncIterator[Any], **params: Any) -> None:
+        async with open_resource(fn, params) as write:
+            if not callable(write):
+                what = type(write).__name__
+                msg = f"`{_qualname(fn)}` is a resource that yielded {what}, not a function"
+                raise TypeError(msg)
+            async for item in items:
+                result = write(item)
+                if inspect.isawaitable(result):
+                    await result
+
+    vars(write_all).pop(_RESOURCE, None)
+    setattr(write_all, _ATTR, StageMeta(role="sink", stream=True, receives=receives))
+    return write_all
+
+
+def _qualname(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ def test_public_names_are_pinned() -> None:
         "StageLoadError",
         "StageParamsError",
         "report_backlog",
+        "resource",
         "sink",
         "stream_transform",
     ]

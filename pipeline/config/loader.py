@@ -27,8 +27,11 @@ from pipeline.stage import (
     RetryPolicy,
     StageMeta,
     calling_of,
+    is_resource,
     meta_of,
     params_model,
+    resource_sink,
+    resource_source,
     validate_params,
 )
 from pipeline.types import StageKind
@@ -190,6 +193,8 @@ class _Resolver:
         if found is None:
             return None
         fn, name = found
+        if is_resource(fn):
+            return self.resource(loc, role, fn, name, sc)
         kind = self.kind(loc, role, fn, sc.use)
         if kind is None:
             return None
@@ -197,6 +202,46 @@ class _Resolver:
         params = self.params(loc, fn, sc.with_, skip_first=role != "source")
         if params is None:
             return None
+        return self.build(loc, sc, name, kind, fn, params)
+
+    def resource(
+        self, loc: Loc, role: str, fn: Callable[..., Any], name: str, sc: StageConfig
+    ) -> ResolvedStage | None:
+        """A `pipeline.resource` stage: ``with:`` is checked against the resource function.
+
+        What it yields is checked when a run sets it up. A source or a sink is adapted
+        here (an async generator, a stream sink); a transform is opened by the run.
+        """
+        meta = meta_of(fn)
+        if meta is not None and (role != "sink" or meta.role != "sink" or meta.stream):
+            msg = f"`{sc.use}` is a resource: only a sink may be marked too (`@sink(receives=...)`)"
+            self.add((*loc, "use"), msg)
+            return None
+        if role != "transform":
+            for option in (*_OPTIONS, "blocking"):
+                if option in sc.model_fields_set:
+                    msg = f"only per-chunk transforms take `{option}`; this is a resource {role}"
+                    self.add((*loc, option), msg)
+        params = self.params(loc, fn, sc.with_, skip_first=False)
+        if params is None:
+            return None
+        if role == "source":
+            return self.build(loc, sc, name, "source", resource_source(fn), params)
+        if role == "sink":
+            receives = meta.receives if meta is not None else "envelopes"
+            return self.build(loc, sc, name, "sink", resource_sink(fn, receives), params)
+        return self.build(loc, sc, name, "map", fn, params)  # the run learns map or flat_map
+
+    def build(
+        self,
+        loc: Loc,
+        sc: StageConfig,
+        name: str,
+        kind: StageKind,
+        fn: Callable[..., Any],
+        params: dict[str, Any],
+    ) -> ResolvedStage:
+        """The `ResolvedStage` of a checked stage, with its id and options."""
         retry = RetryPolicy(**sc.retry.model_dump()) if sc.retry else RetryPolicy()
         place = "".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc[2:])
         return ResolvedStage(

@@ -26,6 +26,7 @@ from pipeline.engine.acks import Ack, AckRunner, notify_all
 from pipeline.engine.chain import StageCrash, all_fast, build_chain
 from pipeline.engine.fanout import Fanout
 from pipeline.engine.items import SPECIAL, Carry, Failure, failure
+from pipeline.engine.resources import opened
 from pipeline.engine.source import SourceReader
 from pipeline.envelope import (
     UnencodableError,
@@ -230,13 +231,20 @@ class Run:
         self._reader = reader
         if self._stopping:
             reader.stop()
-        if all_fast(self.transforms):  # one loop: source, maps, envelope, hand-off
-            chain = reader.items(self.transforms, emit=self._chunk_emitter())
+        async with opened(self.transforms) as transforms:  # resources: set up .. torn down
+            await self._pump(reader, transforms)
+        if reader.error is not None and self._halt is None:
+            await self._emit_error(self.source.id, reader.error)
+
+    async def _pump(self, reader: SourceReader, transforms: tuple[ResolvedStage, ...]) -> None:
+        """Pull every chunk through ``transforms`` and emit what comes out."""
+        if all_fast(transforms):  # one loop: source, maps, envelope, hand-off
+            chain = reader.items(transforms, emit=self._chunk_emitter())
             async with aclosing(chain):  # type: ignore[type-var]
                 async for _ in chain:
                     pass
         else:
-            chain = build_chain(reader, self.transforms)
+            chain = build_chain(reader, transforms)
             emit = self._chunk_emitter()
             async with aclosing(chain):
                 async for item in chain:
@@ -244,8 +252,6 @@ class Run:
                         await pending
                     if self._halt is not None:
                         break
-        if reader.error is not None and self._halt is None:
-            await self._emit_error(self.source.id, reader.error)
 
     def _chunk_emitter(self) -> Callable[[Any], Awaitable[None] | None]:
         """Build the hot path: number, stamp and encode a plain chunk and hand it on.

@@ -17,7 +17,15 @@ from typing import Any
 
 from pipeline.engine.run import Run
 from pipeline.errors import StageLoadError
-from pipeline.stage import ResolvedStage, RetryPolicy, calling_of, meta_of
+from pipeline.stage import (
+    ResolvedStage,
+    RetryPolicy,
+    calling_of,
+    is_resource,
+    meta_of,
+    resource_sink,
+    resource_source,
+)
 from pipeline.testing.harness import ListSource, RunResult, run_stages
 from pipeline.types import Chunk, Envelope, StageKind
 
@@ -32,6 +40,8 @@ def _kind(fn: Callable[..., Any], role: str) -> StageKind:
         return "sink"
     if meta is not None and meta.stream:
         return "stream"
+    if is_resource(fn):
+        return "map"  # the run learns map or flat_map from what it yields
     if calling_of(fn) in ("gen", "asyncgen"):
         return "flat_map"
     return "map"
@@ -60,6 +70,10 @@ def make_stage(
         msg = f"a {role} must be callable, got `{type(fn).__qualname__}`"
         raise StageLoadError(msg)
     name = getattr(fn, "__name__", "stage")
+    if is_resource(fn) and role in ("source", "sink"):  # adapted as the loader does
+        meta = meta_of(fn)
+        receives = meta.receives if meta is not None else "envelopes"
+        fn = resource_source(fn) if role == "source" else resource_sink(fn, receives)
     return ResolvedStage(
         id=id or f"{role}:{name}",
         kind=_kind(fn, role),
