@@ -249,13 +249,21 @@ def list_(
     click.echo(_render_list(described))
 
 
+_DEFAULTS = {"concurrency": 1, "ordered": True, "timeout": None, "retry": None, "blocking": False}
+
+
 def _render_list(described: dict[str, Any]) -> str:
     lines = []
     if len(described.get("files", [])) > 1 or described.get("sets"):
         lines.append("config: " + " + ".join(described["files"]))
         lines += [f"  --set {s}" for s in described.get("sets", [])]
     for name, p in described.get("pipelines", {}).items():
-        lines.append(f"{name}  [trigger: {p.get('trigger', 'start')}]")
+        limit = p.get("max_chunk_errors")
+        limit_text = "none" if limit is None else limit
+        lines.append(
+            f"{name}  [trigger: {p.get('trigger', 'start')}, retain: {p.get('retain')}, "
+            f"max_chunk_errors: {limit_text}]"
+        )
         if p.get("description"):
             lines.append(f"  {p['description']}")
         for role in ("source", "transforms", "sinks", "dead_letter"):
@@ -264,8 +272,19 @@ def _render_list(described: dict[str, Any]) -> str:
                 continue
             for st in stages if isinstance(stages, list) else [stages]:
                 params = orjson.dumps(st.get("with", {})).decode()
-                lines.append(f"  {role:<11} {st['use']} {params}")
+                lines.append(f"  {role:<11} {st['use']} {params}  id: {st['id']}")
+                options = _options_text(st)
+                if options:
+                    lines.append(f"  {'':<11} {options}")
     return "\n".join(lines)
+
+
+def _options_text(stage: dict[str, Any]) -> str:
+    """The options a stage sets, as ``key: value`` pairs (all of them on a transform)."""
+    shown = [k for k in _DEFAULTS if k in stage]
+    if not any(stage[k] != _DEFAULTS[k] for k in shown):
+        return ""
+    return ", ".join(f"{k}: {orjson.dumps(stage[k]).decode()}" for k in shown)
 
 
 @main.command()

@@ -156,10 +156,72 @@ def test_validate_and_list(project: Path) -> None:
     assert cli("validate", cwd=project).returncode == 0
     proc = cli("list", cwd=project)
     assert proc.returncode == 0
-    assert "counting  [trigger: start]" in proc.stdout
+    assert "counting  [trigger: start, retain: 10000, max_chunk_errors: none]" in proc.stdout
     assert "my_stages:picky" in proc.stdout
     as_json = json.loads(cli("list", "--json", cwd=project).stdout)
     assert list(as_json["pipelines"]) == ["counting", "failing", "on_demand"]
+
+
+def test_list_shows_every_option(tmp_path: Path) -> None:
+    """`list` and `list --json` show ids, per-chunk options, retain and max_chunk_errors."""
+    (tmp_path / "pipelines.yaml").write_text(
+        """
+pipelines:
+  p:
+    source: {use: counter, with: {count: 3}}
+    transforms:
+      - use: parse_json
+        concurrency: 4
+        ordered: false
+        timeout: 2.5
+        retry: {attempts: 3, backoff: 0.1}
+      - use: parse_json
+        id: plain
+    sinks: [{use: stdout}]
+    retain: 50
+    max_chunk_errors: 7
+"""
+    )
+    as_json = json.loads(cli("list", "--json", cwd=tmp_path).stdout)["pipelines"]["p"]
+    assert (as_json["retain"], as_json["max_chunk_errors"]) == (50, 7)
+    assert as_json["source"] == {
+        "use": "counter",
+        "with": {"count": 3},
+        "id": "source:counter",
+        "blocking": False,
+    }
+    assert as_json["transforms"] == [
+        {
+            "use": "parse_json",
+            "with": {},
+            "id": "transforms[0]:parse_json",
+            "concurrency": 4,
+            "ordered": False,
+            "timeout": 2.5,
+            "retry": {"attempts": 3, "backoff": 0.1, "max_backoff": 30.0},
+            "blocking": False,
+        },
+        {
+            "use": "parse_json",
+            "with": {},
+            "id": "plain",
+            "concurrency": 1,
+            "ordered": True,
+            "timeout": None,
+            "retry": None,
+            "blocking": False,
+        },
+    ]
+    text = cli("list", cwd=tmp_path).stdout.splitlines()
+    assert text == [
+        "p  [trigger: start, retain: 50, max_chunk_errors: 7]",
+        '  source      counter {"count":3}  id: source:counter',
+        "  transforms  parse_json {}  id: transforms[0]:parse_json",
+        '              concurrency: 4, ordered: false, timeout: 2.5, retry: {"attempts":3,'
+        '"backoff":0.1,"max_backoff":30.0}, blocking: false',
+        "  transforms  parse_json {}  id: plain",
+        "  sinks       stdout {}  id: sinks[0]:stdout",
+    ]
 
 
 def test_list_masks_environment_values(tmp_path: Path) -> None:

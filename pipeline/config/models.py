@@ -8,6 +8,7 @@ the value found, so a secret from the environment can never leak through an erro
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import types
@@ -240,7 +241,8 @@ def load(
         env_only = len(found) == len(env.problems)
         error = (EnvVarError if env_only else ConfigError)(found)
         error.partial = config  # the pipelines that did validate, for one-pass reports
-        error.poisoned = frozenset(format_loc(loc) for loc in poisoned)
+        unusable = poisoned | {loc for loc, _ in collected.items}  # salvaged without them
+        error.poisoned = frozenset(format_loc(loc) for loc in unusable)
         raise error
     return config
 
@@ -263,7 +265,34 @@ class _Collector:
             for err in exc.errors(include_input=False, include_url=False):
                 where, message = describe_error(model, err)
                 self.add((*loc, *where), message)
-            return None
+            return _salvage(model, value, exc)
+
+
+def _salvage(model: type[_Model], value: Any, exc: pydantic.ValidationError) -> Any:
+    """``value`` validated without the keys that failed (already reported), or None.
+
+    So that one unknown or bad key does not hide the problems of the stages beside it:
+    the loader still resolves what is left (its findings are reported in the same pass).
+    """
+    if not isinstance(value, dict):
+        return None
+    cleaned = copy.deepcopy(value)
+    for err in exc.errors(include_input=False, include_url=False):
+        *parents, last = err["loc"] or (None,)
+        node: Any = cleaned
+        for part in parents:
+            if isinstance(node, dict):
+                node = node.get(part)
+            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+                node = node[part]
+            else:
+                node = None
+        if isinstance(node, dict) and last in node and last not in ("use", "source"):
+            del node[last]
+    try:
+        return model.model_validate(cleaned)
+    except pydantic.ValidationError:
+        return None
 
 
 def _validate(data: dict[str, Any], out: _Collector) -> tuple[ServerConfig | None, dict[str, Any]]:
@@ -343,9 +372,15 @@ def shown_sets(config: Config) -> list[str]:
 
 
 def _describe_pipeline(config: Config, loc: Loc, p: PipelineConfig) -> dict[str, Any]:
-    def stage(s: StageConfig) -> dict[str, Any]:
-        out: dict[str, Any] = {"use": s.use, "with": s.with_}
-        return out if s.id is None else {**out, "id": s.id}
+    def stage(s: StageConfig, where: Loc) -> dict[str, Any]:
+        place = "".join(f"[{part}]" if isinstance(part, int) else str(part) for part in where)
+        name = s.use.rpartition(":")[2].rpartition(".")[2] if ":" in s.use else s.use
+        out: dict[str, Any] = {"use": s.use, "with": s.with_, "id": s.id or f"{place}:{name}"}
+        if where[0] == "transforms":
+            retry = s.retry.model_dump() if s.retry else None
+            out |= {"concurrency": s.concurrency, "ordered": s.ordered, "timeout": s.timeout}
+            out["retry"] = retry
+        return out | {"blocking": s.blocking}
 
     described: dict[str, Any] = _masked(
         config,
@@ -353,11 +388,13 @@ def _describe_pipeline(config: Config, loc: Loc, p: PipelineConfig) -> dict[str,
         {
             "description": p.description,
             "trigger": p.trigger,
-            "source": stage(p.source),
-            "transforms": [stage(s) for s in p.transforms],
-            "sinks": [stage(s) for s in p.sinks],
-            "dead_letter": stage(p.dead_letter) if p.dead_letter else None,
+            "source": stage(p.source, ("source",)),
+            "transforms": [stage(s, ("transforms", i)) for i, s in enumerate(p.transforms)],
+            "sinks": [stage(s, ("sinks", i)) for i, s in enumerate(p.sinks)],
+            "dead_letter": stage(p.dead_letter, ("dead_letter",)) if p.dead_letter else None,
             "request_params": p.request_params,
+            "retain": p.retain,
+            "max_chunk_errors": p.max_chunk_errors,
         },
     )
     return described

@@ -285,11 +285,18 @@ def test_describe_masks_env_values_and_token(write_config: Callable[..., Path]) 
     assert described["pipelines"]["p"] == {
         "description": "d",
         "trigger": "start",
-        "source": {"use": "c", "with": {"url": "***", "n": 2, "nested": {"k": "***"}}},
+        "source": {
+            "use": "c",
+            "with": {"url": "***", "n": 2, "nested": {"k": "***"}},
+            "id": "source:c",
+            "blocking": False,
+        },
         "transforms": [],
         "sinks": [],
         "dead_letter": None,
         "request_params": [],
+        "retain": 10000,
+        "max_chunk_errors": None,
     }
     assert "u:pw" not in repr(described)
 

@@ -438,3 +438,39 @@ def test_make_stage_refuses_what_is_not_callable() -> None:
     """Building a stage in code from a non-callable raises the public `StageLoadError`."""
     with pytest.raises(StageLoadError, match=re.escape("a transform must be callable, got `int`")):
         make_stage(42, role="transform")  # type: ignore[arg-type]
+
+
+def test_an_unknown_key_does_not_hide_the_stage_problems_beside_it(
+    write_config: Callable[..., Path], isolated_imports: None
+) -> None:
+    """Schema and stage problems come in one pass, even beside an unknown or bad key."""
+    path = write_config(
+        """
+        pipelines:
+          demo:
+            source: {use: counter, with: {count: 10, colour: red}}
+            transforms:
+              - use: nope_module:enrich
+                concurency: 4
+              - use: stages.transforms:parse_json
+                concurrency: 0
+                with: 5
+            sinks:
+              - use: fil
+            retain: many
+        """
+    )
+    with pytest.raises(ConfigError) as info:
+        loader.load_and_resolve(path)
+    assert [f"{p.line}: {p.path}: {p.message}" for p in info.value.problems] == [
+        "4: pipelines.demo.source.with.colour: unknown parameter",
+        "6: pipelines.demo.transforms[0].use: cannot import module `nope_module`: "
+        "No module named 'nope_module'",
+        "7: pipelines.demo.transforms[0].concurency: unknown key; expected one of `use`, "
+        "`with`, `id`, `concurrency`, `ordered`, `timeout`, `retry`, `blocking`",
+        "9: pipelines.demo.transforms[1].concurrency: expected an integer >= 1",
+        "10: pipelines.demo.transforms[1].with: expected a mapping",
+        "12: pipelines.demo.sinks[0].use: unknown sink `fil`; expected `module:callable` or "
+        "a built-in sink: " + ", ".join(f"`{n}`" for n in sorted(stages.BUILTINS["sink"])),
+        "13: pipelines.demo.retain: expected an integer",
+    ]
