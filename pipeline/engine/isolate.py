@@ -107,7 +107,7 @@ def map_caller(
                 return failure(sid, exc, chunk)
 
         return plain
-    attempt_once = _one_call(stage)
+    attempt_once, timeout = _one_call(stage), stage.timeout
 
     async def call(chunk: Any) -> Any:
         for attempt in range(policy.attempts):
@@ -115,7 +115,7 @@ def map_caller(
                 return await attempt_once(chunk)
             except Exception as exc:
                 if attempt + 1 >= policy.attempts:
-                    return failure(sid, exc, chunk)
+                    return failure(sid, exc, chunk, timeout=timeout, attempts=attempt + 1)
             m.retried += 1
             await asyncio.sleep(_delay(policy, attempt))
         raise AssertionError  # pragma: no cover - attempts >= 1
@@ -168,7 +168,7 @@ def flat_caller(
                     yield item
             except Exception as exc:
                 if emitted or attempt + 1 >= policy.attempts:
-                    yield failure(sid, exc, chunk)
+                    yield failure(sid, exc, chunk, timeout=timeout, attempts=attempt + 1)
                     return
             finally:
                 await gen.aclose()  # type: ignore[attr-defined]

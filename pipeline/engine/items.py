@@ -34,10 +34,22 @@ class Failure:
     exc: BaseException | None = None
 
 
-def failure(stage: str, exc: BaseException, chunk: Any) -> Failure:
-    """Build the failure value of ``exc`` raised by ``stage`` on ``chunk``."""
+def failure(
+    stage: str, exc: BaseException, chunk: Any, *, timeout: float | None = None, attempts: int = 1
+) -> Failure:
+    """Build the failure value of ``exc`` raised by ``stage`` on ``chunk``.
+
+    A timeout says how long each attempt had and how many attempts were made.
+
+    Example:
+        >>> failure("t", TimeoutError(), {}, timeout=0.5, attempts=3).message
+        'stage timed out after 0.5 s (3 attempts)'
+    """
     if isinstance(exc, TimeoutError):
-        return Failure(stage, "TimeoutError", "stage timed out", chunk, exc)
+        message = "stage timed out" if timeout is None else f"stage timed out after {timeout:g} s"
+        if attempts > 1:
+            message += f" ({attempts} attempts)"
+        return Failure(stage, "TimeoutError", message, chunk, exc)
     return Failure(stage, type(exc).__name__, str(exc), chunk, exc)
 
 

@@ -277,7 +277,28 @@ async def test_timeout_becomes_chunk_error() -> None:
     envs = await run_pipeline(numbers, [make_stage(hang, id="hang", timeout=0.05)])
     assert_well_formed(envs)
     assert envs[2]["status"] == "chunk_error"
-    assert envs[2]["error"] == {"type": "TimeoutError", "message": "stage timed out"}
+    assert envs[2]["error"] == {"type": "TimeoutError", "message": "stage timed out after 0.05 s"}
+
+
+@pytest.mark.parametrize("flat", [False, True])
+async def test_timeout_chunk_error_says_how_many_attempts(flat: bool) -> None:
+    """A retried stage that keeps timing out says the timeout and the attempts made."""
+
+    async def hang(chunk: dict[str, int]) -> dict[str, int]:
+        await asyncio.sleep(30)
+        return chunk
+
+    async def hang_flat(chunk: dict[str, int]) -> AsyncIterator[dict[str, int]]:
+        await asyncio.sleep(30)
+        yield chunk
+
+    stage = make_stage(hang_flat if flat else hang, id="hang", timeout=0.02, retry=(3, 0.001))
+    envs = await run_pipeline(numbers, [stage], source_params={"count": 1})
+    assert statuses(envs) == ["starting", "chunk_error", "complete"]
+    assert envs[1]["error"] == {
+        "type": "TimeoutError",
+        "message": "stage timed out after 0.02 s (3 attempts)",
+    }
 
 
 @pytest.mark.parametrize(("attempts", "expected"), [(3, "processing"), (2, "chunk_error")])
