@@ -62,3 +62,35 @@ def test_first_screen_test_case_passes(tmp_path: Path) -> None:
     proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "chunk_errors[0] does not match" in proc.stdout
+
+
+def test_command_synopsis_matches_the_cli() -> None:
+    """Each command of the README's synopsis shows exactly the options the CLI takes."""
+    import click
+
+    from pipeline.cli import main
+
+    synopsis = re.search(r"```\n(pipeline run \[NAME.*?)```", README, re.DOTALL)
+    assert synopsis is not None
+    common = {"--log-level", "--log-format", "--help", "-h"}
+    for line in synopsis[1].splitlines():
+        name = line.split()[1]
+        command = main.commands[name]
+        shown = set(re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", line))
+        options = [
+            set(p.opts)
+            for p in command.params
+            if isinstance(p, click.Option) and not set(p.opts) & common
+        ]
+        assert all(opts & shown for opts in options), line  # every option is shown
+        assert shown <= set().union(*options), line  # and nothing else
+
+
+def test_unknown_sink_message_is_the_loaders() -> None:
+    """The README's `unknown sink` example is the message `validate` prints."""
+    from pipeline.config.loader import _builtins, _unknown
+
+    shown = re.search(r"unknown sink `fil`[^\n]*", README)
+    assert shown is not None
+    assert shown[0] == _unknown("fil", "sink", {"sink": {"file": "", "stdout": ""}})
+    assert {"file", "stdout"} <= set(_builtins()["sink"])
