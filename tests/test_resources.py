@@ -109,6 +109,23 @@ async def not_callable():
 
 
 @resource
+async def bad_close():
+    yield lambda chunk: chunk
+    raise OSError("cannot close")
+
+
+@resource
+def not_a_context(*, n: int = 1):
+    return n
+
+
+@sink(stream=True)
+@resource
+async def stream_marked():
+    yield print
+
+
+@resource
 async def enrich(*, base_url: str):
     async with httpx.AsyncClient(base_url=base_url) as client:
         async def call(chunk: dict) -> dict:
@@ -248,6 +265,34 @@ async def test_a_resource_that_yields_no_function_is_a_run_error(build: Any) -> 
     )
 
 
+@pytest.mark.parametrize(
+    ("use", "error"),
+    [
+        ("bad_close", {"type": "OSError", "message": "cannot close"}),
+        (
+            "not_a_context",
+            {
+                "type": "TypeError",
+                "message": "`not_a_context` is marked @resource but returned int, not an async "
+                "context manager (write it as an async generator that yields once)",
+            },
+        ),
+    ],
+)
+async def test_a_failing_tear_down_or_no_context_is_a_run_error(
+    build: Any, use: str, error: dict[str, str]
+) -> None:
+    """A tear-down that raises, or no context manager at all: `error` naming the stage."""
+    text = "pipelines:\n  p:\n    source: {use: counter, with: {count: 2}}\n"
+    text += f"    transforms: [{{use: 'rstages:{use}'}}]\n"
+    run, seen, _ = build(text=text)
+    with anyio.fail_after(10):
+        assert await run.execute() == "error"
+    errors = [e for e in seen if e["status"] == "error"]
+    assert [(e["stage"], e["error"]) for e in errors] == [(f"transforms[0]:{use}", error)]
+    assert seen[-1]["status"] == "complete"
+
+
 def test_resource_parameters_are_validated_like_any_stage(build: Any, tmp_path: Path) -> None:
     """`with:` is checked against the resource function's signature, with FILE:LINE."""
     with pytest.raises(ConfigError) as info:
@@ -335,3 +380,24 @@ async def test_testing_helpers_run_resource_stages() -> None:
     assert sorted(log) == sorted(
         f"{w} {d}" for w in ("source", "map", "sink") for d in ("up", "down")
     )
+
+
+def test_resource_options_and_markers_are_checked(build: Any, tmp_path: Path) -> None:
+    """Per-chunk options on a resource source, or a stream marker: problems at load."""
+    text = """pipelines:
+  p:
+    source:
+      use: 'rstages:numbers'
+      concurrency: 2
+    sinks:
+      - use: 'rstages:stream_marked'
+"""
+    with pytest.raises(ConfigError) as info:
+        build(text=text)
+    path = tmp_path / "pipelines.yaml"
+    assert str(info.value).splitlines() == [
+        f"{path}:5: pipelines.p.source.concurrency: only per-chunk transforms take "
+        "`concurrency`; this is a resource source",
+        f"{path}:7: pipelines.p.sinks[0].use: `rstages:stream_marked` is a resource: only a "
+        "sink may be marked too (`@sink(receives=...)`)",
+    ]
