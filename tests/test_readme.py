@@ -76,7 +76,7 @@ def test_command_synopsis_matches_the_cli() -> None:
     for line in synopsis[1].splitlines():
         name = line.split()[1]
         command = main.commands[name]
-        shown = set(re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", line))
+        shown = set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", line))
         options = [
             set(p.opts)
             for p in command.params
