@@ -13,6 +13,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "file": "stages.sources:file",
         "stdin": "stages.sources:stdin",
         "ingest": "stages.connectors.ingest:ingest",
+        "http": "stages.connectors.http:follow",
         "amqp": "stages.connectors.amqp:read",
         "mqtt": "stages.connectors.mqtt:read",
         "postgres": "stages.connectors.postgres_source:read",
