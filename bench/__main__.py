@@ -1,6 +1,13 @@
-"""``python -m bench``: run the benchmark suite."""
+"""``python -m bench``: run the benchmark suite (``python -m bench attack``: issue 9's probes)."""
 
 from __future__ import annotations
+
+import sys
+
+if sys.argv[1:2] == ["attack"]:
+    from bench.attack import main as attack
+
+    raise SystemExit(attack(sys.argv[2:]))
 
 from bench.run import main
 

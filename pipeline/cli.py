@@ -18,6 +18,7 @@ import click
 import orjson
 
 from pipeline import log as logmod
+from pipeline.engine import deadline
 from pipeline.errors import ConfigError, PipelineError
 
 __all__ = ["main"]
@@ -151,7 +152,7 @@ def run(
             take=take,
             watch=watch,
         )
-        sys.exit(code)
+        sys.exit(leave(code))
     picked = list(names) or [n for n, p in resolved.items() if p.config.trigger == "start"]
     sys.exit(run_to_stdout(resolved, picked, shutdown_timeout=cfg.server.shutdown_timeout))
 
@@ -177,26 +178,49 @@ def run_to_stdout(resolved: dict[str, Any], names: list[str], *, shutdown_timeou
         async with progress.Progress(meters, lambda n: str(sup.state(n)["state"])):
             return await sup.wait()
 
-    reasons = asyncio.run(go())
-    return 1 if any(r == "error" for r in reasons.values()) else 0
+    reasons = deadline.run(go())
+    return leave(1 if any(r == "error" for r in reasons.values()) else 0)
+
+
+def leave(code: int) -> int:
+    """Return ``code``; or exit at once with it when stage threads are stuck (the
+    interpreter would wait for them forever)."""
+    stuck = deadline.stuck_threads()
+    if stuck:
+        logmod.get_logger().error("threads_abandoned", threads=stuck)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _install_signals(sup: Any) -> None:
+    """SIGINT/SIGTERM: drain, bounded by ``shutdown_timeout`` + 1 s; a second: exit 1.
+
+    Python-level handlers, not the loop's: they run even while a stage holds the loop.
+    """
     loop = asyncio.get_running_loop()
     hits = [0]
-    log = logmod.get_logger()
     tasks: list[asyncio.Task[None]] = []
 
-    def on_signal(signum: int) -> None:
-        hits[0] += 1
-        if hits[0] > 1:
-            log.warning("forced_exit", signal=signal.Signals(signum).name)
-            os._exit(1)
-        log.info("signal_received", signal=signal.Signals(signum).name)
+    def begin() -> None:
+        logmod.get_logger().info("signal_received")
         tasks.append(loop.create_task(sup.shutdown()))
 
+    def on_signal(signum: int, frame: object) -> None:
+        hits[0] += 1
+        if hits[0] > 1:
+            os.write(2, b'{"event":"forced_exit","signal":"%s"}\n' % _signame(signum))
+            os._exit(1)
+        deadline.arm(sup.shutdown_timeout + 1.0)
+        loop.call_soon_threadsafe(begin)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
+        signal.signal(sig, on_signal)
+
+
+def _signame(signum: int) -> bytes:
+    return signal.Signals(signum).name.encode()
 
 
 @main.command()

@@ -212,17 +212,25 @@ def heartbeat(pipeline: str) -> Envelope:
     return {"status": "heartbeat", "pipeline": pipeline, "timestamp": now()}
 
 
-LaggedReason = Literal["not_retained", "slow_client"]
+LaggedReason = Literal["not_retained", "slow_client", "run_changed"]
 
 
 def lagged(
-    pipeline: str, run: str | None, missed: int, reason: LaggedReason, resume: str | None = None
+    pipeline: str,
+    run: str | None,
+    missed: int,
+    reason: LaggedReason,
+    resume: str | None = None,
+    previous_run: str | None = None,
 ) -> Envelope:
     """The notice that a client misses ``missed`` envelopes of ``run``.
 
-    ``reason`` is ``not_retained`` (it asked for envelopes no longer kept) or
+    ``reason`` is ``not_retained`` (it asked for envelopes no longer kept),
     ``slow_client`` (it fell too far behind and is disconnected; ``resume`` is the
-    ``RUN:SEQ`` to reconnect with).
+    ``RUN:SEQ`` to reconnect with) or ``run_changed`` (its resume token names
+    ``previous_run``, which is no longer the current run: what that run emitted after
+    the token is unknown here, ``missed`` counts the current run's envelopes no longer
+    retained).
 
     Example:
         >>> env = lagged("p", "r1", 3, "slow_client", resume="r1:7")
@@ -238,5 +246,7 @@ def lagged(
     }
     if resume is not None:
         env["resume"] = resume
+    if previous_run is not None:
+        env["previous_run"] = previous_run
     env["timestamp"] = now()
     return env

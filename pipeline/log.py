@@ -9,15 +9,56 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from typing import Any, Literal, TextIO, cast
 
 import orjson
 import structlog
 
-__all__ = ["LogFormat", "configure", "get_logger"]
+__all__ = ["MASK", "LogFormat", "configure", "get_logger", "mask", "register_secrets"]
 
 LogFormat = Literal["auto", "console", "json"]
+
+MASK = "***"
+MIN_SECRET = 3
+"""Shorter environment values are not masked (masking every ``1`` would hide everything)."""
+_SECRETS: list[str] = []
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Never print these values: from now on `mask` (every log line, every ``error`` and
+    ``chunk_error`` message, the server's answers) replaces them by ``***``."""
+    known = {v for v in values if len(v) >= MIN_SECRET} | set(_SECRETS)
+    _SECRETS[:] = sorted(known, key=len, reverse=True)
+
+
+def mask(text: str) -> str:
+    """``text`` with every registered secret replaced by ``***``.
+
+    Example:
+        >>> register_secrets(["hunter2"])
+        >>> mask("login with hunter2")
+        'login with ***'
+    """
+    for secret in _SECRETS:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(v) for v in value]
+    return value
+
+
+def _mask_event(logger: Any, name: str, event: Any) -> Any:
+    """structlog processor: mask secrets in every string of the event (or rendered line)."""
+    return _masked(event) if _SECRETS else event
 
 
 # Tracebacks as data, without local variables: locals may hold secrets and whole chunks.
@@ -67,6 +108,7 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     tail: list[Any] = [_DICT_TRACEBACKS] if fmt == "json" else []
+    tail.append(_mask_event)  # secrets masked in every line, uvicorn's included
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, *shared, *tail, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
@@ -118,6 +160,7 @@ def _default() -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _DICT_TRACEBACKS,
+            _mask_event,
             structlog.processors.JSONRenderer(serializer=_orjson_dumps),
         ],
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),

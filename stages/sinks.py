@@ -8,6 +8,8 @@ HTTP clients get. Each line is flushed as soon as it is written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +19,8 @@ from typing import BinaryIO, Literal
 from pipeline import sink
 
 __all__ = ["file", "stdout"]
+
+_NO_SYNC = (errno.EINVAL, errno.EOPNOTSUPP, errno.EROFS)
 
 
 @sink(stream=True, receives="lines")
@@ -55,9 +59,11 @@ async def file(
     Missing parent folders are created. By default (``mode: append``) lines are added to
     the end of an existing file, so a restarted pipeline never destroys what an earlier
     run wrote; ``mode: truncate`` empties the file when the run starts. Each line is
-    flushed to the operating system as soon as it is written, so ``tail -f`` sees it at
-    once. When the run ends (normally, with an error, or cancelled) the file is flushed,
-    synced to disk and closed. Relative paths are relative to the working directory.
+    written whole to the operating system as soon as it comes, so ``tail -f`` sees it at
+    once; a write that fails part-way (a full disk) is cut back to the last whole line
+    and fails the run. When the run ends (normally, with an error, or cancelled) the file
+    is flushed, synced to disk and closed. Relative paths are relative to the working
+    directory.
 
     Args:
         lines: The encoded envelopes (given by the engine).
@@ -75,9 +81,9 @@ async def file(
     await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
     fh = await asyncio.to_thread(_open, target, mode)
     try:
+        good = fh.seek(0, os.SEEK_END) if fh.seekable() else 0
         async for line in lines:
-            fh.write(line)
-            fh.flush()
+            good = _write_line(fh, line, good)
     finally:
         # In a thread: the close runs to its end even if this task is cancelled again.
         await asyncio.to_thread(_finish, fh, fsync)
@@ -87,15 +93,36 @@ def _open(target: Path, mode: str) -> BinaryIO:
     if mode not in ("append", "truncate"):
         msg = f"`mode` must be 'append' or 'truncate', got {mode!r}"
         raise ValueError(msg)
-    return target.open("ab" if mode == "append" else "wb")
+    # Unbuffered: each line is written whole by `_write_line`, nothing waits in a buffer.
+    return target.open("ab" if mode == "append" else "wb", buffering=0)
+
+
+def _write_line(fh: BinaryIO, line: bytes, good: int) -> int:
+    """Write ``line`` whole at offset ``good``; return the new end.
+
+    A write that fails part-way (a full disk) is cut back to ``good``, so the file never
+    ends in a torn line; the error is raised again (the sink fails, the run fails).
+    """
+    view = memoryview(line)
+    try:
+        while view:
+            view = view[fh.write(view) or 0 :]
+    except OSError:
+        with contextlib.suppress(OSError):
+            fh.truncate(good)
+        raise
+    return good + len(line)
 
 
 def _finish(fh: BinaryIO, fsync: bool) -> None:
-    """Flush, optionally fsync, and close ``fh``; it is closed whatever fails."""
+    """Optionally fsync, and close ``fh``; it is closed whatever fails."""
     try:
-        fh.flush()
         if fsync:
-            os.fsync(fh.fileno())
+            try:
+                os.fsync(fh.fileno())
+            except OSError as exc:
+                if exc.errno not in _NO_SYNC:  # /dev/null and pipes cannot be synced
+                    raise
     finally:
         fh.close()
 

@@ -37,8 +37,7 @@ def format_envelope(env: Mapping[str, Any], width: int | None = None) -> Text | 
     if status == "heartbeat":
         return None
     if status == "lagged":
-        missed = env.get("missed", "?")
-        line = Text(f"! lagged: {missed} envelopes were no longer retained and are missed")
+        line = Text(_lagged(env))
         line.stylize("bold yellow")
     else:
         line = Text()
@@ -50,6 +49,16 @@ def format_envelope(env: Mapping[str, Any], width: int | None = None) -> Text | 
     if width is not None:
         line.truncate(width, overflow="ellipsis")
     return line
+
+
+def _lagged(env: Mapping[str, Any]) -> str:
+    missed = env.get("missed", "?")
+    if env.get("reason") == "run_changed":
+        return (
+            f"! run changed: run {env.get('previous_run')} is gone, following run "
+            f"{env.get('run')} from its first retained envelope ({missed} no longer retained)"
+        )
+    return f"! lagged: {missed} envelopes were no longer retained and are missed"
 
 
 def _clock(timestamp: Any) -> str:

@@ -14,6 +14,7 @@ import inspect
 import os
 import re
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,11 +40,15 @@ from pipeline.types import StageKind
 __all__ = [
     "TRANSPORT_KEYS",
     "ResolvedPipeline",
+    "import_timeout",
     "load_and_resolve",
     "problem_order",
     "request_params",
     "resolve",
 ]
+
+IMPORT_TIMEOUT = 30.0
+"""Default seconds a stage module's import may take (``$PIPELINE_IMPORT_TIMEOUT``)."""
 
 Loc = tuple[str | int, ...]
 TRANSPORT_KEYS = frozenset({"since"})
@@ -401,13 +406,15 @@ def _import(target: str, base_dir: Path) -> Callable[..., Any] | str:
     """Import ``module:attr``; return the callable, or the message saying why not."""
     module_name, _, attr = target.partition(":")
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj: Any = _import_bounded(module_name)
     except ModuleNotFoundError as exc:
         missing = exc.name or ""
         if module_name == missing or module_name.startswith(missing + "."):
             return f"cannot import module `{module_name}`: {exc}"
         return _failed(module_name, exc, base_dir)
-    except Exception as exc:
+    except _ImportTimeout:
+        return f"importing module `{module_name}` took more than {import_timeout():g} s"
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a stage module's, not ours
         return _failed(module_name, exc, base_dir)
     done: list[str] = []
     for part in attr.split("."):
@@ -420,6 +427,47 @@ def _import(target: str, base_dir: Path) -> Callable[..., Any] | str:
     if not callable(obj):
         return f"`{target}` is not callable"
     return obj  # type: ignore[no-any-return]
+
+
+class _ImportTimeout(Exception):
+    """A stage module's import did not finish in time."""
+
+
+def import_timeout() -> float:
+    """Seconds a stage module's import may take: ``$PIPELINE_IMPORT_TIMEOUT``, default 30."""
+    try:
+        return max(float(os.environ.get("PIPELINE_IMPORT_TIMEOUT", "")), 0.1)
+    except ValueError:
+        return IMPORT_TIMEOUT
+
+
+def _import_bounded(module_name: str) -> Any:
+    """Import ``module_name``, giving up after `import_timeout` seconds.
+
+    A module already imported (or being imported by this thread) is returned at once; a
+    new one is imported in a daemon thread, so an import that hangs (a network call at
+    import time) cannot hang ``validate`` or ``run``.
+    """
+    if module_name in sys.modules:
+        return importlib.import_module(module_name)
+    box: list[Any] = []
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            box.append((True, importlib.import_module(module_name)))
+        except BaseException as exc:  # handed to the caller, which re-raises it
+            box.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name=f"import {module_name}", daemon=True).start()
+    if not done.wait(import_timeout()):
+        raise _ImportTimeout(module_name)
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
 
 
 def _shadow_hint(module_name: str, base_dir: Path) -> str:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pipeline.config import env as _env, layers as _layers, parse as _yaml
 from pipeline.config.parse import Loc, format_loc
 from pipeline.errors import ConfigError, EnvVarError, Problem
+from pipeline.log import register_secrets
 
 __all__ = [
     "Config",
@@ -57,6 +58,9 @@ class ServerConfig(_Model):
     shutdown_timeout: float = Field(default=10.0, ge=0)
     cors_origins: list[str] = Field(default_factory=list)
     metrics_token: str = ""
+    max_head_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_headers: int = Field(default=100, ge=1)
+    head_timeout: float = Field(default=10.0, gt=0)
 
 
 class RetryConfig(_Model):
@@ -211,6 +215,7 @@ def load(
     if layered.data is None:
         raise ConfigError(_as_problems(problems))
     env = _env.interpolate(layered.data, os.environ if environ is None else environ)
+    register_secrets(env.secrets)  # masked in every output from now on, run time included
     poisoned = layered.poisoned | {loc for loc, _ in env.problems}
     problems += [(loc, 0, msg, None) for loc, msg in env.problems]
     collected = _Collector()
@@ -220,6 +225,8 @@ def load(
         for loc, msg in collected.items
         if not any(loc[:n] in poisoned for n in range(len(loc) + 1))
     ]
+    if server is not None:
+        register_secrets([server.token, server.metrics_token])
     config = Config(
         path=Path(files[0]),
         file=files[0],

@@ -8,14 +8,18 @@ Problems are collected, not raised: the caller reports them all at once.
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 __all__ = ["Loc", "Parsed", "format_loc", "parse", "read"]
+
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file larger than this (1 MiB) is refused before it is read."""
 
 Loc = tuple[str | int, ...]
 """Where a value sits in the document: mapping keys and 0-based sequence indexes."""
@@ -70,9 +74,17 @@ def read(file: str) -> Parsed:
         The parsed document, with ``data`` ``None`` when nothing usable was read.
     """
     try:
-        raw = Path(file).read_bytes()
+        info = os.stat(file)
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would hang, /dev/zero never end
+            return _fatal(0, "cannot read config file: not a regular file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            return _fatal(0, f"cannot read config file: larger than {MAX_CONFIG_BYTES} bytes")
+        with open(file, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         return _fatal(0, f"cannot read config file: {exc.strerror or type(exc).__name__}")
+    if len(raw) > MAX_CONFIG_BYTES:
+        return _fatal(0, f"cannot read config file: larger than {MAX_CONFIG_BYTES} bytes")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -83,8 +95,8 @@ def read(file: str) -> Parsed:
 
 def parse(text: str) -> Parsed:
     """Parse YAML ``text`` into plain values with their lines; never raises for bad input."""
-    loader = _Loader(text)
     try:
+        loader = _Loader(text)  # its reader refuses non-printable characters (a NUL) at once
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         return _syntax_problem(exc)

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from pipeline.engine.acks import Ack, release_all, retain_all
+from pipeline.log import get_logger
 from pipeline.stage import ResolvedStage, StageMeta
 from pipeline.types import Envelope
 
@@ -40,6 +41,10 @@ OnReject = Callable[[str, BaseException, Any, "tuple[Ack, ...] | None"], None]
 rejection can never loop through the sink that rejected it.
 """
 _END: Any = object()
+CANCEL_GRACE = 0.2
+"""Seconds a cancelled sink gets to end (its cleanup) before it is left behind."""
+MIN_GRACE = 0.05
+"""Seconds a sink still gets past the deadline (the stdout sink writes `complete`)."""
 
 
 class _Flush:
@@ -174,6 +179,8 @@ class Fanout:
         self.publish = publish
         self.on_failure = on_failure
         self.failures: list[tuple[str, BaseException]] = []
+        self._deadline: float | None = None
+        self._hurried = asyncio.Event()
         self._workers = [
             _Worker(s, dead_letter=False, buffer=buffer, on_reject=on_reject) for s in sinks
         ]
@@ -181,6 +188,57 @@ class Fanout:
             self._workers.append(
                 _Worker(dead_letter, dead_letter=True, buffer=buffer, on_reject=on_reject)
             )
+
+    def hurry(self, grace: float) -> None:
+        """From now on, sinks get ``grace`` seconds in all: a sink still busy then is
+        given up (cancelled; its cleanup runs) instead of being waited for. Waits already
+        under way are cut short too."""
+        if self._deadline is None:
+            self._deadline = asyncio.get_running_loop().time() + grace
+            self._hurried.set()
+
+    async def _race(self, aws: Sequence[asyncio.Future[Any]], *, every: bool = False) -> None:
+        """Wait for the first of ``aws`` (all of them with ``every``); once `hurry` was
+        called, never past its deadline."""
+        when = asyncio.ALL_COMPLETED if every else asyncio.FIRST_COMPLETED
+        pending: set[asyncio.Future[Any]] = set(aws)
+        hurried = asyncio.ensure_future(self._hurried.wait())
+        try:
+            while pending:
+                if self._deadline is not None:
+                    await asyncio.wait(pending, timeout=self._left(), return_when=when)
+                    return
+                done, pending = await asyncio.wait(
+                    {*pending, hurried}, return_when=asyncio.FIRST_COMPLETED
+                )
+                pending.discard(hurried)
+                if not every and done - {hurried}:
+                    return
+        finally:
+            hurried.cancel()
+
+    def _left(self) -> float | None:
+        if self._deadline is None:
+            return None
+        return max(self._deadline - asyncio.get_running_loop().time(), MIN_GRACE)
+
+    def _give_up(self, w: _Worker) -> None:
+        if not w.dead:
+            w.dead = True
+            if w.task is not None:
+                w.task.cancel()
+            log = get_logger()
+            log.warning("sink_abandoned", stage=w.stage.id, hint="still busy at shutdown")
+
+    async def _put(self, w: _Worker, item: tuple[Any, Any]) -> None:
+        """Put ``item`` in a full queue; in a hurry, give the sink up if it takes too long."""
+        put = asyncio.ensure_future(w.queue.put(item))
+        try:
+            await self._race((put,))
+        finally:
+            if not put.done():
+                put.cancel()
+                self._give_up(w)
 
     @property
     def direct(self) -> bool:
@@ -215,7 +273,7 @@ class Fanout:
             else:
                 item = (w.payload(env, line), pending)
             if w.queue.full():
-                await w.queue.put(item)
+                await self._put(w, item)
             else:
                 w.queue.put_nowait(item)
         if pending is not None:
@@ -232,16 +290,18 @@ class Fanout:
             if w.dead or w.task is None or w.task.done():
                 continue
             marker = _Flush()
-            await w.queue.put((marker, None))
+            await self._put(w, (marker, None))
             waits.append((w, marker))
         for w, marker in waits:
-            if w.task is None:  # pragma: no cover - started above
+            if w.task is None or w.dead:
                 continue
             flushed = asyncio.ensure_future(marker.event.wait())
             try:
-                await asyncio.wait({flushed, w.task}, return_when=asyncio.FIRST_COMPLETED)
+                await self._race((flushed, w.task))
             finally:
                 flushed.cancel()
+            if not marker.event.is_set() and not w.task.done():
+                self._give_up(w)
 
     async def settle(self, timeout: float | None = None) -> bool:
         """Wait until every live confirming sink answered for every item it got.
@@ -259,21 +319,19 @@ class Fanout:
 
     async def close(self, timeout: float | None = None) -> None:
         """End every sink's input, wait for them to flush and close, then stop them."""
+        if timeout is not None:
+            self.hurry(timeout)
+        for w in self._workers:
+            if not w.dead:
+                await self._put(w, (_END, None))
         tasks = [w.task for w in self._workers if w.task is not None]
-        try:
-            async with asyncio.timeout(timeout):
-                for w in self._workers:
-                    if not w.dead:
-                        await w.queue.put((_END, None))
-                if tasks:
-                    await asyncio.wait(tasks)
-        except TimeoutError:
-            pass
-        finally:
-            for t in tasks:
-                t.cancel()
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            await self._race(tasks, every=True)
+        for w in self._workers:
+            if w.task is not None and not w.task.done():
+                self._give_up(w)
+        if tasks:  # a sink that ignores cancellation is left behind, not waited for
+            await asyncio.wait(tasks, timeout=CANCEL_GRACE)
 
     async def _run(self, w: _Worker) -> None:
         try:

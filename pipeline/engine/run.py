@@ -36,7 +36,7 @@ from pipeline.envelope import (
     numbered,
     processing,
 )
-from pipeline.log import get_logger
+from pipeline.log import get_logger, mask
 from pipeline.meter import PipelineMeter
 from pipeline.stage import ResolvedStage
 from pipeline.types import Envelope, Reason
@@ -44,6 +44,8 @@ from pipeline.types import Envelope, Reason
 __all__ = ["SETTLE_TIMEOUT", "Run", "RunState", "new_run_id"]
 
 RunState = Literal["pending", "running", "completed", "failed"]
+ABORT_GRACE = 0.3
+"""Seconds an aborted run gives its stages (to take cancellation) and its sinks (to close)."""
 _TRACEBACKS_PER_STAGE = 1
 """Chunk errors of one stage logged with their traceback (the rest: one line each)."""
 SETTLE_TIMEOUT = 30.0
@@ -106,6 +108,8 @@ class Run:
         self._stopping = False
         self._stop_reason: Reason = "shutdown"
         self._aborted: Reason | None = None
+        self._abandon = asyncio.Event()
+        self._abandoned = False
         self._started = 0.0
         self._ended = 0.0
         self._tracebacks: dict[str, int] = {}
@@ -125,7 +129,11 @@ class Run:
 
     def abort(self, reason: Reason = "shutdown") -> None:
         """Stop now: in-flight chunks are dropped; ``complete`` still comes last."""
+        if self._aborted is not None:
+            return
         self._aborted = reason
+        self._fanout.hurry(ABORT_GRACE)
+        asyncio.get_running_loop().call_later(ABORT_GRACE, self._abandon.set)
         if self._driver is not None:
             self._driver.cancel()
 
@@ -191,19 +199,20 @@ class Run:
             await self._finish()
         if outer_cancel:
             raise asyncio.CancelledError
-        return reason
+        return self.reason or reason
 
     async def _drive_to_end(self) -> bool:
         """Run the driver task; return whether *we* were cancelled from outside."""
         self._driver = asyncio.get_running_loop().create_task(self._drive())
         try:
-            await self._driver
+            await self._wait_driver()
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 if not self._driver.done():
                     self._driver.cancel()
-                await asyncio.gather(self._driver, return_exceptions=True)
+                await asyncio.wait((self._driver,), timeout=ABORT_GRACE)
+                self._abandoned = not self._driver.done()
                 return True
         except StageCrash as crash:
             await self._emit_error(crash.stage, crash.exc)
@@ -216,6 +225,28 @@ class Run:
         if self._halt is not None:
             await self._emit_error(self._halt[1], self._halt[2])
         return False
+
+    async def _wait_driver(self) -> None:
+        """Wait for the driver; once aborted, for `ABORT_GRACE` at most.
+
+        A stage that swallows cancellation (or a thread that never returns) must not keep
+        the run, and the process, alive: it is abandoned, and anything it still emits
+        is refused.
+        """
+        driver = self._driver
+        assert driver is not None
+        abandon = asyncio.ensure_future(self._abandon.wait())
+        try:
+            await asyncio.wait((driver, abandon), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            abandon.cancel()
+        if not driver.done():
+            self._abandoned = True
+            self.log.error(
+                "stage_abandoned", hint="a stage ignored cancellation", grace=ABORT_GRACE
+            )
+            return
+        driver.result()
 
     def _final_reason(self, outer_cancel: bool) -> Reason:
         if self.errors:
@@ -263,7 +294,7 @@ class Run:
         slow, direct, deliver = self._emit_item, self._direct, self._fanout.deliver
 
         def emit(item: Any) -> Awaitable[None] | None:
-            if type(item) in special:
+            if type(item) in special or self._abandoned:
                 return slow(item)
             seq = self.seq + 1
             env = processing(name, run_id, seq, item)
@@ -287,6 +318,10 @@ class Run:
                 await asyncio.gather(self._reject_task, return_exceptions=True)
             await self._fanout.close()
             await self.acks.aclose()
+            if self._fanout.failures and self.reason != "error":
+                # A sink failed while closing, after `complete` went out: the run still failed.
+                self.log.error("run_failed_after_complete", stage=self._fanout.failures[0][0])
+                self.reason = "error"
         finally:
             self.meter.finish(self, self.reason or "cancelled")
         self.state = "failed" if self.reason == "error" else "completed"
@@ -304,6 +339,8 @@ class Run:
         await self._fanout.deliver(env, line, acks)
 
     async def _emit_item(self, item: Any) -> None:
+        if self._abandoned:  # a stage that ignored cancellation is still producing
+            raise asyncio.CancelledError
         acks: tuple[Any, ...] = ()
         if type(item) is Carry:
             acks, item = item.acks, item.chunk
@@ -331,7 +368,7 @@ class Run:
     async def _emit_failure(self, f: Failure, acks: tuple[Any, ...]) -> None:
         self.chunk_errors += 1
         self._log_failure(f)
-        error = {"type": f.type, "message": f.message}
+        error = {"type": f.type, "message": mask(f.message)}
         env = self._next("chunk_error", stage=f.stage, error=error, chunk=f.chunk)
         line = encode_without(env, "chunk")
         if acks:
@@ -354,7 +391,7 @@ class Run:
 
     async def _emit_error(self, stage: str, exc: BaseException) -> None:
         self.errors += 1
-        message = str(exc) if not isinstance(exc, TimeoutError) else "stage timed out"
+        message = mask(str(exc)) if not isinstance(exc, TimeoutError) else "stage timed out"
         self.log.error("run_failed", stage=stage, error=type(exc).__name__, exc_info=exc)
         error = {"type": type(exc).__name__, "message": message}
         await self._emit(self._next("error", stage=stage, error=error))

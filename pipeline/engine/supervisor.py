@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from pipeline.engine.run import Run
+from pipeline.engine.run import ABORT_GRACE, Run
+from pipeline.engine.watchdog import Watchdog
 from pipeline.inlet import Inlet, inlet_parameter
-from pipeline.log import get_logger
+from pipeline.log import get_logger, mask
 from pipeline.meter import PipelineMeter
 from pipeline.stage import ResolvedStage
 from pipeline.types import Envelope, Reason
@@ -121,6 +122,8 @@ class Supervisor:
         self.shutting_down = False
         self.reloads = ReloadStatus()
         self.log = get_logger()
+        self.watchdog = Watchdog(())
+        """The event loop's lag (``watchdog.lag_s``, ``watchdog.max_lag_s``, seconds)."""
 
     @property
     def names(self) -> list[str]:
@@ -134,6 +137,8 @@ class Supervisor:
         source_params: Mapping[str, Any] | None = None,
     ) -> Run:
         spec = slot.spec
+        self.watchdog.add((spec.source, *spec.transforms, *spec.sinks))
+        self.watchdog.start()
         return Run(
             spec.name,
             spec.source,
@@ -235,12 +240,15 @@ class Supervisor:
     async def shutdown(self) -> None:
         """Stop every run: graceful for ``shutdown_timeout`` seconds, then abort."""
         self.shutting_down = True
+        self.watchdog.stop()
         runs = self.runs()
         self.log.info("shutdown_started", runs=len(runs), timeout=self.shutdown_timeout)
         for run in runs:
             run.stop()
         await self._drain(runs, "shutdown")
-        await self.wait()
+        tasks = [s.task for s in self._slots.values() if s.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=ABORT_GRACE)
         self.log.info("shutdown_complete")
 
     async def reload(
@@ -305,7 +313,14 @@ class Supervisor:
                 run.abort(reason)
         for w in pending:
             w.cancel()
-        await asyncio.gather(*(r.done.wait() for r in runs))
+        # An aborted run ends within ABORT_GRACE (+ its sinks' cancellation); never wait
+        # longer, whatever its stages do.
+        ends = [asyncio.ensure_future(r.done.wait()) for r in runs]
+        _, stuck = await asyncio.wait(ends, timeout=2 * ABORT_GRACE)
+        for w in stuck:
+            w.cancel()
+        if stuck:
+            self.log.error(f"{reason}_incomplete", runs=len(stuck))
 
     def state(self, name: str) -> dict[str, Any]:
         """The JSON state of one pipeline, as served by ``GET /pipelines/{name}``."""
@@ -314,7 +329,7 @@ class Supervisor:
         status = "pending" if run is None or run.state == "pending" else run.state
         return {
             "name": name,
-            "description": spec.config.description,
+            "description": mask(spec.config.description),
             "trigger": spec.config.trigger,
             "state": status,
             "run": run.id if run else None,

@@ -204,12 +204,17 @@ class Hub:
         if want is None:
             return (head if run.end is None else oldest), None
         want_run, seq = want
-        first = 1 if want_run is not None and want_run != run.id else seq + 1
+        changed = want_run is not None and want_run != run.id
+        first = 1 if changed else seq + 1
         oldest_seq = ring.seq_at(oldest) if oldest < head else run.last_seq + 1
-        if first >= oldest_seq:
+        if first >= oldest_seq and not changed:
             cursor = bisect_left(range(oldest, head), first, key=ring.seq_at) + oldest
             return cursor, None
-        notice = lagged(self.name, run.id, oldest_seq - first, "not_retained")
+        missed = max(oldest_seq - first, 0)
+        if changed:  # always said: the client's run is gone, this is another one
+            notice = lagged(self.name, run.id, missed, "run_changed", previous_run=want_run)
+        else:
+            notice = lagged(self.name, run.id, missed, "not_retained")
         line = memoryview(encode(notice)).tobytes()
         return oldest, Item(run.id, None, "lagged", line)
 

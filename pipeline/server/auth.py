@@ -66,7 +66,10 @@ class Auth:
         """Whether ``conn`` carries the bearer token, or the cookie from an allowed origin."""
         if not self._token:
             return True
-        raw = dict(conn.scope["headers"]).get(b"authorization", b"")
+        given = [v for k, v in conn.scope["headers"] if k == b"authorization"]
+        if len(given) > 1:  # which one a proxy and we would pick may differ: neither
+            return False
+        raw = given[0] if given else b""
         scheme, _, credentials = raw.partition(b" ")
         if scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._token):
             return True

@@ -10,8 +10,10 @@ uvicorn waits for open responses on SIGTERM, and our streams never end by themse
               └► should_exit = True    uvicorn stops listening, waits for the streams
                                        (bounded by timeout_graceful_shutdown), exits 0
 
-A second signal exits at once with status 1. SIGHUP (and, with ``--reload``, a change
-to a watched file) reloads the config: see `pipeline.server.reload`.
+A second signal exits at once with status 1. Whatever the stages do, the process is gone
+``shutdown_timeout`` + 1 s after the first signal (`pipeline.engine.deadline`). SIGHUP
+(and, with ``--reload``, a change to a watched file) reloads the config: see
+`pipeline.server.reload`.
 """
 
 from __future__ import annotations
@@ -34,16 +36,18 @@ import uvicorn
 
 from pipeline.config.models import Config
 from pipeline.config.snapshot import Snapshot
+from pipeline.engine import deadline
 from pipeline.engine.supervisor import Supervisor
 from pipeline.hub.hub import Hub
-from pipeline.log import get_logger
+from pipeline.log import get_logger, mask
 from pipeline.server.app import ServerState, create_app
+from pipeline.server.protocol import limited
 from pipeline.server.reload import Reloader
 from pipeline.server.streams import install_cut_filter
 
 __all__ = ["GRACE", "PipelineServer", "bind", "build", "serve"]
 
-GRACE = 3
+GRACE = 0.5
 """Seconds uvicorn waits for streams after the drain before it cancels them (backstop)."""
 
 _SECRET_QUERY = re.compile(
@@ -97,9 +101,14 @@ class PipelineServer(uvicorn.Server):
         self._drain: asyncio.Task[None] | None = None
         self._signals = 0
 
+    def run(self, sockets: list[socket.socket] | None = None) -> None:
+        """Serve until told to stop; tasks left at the end are not waited for forever."""
+        deadline.run(self.serve(sockets=sockets), loop_factory=self.config.get_loop_factory())
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """Start listening, then the pipelines; log ``listening`` with the real port."""
         self._loop = asyncio.get_running_loop()
+        deadline.install_executor(self._loop)
         await super().startup(sockets)
         if not self.started:
             return
@@ -129,7 +138,8 @@ class PipelineServer(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        """Like uvicorn's, but the signal is not raised again afterwards (we exit 0)."""
+        """Like uvicorn's, but the signal is not raised again afterwards (we exit 0), and
+        our SIGINT/SIGTERM handlers stay: a signal while the process ends exits 1 at once."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -141,7 +151,8 @@ class PipelineServer(uvicorn.Server):
             yield
         finally:
             for sig, handler in old.items():
-                signal.signal(sig, handler)
+                if sig not in sigs:
+                    signal.signal(sig, handler)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """First signal: drain. Second: exit now, with status 1.
@@ -154,6 +165,7 @@ class PipelineServer(uvicorn.Server):
         if self._signals > 1:
             os.write(2, b'{"event":"forced_exit","signal":"%s"}\n' % name.encode())
             os._exit(1)
+        deadline.arm(self.streams.supervisor.shutdown_timeout + 1.0)
         self.request_drain(name)
 
     def request_drain(self, reason: str = "requested") -> None:
@@ -248,13 +260,13 @@ def build(
     config = uvicorn.Config(
         create_app(streams),
         loop="auto",
-        http="httptools",
+        http=limited(settings.max_head_bytes, settings.max_headers, settings.head_timeout),
         ws="auto",
         lifespan="off",
         log_config=None,
         access_log=True,
         server_header=False,
-        timeout_graceful_shutdown=GRACE,
+        timeout_graceful_shutdown=GRACE,  # type: ignore[arg-type]  # a float works (wait_for)
     )
     reloader = None
     if current is not None and take is not None:
@@ -286,7 +298,7 @@ def serve(
         in_use = exc.errno == errno.EADDRINUSE
         hint = " (is another server running there? try --port 0)" if in_use else ""
         print(
-            f"pipeline run --serve: cannot listen on {_netloc(host, port)}: {reason}{hint}",
+            mask(f"pipeline run --serve: cannot listen on {_netloc(host, port)}: {reason}{hint}"),
             file=sys.stderr,
         )
         return 2

@@ -34,6 +34,7 @@ from starlette.types import Message, Receive, Scope, Send
 from pipeline.envelope import encode, encode_sse, heartbeat, lagged
 from pipeline.hub.hub import Hub, Item, Subscription
 from pipeline.log import get_logger
+from pipeline.server.protocol import CONNECTION, Connection
 
 __all__ = [
     "JSONLStream",
@@ -104,7 +105,9 @@ class _Stream(Response):
         self.background = None
         self._limit = options.send_timeout
         self._pump_task: asyncio.Task[None] | None = None
-        self._sending = False
+        self._dropped = False
+        self.conn: Connection | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self.cut: str | None = None
         headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
         if options.gzip:
@@ -113,6 +116,7 @@ class _Stream(Response):
         self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.conn = scope.get("extensions", {}).get(CONNECTION)
         try:
             sub = self.hub.subscribe(self.opts.since, on_drop=self._on_drop)
             async with sub:
@@ -126,11 +130,26 @@ class _Stream(Response):
                         run.cancel()
                         await asyncio.gather(run, return_exceptions=True)
         finally:
-            if self.opts.on_close is not None:
-                self.opts.on_close()
+            self._release()
         if self.cut is not None:
             _CUT.set(True)
             get_logger(pipeline=self.hub.name).warning("client_cut", reason=self.cut)
+
+    def _release(self) -> None:
+        """Free the stream's slot; a client we gave up on keeps it until its socket is gone.
+
+        A cut client's connection is reset at once (its buffered bytes are dropped), so
+        neither its socket nor the kernel's buffers outlive the stream.
+        """
+        on_close, conn = self.opts.on_close, self.conn
+        if conn is not None and self.cut is not None:
+            conn.abort()
+        if on_close is None:
+            return
+        if conn is not None and (self.cut is not None or self._dropped):
+            conn.when_closed(on_close)
+        else:
+            on_close()
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, sub: Subscription) -> None:
         if not await self._start(scope, receive, send):
@@ -159,10 +178,15 @@ class _Stream(Response):
             pass
 
     def _on_drop(self) -> None:
-        """The hub lapped this client: a write stuck on it is cut, the next ones hurry."""
+        """The hub lapped this client: a write stuck on it is cut, the next ones hurry;
+        the connection closes after the ``lagged`` notice (reset if not gone in time)."""
         self._limit = min(self._limit, DROP_GRACE)
-        if self._sending:
-            self._cut_now("lagging")
+        self._dropped = True
+        if self._timer is not None:  # the write under way gets DROP_GRACE from now
+            self._timer.cancel()
+            self._timer = asyncio.get_running_loop().call_later(
+                DROP_GRACE, self._cut_now, "lagging"
+            )
 
     def _cut_now(self, reason: str) -> None:
         if self.cut is None and self._pump_task is not None and not self._pump_task.done():
@@ -171,13 +195,13 @@ class _Stream(Response):
 
     async def _send(self, send: Send, message: Message) -> None:
         """One ASGI send, cut if the client has not taken it within the limit."""
-        timer = asyncio.get_running_loop().call_later(self._limit, self._cut_now, "send_timeout")
-        self._sending = True
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._limit, self._cut_now, "send_timeout")
         try:
             await send(message)
         finally:
-            self._sending = False
-            timer.cancel()
+            self._timer.cancel()
+            self._timer = None
 
     async def _write(self, send: Send, data: bytes) -> None:
         if self.opts.gzip:
@@ -206,7 +230,17 @@ class _Stream(Response):
                 await self._write(send, self._heartbeat() if batch is None else batch)
         if sub.dropped:
             await self._write(send, self._lagged_line(sub))
+            if not await self._settled():
+                return
         await self._end(send)
+
+    async def _settled(self) -> bool:
+        """Whether a dropped client took what it was sent within `DROP_GRACE`; if not, the
+        stream is cut (the connection is reset, freeing its socket and kernel buffers)."""
+        if self.conn is None or await self.conn.settled(DROP_GRACE):
+            return True
+        self.cut = "lagging"
+        return False
 
     def _heartbeat(self) -> bytes:
         return encode(heartbeat(self.hub.name))
@@ -241,6 +275,8 @@ class SSEStream(_Stream):
                 await self._write(send, b": keepalive\n\n" if items is None else _frames(items))
         if sub.dropped:
             await self._write(send, encode_sse(self._lagged_line(sub), "", None))
+            if not await self._settled():
+                return
         await self._end(send)
 
 

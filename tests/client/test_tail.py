@@ -628,6 +628,47 @@ def test_end_to_end_with_real_server(tmp_path: Path) -> None:
     assert b"s3cret-t0ken" not in proc.stdout + proc.stderr
 
 
+def test_resume_into_another_run_is_announced(tmp_path: Path) -> None:
+    """A resume token of a run that is gone (a restart): the real server says so with a
+    `lagged` notice (`run_changed`), and `pipeline tail` prints it before the new run."""
+    served = tmp_path / "served.yaml"
+    served.write_text(REAL_CONFIG.format(port=0))
+    cmd = [sys.executable, "-m", "pipeline", "run", "--serve", "--port", "0", "-c", str(served)]
+    with subprocess.Popen(
+        [*cmd, "--log-format", "json"],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    ) as server:
+        try:
+            events = _log_events(server)
+            port = _wait_event(events, "listening")["port"]
+            _wait_event(events, "run_completed")
+            stream = f"http://127.0.0.1:{port}/pipelines/count/stream"
+            raw = run_tail(stream, "--since", "deadbeef:654", "--raw", "--token", "s3cret-t0ken")
+            pretty = run_tail(stream, "--since", "deadbeef:654", "--token", "s3cret-t0ken")
+            server.send_signal(signal.SIGINT)
+            server.wait(timeout=30)
+        finally:
+            server.kill()
+    assert raw.returncode == 0, raw.stderr
+    envs = [orjson.loads(line) for line in raw.stdout.splitlines()]
+    notice = envs[0]
+    assert (notice["status"], notice["reason"], notice["previous_run"]) == (
+        "lagged",
+        "run_changed",
+        "deadbeef",
+    )
+    assert notice["missed"] == 0 and notice["run"] == envs[1]["run"]
+    assert [e["seq"] for e in envs[1:]] == list(range(1, 8))
+    first = pretty.stdout.decode().splitlines()[0]
+    assert first == (
+        f"! run changed: run deadbeef is gone, following run {notice['run']} "
+        "from its first retained envelope (0 no longer retained)"
+    )
+
+
 def test_docstring_examples_run() -> None:
     """The `>>>` examples in `pipeline.client.tail` and `pipeline.client.render` hold."""
     from pipeline.client import render as _pretty

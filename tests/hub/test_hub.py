@@ -126,14 +126,25 @@ async def test_since_seq_and_run_seq_replay_higher_seqs() -> None:
 
 
 async def test_token_of_another_run_gets_the_current_run_from_its_start() -> None:
-    """RUN:SEQ naming another run replays the current run from its first envelope."""
+    """RUN:SEQ naming another run replays the current run from its first envelope, after
+    a `lagged` notice (reason `run_changed`) that says so, even when nothing of the
+    current run was lost."""
     hub = Hub("p", retain=10, client_buffer=10)
     pub(hub, "r1", range(1, 4))
     complete(hub, "r1", 4)
     pub(hub, "r2", range(1, 3))
     async with hub.subscribe("r1:2") as sub:
-        assert seqs(await read(sub)) == [1, 2]
-        assert lines(hub._ring.lines[-1])[0]["run"] == "r2"
+        batch = lines(await read(sub))
+    assert batch[0] == {
+        "status": "lagged",
+        "pipeline": "p",
+        "run": "r2",
+        "missed": 0,
+        "reason": "run_changed",
+        "previous_run": "r1",
+        "timestamp": batch[0]["timestamp"],
+    }
+    assert [(e["run"], e["seq"]) for e in batch[1:]] == [("r2", 1), ("r2", 2)]
 
 
 async def test_token_of_another_run_with_losses_starts_with_lagged() -> None:
@@ -147,7 +158,8 @@ async def test_token_of_another_run_with_losses_starts_with_lagged() -> None:
         "pipeline": "p",
         "run": "r2",
         "missed": 7,
-        "reason": "not_retained",
+        "reason": "run_changed",
+        "previous_run": "old",
         "timestamp": first[0]["timestamp"],
     }
     assert [e["seq"] for e in first[1:]] == [8, 9, 10]

@@ -157,10 +157,11 @@ class HubModel(RuleBasedStateMachine):
             c.cursor = head if run.end is None else oldest
             return
         token_run, _, seq = since.rpartition(":")
-        first = 1 if token_run and token_run != run.id else int(seq) + 1
+        changed = bool(token_run) and token_run != run.id
+        first = 1 if changed else int(seq) + 1
         oldest_seq = self.log[oldest][1] if oldest < head else run.last_seq + 1
-        if first < oldest_seq:
-            c.cursor, c.notice = oldest, oldest_seq - first
+        if first < oldest_seq or changed:  # a run change is always announced
+            c.cursor, c.notice = oldest, max(oldest_seq - first, 0)
         else:
             c.cursor = next((p for p in range(oldest, head) if self.log[p][1] >= first), head)
 

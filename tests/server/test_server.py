@@ -402,6 +402,22 @@ def test_bad_token_gets_401(secured: ServerProcess, auth: str | None, path: str)
         assert s.headers["www-authenticate"] == "Bearer"
 
 
+def test_two_authorization_headers_get_401(secured: ServerProcess) -> None:
+    """Two `Authorization` headers, even with the right token in one: 401 (a proxy and
+    the server might each pick a different one)."""
+    for first, second in ((f"Bearer {TOKEN}", "Bearer wrong"), ("Bearer wrong", f"Bearer {TOKEN}")):
+        with socket.create_connection(("127.0.0.1", secured.port), timeout=10) as sock:
+            sock.sendall(
+                b"GET /pipelines HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                + f"Authorization: {first}\r\nAuthorization: {second}\r\n\r\n".encode()
+            )
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 401")
+        assert b'"unauthorized"' in data
+
+
 def test_token_grants_access_and_is_never_logged(secured: ServerProcess) -> None:
     """The right token opens every route; /healthz is open; the token never reaches logs."""
     assert httpx.get(secured.url("/healthz")).status_code == 200
@@ -468,8 +484,8 @@ def test_idle_keep_alive_connection_is_closed(server: ServerProcess) -> None:
 
 
 def test_idle_and_trickling_connections_do_not_hold_others(server: ServerProcess) -> None:
-    """Connections that send nothing, or a header byte now and then, stay open (uvicorn
-    has no head timeout: see docs/http.md) without taking stream slots or slowing others."""
+    """Connections that send nothing, or a header byte now and then, stay open within
+    `server.head_timeout` without taking stream slots or slowing others."""
     idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(20)]
     trickler = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     try:

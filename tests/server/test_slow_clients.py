@@ -1,0 +1,79 @@
+"""Clients the server gives up on are closed, and hold their `max_clients` slot until then."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.http_helpers import RawStream, ServerProcess, fd_count, wait_until
+
+STAGES = """
+import asyncio
+
+async def big(size: int = 10000):
+    n = 0
+    while True:
+        yield {"n": n, "pad": "x" * size}
+        n += 1
+        await asyncio.sleep(0.001)
+"""
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    (tmp_path / "slowstages.py").write_text(STAGES)
+    (tmp_path / "pipelines.yaml").write_text(
+        """
+server:
+  client_buffer: 20
+  max_clients: 1
+  heartbeat: 0.5
+pipelines:
+  live:
+    source: {use: slowstages:big}
+    retain: 10
+"""
+    )
+    with ServerProcess(tmp_path / "pipelines.yaml") as srv:
+        yield srv
+
+
+def state(srv: ServerProcess) -> dict:
+    return httpx.get(srv.url("/pipelines/live"), timeout=10).json()
+
+
+def test_a_frozen_client_is_dropped_and_its_connection_closed(server: ServerProcess) -> None:
+    """A client that stops reading is dropped, its socket reset (the server's file
+    descriptors come back to where they were) and its slot freed."""
+    httpx.get(server.url("/healthz"), timeout=10)
+    before = fd_count(server.pid)
+    frozen = RawStream(server.port, "/pipelines/live/stream", rcvbuf=4096, timeout=30)
+    try:
+        assert frozen.read_head() == 200
+        wait_until(lambda: state(server)["dropped_clients"] >= 1, 30)
+        wait_until(lambda: fd_count(server.pid) <= before, 15)
+        assert state(server)["clients"] == 0
+        with RawStream(server.port, "/pipelines/live/stream") as other:
+            assert other.read_head() == 200
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):
+            for _ in range(10_000):  # what was sent before the reset, then the reset
+                if not frozen.sock.recv(1 << 20):
+                    break
+    finally:
+        frozen.close()
+
+
+def test_a_slow_reader_gets_the_lagged_notice_before_the_close(server: ServerProcess) -> None:
+    """A client that reads, but too slowly, is dropped with a `lagged` notice naming where
+    to resume, then the body ends cleanly."""
+    with RawStream(server.port, "/pipelines/live/stream", rcvbuf=4096, timeout=30) as slow:
+        assert slow.read_head() == 200
+        wait_until(lambda: state(server)["dropped_clients"] >= 1, 30)
+        envs = slow.envelopes()
+    assert envs[-1]["status"] == "lagged"
+    assert envs[-1]["reason"] == "slow_client"
+    assert envs[-1]["resume"] == f"{envs[-2]['run']}:{envs[-2]['seq']}"
+    assert slow.clean_end
