@@ -199,7 +199,10 @@ def test_watch_reloads_a_changed_definition_and_old_tokens_get_the_new_run(
         with httpx.stream(
             "GET", server.url(f"/pipelines/a/stream?since={old['a']}:3"), timeout=10
         ) as response:
-            first = orjson.loads(next(response.iter_lines()))
+            lines = response.iter_lines()
+            notice, first = orjson.loads(next(lines)), orjson.loads(next(lines))
+        assert (notice["status"], notice["reason"]) == ("lagged", "run_changed")
+        assert (notice["previous_run"], notice["run"]) == (old["a"], new_a)
         assert first["run"] == new_a and first["seq"] == 1 and first["status"] == "starting"
 
 

@@ -53,8 +53,8 @@ def test_a_frozen_client_is_dropped_and_its_connection_closed(server: ServerProc
     frozen = RawStream(server.port, "/pipelines/live/stream", rcvbuf=4096, timeout=30)
     try:
         assert frozen.read_head() == 200
-        wait_until(lambda: state(server)["dropped_clients"] >= 1, 30)
-        wait_until(lambda: fd_count(server.pid) <= before, 15)
+        wait_until(lambda: state(server)["dropped_clients"] >= 1, 60)
+        wait_until(lambda: fd_count(server.pid) <= before, 60)
         assert state(server)["clients"] == 0
         with RawStream(server.port, "/pipelines/live/stream") as other:
             assert other.read_head() == 200
@@ -71,7 +71,7 @@ def test_a_slow_reader_gets_the_lagged_notice_before_the_close(server: ServerPro
     to resume, then the body ends cleanly."""
     with RawStream(server.port, "/pipelines/live/stream", rcvbuf=4096, timeout=30) as slow:
         assert slow.read_head() == 200
-        wait_until(lambda: state(server)["dropped_clients"] >= 1, 30)
+        wait_until(lambda: state(server)["dropped_clients"] >= 1, 60)
         envs = slow.envelopes()
     assert envs[-1]["status"] == "lagged"
     assert envs[-1]["reason"] == "slow_client"
