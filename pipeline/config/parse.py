@@ -75,7 +75,8 @@ def read(file: str) -> Parsed:
     """
     try:
         info = os.stat(file)
-        if not stat.S_ISREG(info.st_mode):  # a FIFO would hang, /dev/zero never end
+        if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+            # a FIFO would hang, /dev/zero never end (a folder fails below, as before)
             return _fatal(0, "cannot read config file: not a regular file")
         if info.st_size > MAX_CONFIG_BYTES:
             return _fatal(0, f"cannot read config file: larger than {MAX_CONFIG_BYTES} bytes")
