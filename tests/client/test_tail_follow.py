@@ -46,7 +46,12 @@ class Tail:
             self.envelopes.append(orjson.loads(line))
 
     def statuses(self, run: str) -> list[str]:
-        return [e["status"] for e in self.envelopes if e.get("run") == run]
+        """Statuses of ``run``'s envelopes (transport notices such as `lagged` left out)."""
+        return [e["status"] for e in self.envelopes if e.get("run") == run and "seq" in e]
+
+    def run_changes(self) -> list[str]:
+        """The runs announced by `lagged` notices with reason `run_changed`."""
+        return [e["run"] for e in self.envelopes if e.get("reason") == "run_changed"]
 
     def completes(self) -> list[str]:
         return [e["reason"] for e in self.envelopes if e["status"] == "complete"]
@@ -110,8 +115,9 @@ def test_follow_goes_on_across_a_reload_and_a_server_restart(
         "complete",
     ]
     assert tail.completes() == ["reload", "shutdown", "finished"]
+    assert set(tail.run_changes()) <= {second, runs[2]}  # resuming into another run says so
     for run in runs:
-        seqs = [e["seq"] for e in tail.envelopes if e.get("run") == run]
+        seqs = [e["seq"] for e in tail.envelopes if e.get("run") == run and "seq" in e]
         assert seqs == sorted(set(seqs))  # no duplicate across reconnects
 
 
