@@ -131,11 +131,37 @@ def engine_runner(transforms: tuple[Any, ...] = (transform,)) -> Callable[[int],
     return run
 
 
+def bytewax_runner() -> Callable[[int], Awaitable[int]]:
+    """Bytewax's ``run_main`` over the same work (`bench.peers`), or raise `Skip`."""
+    from bench.peers import bytewax_flow, bytewax_version
+
+    if bytewax_version() is None:
+        raise Skip("bytewax is not installed (the `bench` extra)")
+    from bytewax.testing import run_main
+
+    async def run(n: int) -> int:
+        buf = bytearray()
+        count = 0
+
+        def write(block: bytes) -> None:
+            nonlocal buf, count
+            buf += block
+            count += block.count(b"\n")
+            if len(buf) > SINK_RESET:
+                buf = bytearray()
+
+        run_main(bytewax_flow(n, write, lambda: None))  # type: ignore[no-untyped-call]
+        return count
+
+    return run
+
+
 RUNNERS: dict[str, Callable[[], Callable[[int], Awaitable[int]]]] = {
     "plain": lambda: plain,
     "engine": engine_runner,
     "plain3": lambda: plain3,
     "engine3": lambda: engine_runner(THREE),
+    "bytewax3": bytewax_runner,
 }
 
 

@@ -228,6 +228,34 @@ def in_process(name: str, label: str) -> ProcVariant:
     )
 
 
+def whole(name: str, label: str, out: str) -> ProcVariant:
+    """``python -m bench.whole NAME --n N --out OUT``: one whole process, timed from outside."""
+    return ProcVariant(
+        name=name,
+        label=label,
+        command=lambda p: [PY, "-m", "bench.whole", name, "--n", str(p.n), "--out", out],
+    )
+
+
+def whole_group(out: str) -> Group:
+    """The whole-process group writing to a file (``out`` = file) or ``/dev/null``."""
+    where = "a file" if out == "file" else "/dev/null"
+    return Group(
+        name="whole" if out == "file" else "whole-null",
+        title=f"Whole process, as users run it: 3 per-item maps, envelopes to {where}",
+        variants=(
+            whole("plain", "plain asyncio loop, 256 KB writes (the limit)", out),
+            whole("framework", "framework: `pipeline run bench > out`", out),
+            whole("bytewax", "Bytewax: `python -m bytewax.run`, TestingSource, DynamicSink", out),
+        ),
+        base="plain",
+        params=lambda n: Params(n=5 * n),
+        pairs=(("framework", "bytewax"),),
+        reading="Spawn to exit, start-up included (`bench/whole.py`, `bench/peers.py`). "
+        "Targets: framework >= 1.2 x Bytewax and >= 0.9 x the plain loop.",
+    )
+
+
 LATENCY_N = 500
 CONCURRENCY = 64
 CONCURRENCY_N = 6400
@@ -283,9 +311,13 @@ GROUPS: tuple[Group, ...] = (
         variants=(
             in_process("plain3", "plain `async for` loop calling the 3 transforms (the limit)"),
             in_process("engine3", "framework engine (`pipeline.engine.run.Run`), 3 transforms"),
+            in_process("bytewax3", "Bytewax `run_main`, the same 3 maps, sink to a bytearray"),
         ),
         base="plain3",
+        pairs=(("engine3", "bytewax3"),),
     ),
+    whole_group("file"),
+    whole_group("null"),
     Group(
         name="concurrency",
         title=f"I/O-bound transform: 10 ms await per chunk, concurrency {CONCURRENCY}",

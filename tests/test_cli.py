@@ -367,3 +367,55 @@ def test_serve_bad_address_exits_two(project: Path, args: list[str], message: st
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == message
     assert "Traceback" not in proc.stderr
+
+
+GATED = """
+import asyncio
+import os
+
+
+async def gated(gate):
+    yield {"n": 1}
+    for _ in range(600):  # 30 s at most
+        if os.path.exists(gate):
+            yield {"n": 2}
+            return
+        await asyncio.sleep(0.05)
+    yield {"late": True}
+"""
+
+
+def test_run_writes_a_lone_envelope_at_once(tmp_path: Path) -> None:
+    """stdout gathers what is ready, but never holds back a lone envelope."""
+    gate = tmp_path / "gate"
+    (tmp_path / "gated_stages.py").write_text(GATED)
+    (tmp_path / "pipelines.yaml").write_text(
+        f"pipelines:\n  p:\n    source: {{use: 'gated_stages:gated', with: {{gate: '{gate}'}}}}\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", "p"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            first = _wait_for_lines(proc, 2)  # starting, then the lone envelope
+            gate.touch()
+            rest, _ = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0
+    envs = envelopes("".join(first) + rest)
+    assert [e["status"] for e in envs] == ["starting", "processing", "processing", "complete"]
+    assert [e["data"] for e in envs[1:3]] == [{"n": 1}, {"n": 2}]
+
+
+def test_run_writes_long_runs_whole_and_in_order(project: Path) -> None:
+    """Thousands of envelopes, written in batches, arrive complete and in order."""
+    count = "pipelines.on_demand.source.with.count=5000"
+    proc = cli("run", "on_demand", "--set", count, cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    envs = envelopes(proc.stdout)
+    assert [e["seq"] for e in envs] == list(range(1, 5003))
+    assert sum(e["status"] == "processing" for e in envs) == 5000

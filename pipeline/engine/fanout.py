@@ -337,6 +337,8 @@ class Fanout:
         try:
             if w.stream:
                 await self._run_stream(w)
+            elif w.stage.fn is _write_stdout:
+                await self._run_stdout(w)
             else:
                 await self._run_calls(w)
         except Exception as exc:
@@ -374,6 +376,45 @@ class Fanout:
             if pending is not None:
                 pending.accept()
 
+    async def _run_stdout(self, w: _Worker) -> None:
+        """The implicit stdout sink: the lines that are ready in one write, then one flush.
+
+        It takes what its queue holds (at most `STDOUT_BATCH` bytes), writes and flushes
+        it, then accepts those envelopes: a lone envelope is written at once, a burst in
+        one call instead of one write and flush per line.
+        """
+        queue = w.queue
+        buf = bytearray()
+        taken: list[_Pending] = []
+        markers: list[_Flush] = []
+        while True:
+            payload, pending = await queue.get()
+            done = False
+            while True:
+                if payload is _END:
+                    done = True
+                    break
+                if type(payload) is _Flush:
+                    markers.append(payload)
+                else:
+                    buf += payload
+                    if pending is not None:
+                        taken.append(pending)
+                if queue.empty() or len(buf) >= STDOUT_BATCH:
+                    break
+                payload, pending = queue.get_nowait()
+            if buf:
+                _write_stdout(buf)
+                buf.clear()
+            for p in taken:
+                p.accept()
+            taken.clear()
+            for m in markers:
+                m.event.set()
+            markers.clear()
+            if done:
+                return
+
     async def _run_stream(self, w: _Worker) -> None:
         last: list[_Pending | None] = [None]
         finished = [False]
@@ -402,14 +443,21 @@ class Fanout:
             last[0].accept()
 
 
-def _write_stdout(line: bytes) -> None:
+STDOUT_BATCH = 256 * 1024
+"""The most bytes the implicit stdout sink gathers before one write."""
+
+
+def _write_stdout(lines: bytes | bytearray) -> None:
     out = sys.stdout.buffer
-    out.write(line)
+    out.write(lines)
     out.flush()
 
 
 def stdout_stage() -> ResolvedStage:
-    """The implicit sink of ``pipeline run``: every envelope to stdout, flushed per line."""
+    """The implicit sink of ``pipeline run``: every envelope to stdout.
+
+    What is ready is written in one call and flushed at once (see `Fanout`).
+    """
     return ResolvedStage(
         id="stdout", kind="sink", fn=_write_stdout, meta=StageMeta("sink", receives="lines")
     )
