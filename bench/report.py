@@ -13,6 +13,8 @@ from bench.common import fmt_range, fmt_si
 from bench.harness import ROOT
 
 DOC = ROOT / "docs" / "performance.md"
+NOTES = ROOT / "bench" / "notes.md"
+"""Hand-written sections folded into the document before its plug points."""
 PLOTS = ROOT / "docs" / "perf"
 RESULTS = ROOT / "bench" / "results"
 OPT_IN_SWEEPS = ("fanout-clients",)
@@ -191,6 +193,8 @@ def render(results: dict[str, Any]) -> str:
         lines += memory_section(results["memory"])
     if results.get("fanout_memory"):
         lines += fanout_memory_section(results["fanout_memory"])
+    if NOTES.exists():  # hand-written measurements (peers, before/after), kept verbatim
+        lines += [NOTES.read_text().rstrip(), ""]
     lines += [
         "## Plug points and what is not measured yet",
         "",
