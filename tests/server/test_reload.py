@@ -338,8 +338,10 @@ def test_event_source_follows_into_the_new_run(project: Path) -> None:
             "GET", server.url("/pipelines/a/events"), headers=headers, timeout=10
         ) as response:
             assert response.status_code == 200
-            data = next(x for x in response.iter_lines() if x.startswith("data:"))
-        first = orjson.loads(data.removeprefix("data:").strip())
+            datas = (x for x in response.iter_lines() if x.startswith("data:"))
+            notice = orjson.loads(next(datas).removeprefix("data:").strip())
+            first = orjson.loads(next(datas).removeprefix("data:").strip())
+        assert (notice["status"], notice["reason"]) == ("lagged", "run_changed")
         assert first["status"] == "starting" and first["seq"] == 1
         assert first["run"] == state(server, "a")["run"] != run_a
 
