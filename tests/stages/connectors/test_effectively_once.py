@@ -71,6 +71,8 @@ def test_amqp_to_postgres_with_key_writes_each_row_once_across_a_sigkill(
         )
         with Worker(survivor_cfg, "load", tmp_path / "survivor.out") as survivor:
             wait_until(lambda: asyncio.run(depth(queue)) == 0, 60)  # all delivered
+            written = f"SELECT count(DISTINCT id) FROM {table}"
+            wait_until(lambda: asyncio.run(_sql(written))[0][0] == total, 60)  # and committed
             survivor.stop()
             envs = survivor.envelopes()
         rows = asyncio.run(_sql(f"SELECT count(*), count(DISTINCT id) FROM {table}"))
