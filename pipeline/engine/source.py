@@ -13,7 +13,7 @@ import inspect
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing
-from typing import Any
+from typing import Any, Literal
 
 from pipeline.engine.acks import Ack, AckRunner, Probe
 from pipeline.engine.isolate import Step, apply_steps, apply_timed, failed, steps_of
@@ -73,9 +73,12 @@ async def _from_sync(it: Iterable[Any], *, blocking: bool) -> AsyncIterator[Any]
 class SourceReader:
     """Reads the source as an async generator of chain items; can be stopped gracefully.
 
-    `stop` ends the source at the next chunk boundary, interrupting a source that is
-    waiting (sleeping, polling a broker) by cancelling only that wait. A source that
-    raises ends the stream too; the exception is kept in `error` for the engine.
+    `stop` tells the source with a `CancelledError`: thrown into the wait it is in
+    (sleeping, polling a broker), or at its ``yield`` when it is not waiting. A source
+    that does not catch it ends at once. A source that does (a broker source holding
+    messages it already fetched) may yield those and then return; the reader takes them
+    all (bounded by the run's shutdown timeout). A source that raises ends the stream
+    too; the exception is kept in `error` for the engine.
     """
 
     def __init__(
@@ -95,13 +98,15 @@ class SourceReader:
         self.error: BaseException | None = None
         self.stopping = False
         self._waiting: asyncio.Task[Any] | None = None
+        self._told: Literal["", "cancel", "throw", "done"] = ""  # how the source was told
 
     def stop(self) -> None:
-        """Stop reading: end the stream after the chunk being read, if any."""
+        """Stop reading: tell the source, take what it still yields, then end."""
         if self.stopping:
             return
         self.stopping = True
         if self._waiting is not None:
+            self._told = "cancel"
             self._waiting.cancel()
 
     def _item(self, raw: Message | BadChunk) -> Any:
@@ -143,10 +148,12 @@ class SourceReader:
         clock = asyncio.get_running_loop().time
         budget, since_yield, last_yield = _CHECK_EVERY, 0, clock()
         async with aclosing(source):  # type: ignore[type-var]
-            while not self.stopping:
-                self._waiting = task
+            while True:
+                pull = self._pull(source, step, task)
+                if pull is None:
+                    return
                 try:
-                    raw = await step()
+                    raw = await pull
                 except StopAsyncIteration:
                     return
                 except asyncio.CancelledError:
@@ -159,6 +166,9 @@ class SourceReader:
                 finally:
                     self._waiting = None
                 counts.read += 1
+                if self._told == "cancel" and task is not None:
+                    task.uncancel()  # the source caught our stop to yield what it holds
+                    self._told = "done"
                 item = self._item(raw) if type(raw) in wrapped else raw
                 if budget == _CHECK_EVERY:  # one chunk in 16: timed, maybe a latency probe
                     item = self._sampled(item, steps)
@@ -205,3 +215,16 @@ class SourceReader:
         if type(item) is Carry:
             return Carry(item.chunk, (*item.acks, probe))
         return Carry(item, (probe,))
+
+    def _pull(
+        self, source: AsyncIterator[Any], step: Any, task: asyncio.Task[Any] | None
+    ) -> Awaitable[Any] | None:
+        """The next read: a plain one, or the stop thrown in at the source's ``yield``."""
+        if not self.stopping or self._told:
+            if not self.stopping:
+                self._waiting = task
+            pulled: Awaitable[Any] = step()
+            return pulled
+        self._told = "throw"
+        athrow = getattr(source, "athrow", None)
+        return None if athrow is None else athrow(asyncio.CancelledError())
