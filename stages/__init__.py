@@ -17,6 +17,8 @@ BUILTINS: dict[str, dict[str, str]] = {
         "amqp": "stages.connectors.amqp:read",
         "mqtt": "stages.connectors.mqtt:read",
         "postgres": "stages.connectors.postgres_source:read",
+        "redis_stream": "stages.connectors.redis:read",
+        "nats": "stages.connectors.nats:read",
     },
     "transform": {
         "parse_json": "stages.transforms:parse_json",
@@ -30,5 +32,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "postgres": "stages.connectors.postgres:write",
         "amqp": "stages.connectors.amqp:write",
         "mqtt": "stages.connectors.mqtt:write",
+        "redis_stream": "stages.connectors.redis:write",
+        "nats": "stages.connectors.nats:write",
     },
 }

@@ -8,7 +8,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import os
+import random
 import re
+import socket
+import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
@@ -18,8 +22,11 @@ from pipeline import BadChunk, Delivery, Message
 from pipeline.envelope import encode
 
 __all__ = [
+    "Backoff",
     "Format",
     "InFlight",
+    "MaxDeliveriesExceeded",
+    "MissingField",
     "Receives",
     "batched",
     "decode",
@@ -28,6 +35,8 @@ __all__ = [
     "missing_extra",
     "payload_of",
     "publish_all",
+    "unique_consumer",
+    "write_batches",
 ]
 
 T = TypeVar("T")
@@ -247,3 +256,90 @@ class InFlight:
     async def drain(self) -> None:
         """Wait (bounded, see `drain`) until every counted message was acked."""
         await drain(self.idle, lambda: self.count)
+
+
+class MaxDeliveriesExceeded(Exception):
+    """A message was delivered more than ``max_deliveries`` times: dead-lettered, then acked."""
+
+
+class MissingField(Exception):
+    """A stream entry has no field holding the payload."""
+
+
+def unique_consumer() -> str:
+    """A consumer name unique to this process: ``HOST-PID-RANDOM``."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Backoff:
+    """Exponential backoff with jitter between reconnection attempts (each wait bounded)."""
+
+    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
+        self.first = first
+        self.cap = cap
+        self.next = first
+
+    def reset(self) -> None:
+        """The connection works again."""
+        self.next = self.first
+
+    async def wait(self) -> None:
+        """Sleep before the next attempt."""
+        delay = self.next * random.uniform(0.8, 1.2)
+        self.next = min(self.cap, self.next * 2)
+        await asyncio.sleep(delay)
+
+
+async def write_batches(
+    deliveries: AsyncIterator[Delivery],
+    write: Callable[[list[bytes]], Awaitable[None]],
+    *,
+    receives: Receives,
+    window: int = 2000,
+) -> None:
+    """Write the deliveries' payloads in batches, accepting each once its batch is written.
+
+    A batch is whatever arrived while the previous one was being written: no timer, so
+    on an idle stream an envelope is written (and accepted) at once, and under load one
+    round trip carries many. At most ``window`` payloads wait. ``write`` retries by
+    itself; an exception from it fails the sink (what it held is never accepted).
+    """
+    held: list[tuple[Delivery, bytes]] = []
+    wake, room = asyncio.Event(), asyncio.Event()
+    reading = [True]
+
+    async def writer() -> None:
+        while reading[0] or held:
+            await wake.wait()
+            wake.clear()
+            while held:
+                batch = held[:]
+                held.clear()
+                room.set()
+                await write([body for _, body in batch])
+                for d, _ in batch:
+                    d.accept()
+
+    task = asyncio.ensure_future(writer())
+    try:
+        async for d in deliveries:
+            body = payload_of(d.item, receives)
+            if body is None:
+                d.accept()
+                continue
+            held.append((d, body))
+            wake.set()
+            if len(held) >= window:
+                room.clear()
+                freed = asyncio.ensure_future(room.wait())
+                await asyncio.wait({freed, task}, return_when=asyncio.FIRST_COMPLETED)
+                freed.cancel()
+            if task.done():
+                task.result()  # the writer failed: so does the sink
+        reading[0] = False
+        wake.set()
+        await task
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

@@ -25,6 +25,10 @@ SOURCE = "pipelines:\n  p:\n    source: {{use: {use}}}\n"
         ("amqp", SOURCE, "aio_pika", "amqp"),
         ("mqtt", SINK, "aiomqtt", "mqtt"),
         ("mqtt", SOURCE, "aiomqtt", "mqtt"),
+        ("redis_stream", SINK, "redis", "redis"),
+        ("redis_stream", SOURCE, "redis", "redis"),
+        ("nats", SINK, "nats", "nats"),
+        ("nats", SOURCE, "nats", "nats"),
     ],
 )
 def test_missing_client_names_the_extra(
