@@ -256,6 +256,19 @@ def whole_group(out: str) -> Group:
     )
 
 
+def broker(name: str, label: str) -> ProcVariant:
+    """``python -m bench.brokers NAME --n N`` (needs Redis and NATS on loopback)."""
+    return ProcVariant(
+        name=name,
+        label=label,
+        command=lambda p: [PY, "-m", "bench.brokers", name, "--n", str(p.n)],
+    )
+
+
+BROKER_N = 100_000
+"""Messages per broker run (at most): the work is the broker's, not the engine's."""
+ACK_LATENCY_N = 200
+
 LATENCY_N = 500
 CONCURRENCY = 64
 CONCURRENCY_N = 6400
@@ -345,6 +358,50 @@ GROUPS: tuple[Group, ...] = (
         "(4 KiB `SO_RCVBUF`); the run fails unless the hub dropped it "
         "(`dropped_clients` >= 1). Targets: framework >= 0.8 x the baseline; the frozen "
         "client costs the others < 5 % (`frozen / framework-fanout` >= 0.95).",
+    ),
+    Group(
+        name="redis",
+        title="Redis Streams end to end: XREADGROUP, 1 transform, XADD, XACK",
+        variants=(
+            broker("redis-loop", "hand-rolled redis-py + hiredis loop, COUNT 500, pipelined"),
+            broker("redis-engine", "`redis_stream` -> transform -> `redis_stream`, acked"),
+        ),
+        base="redis-loop",
+        params=lambda n: Params(n=min(n, BROKER_N)),
+        reading="Same input, same transform, both ack every entry after writing its result. "
+        "Target: the pipeline >= 0.8 x the hand-rolled loop.",
+    ),
+    Group(
+        name="nats",
+        title="NATS JetStream end to end: fetch, 1 transform, publish (acked), ack",
+        variants=(
+            broker("nats-loop", "hand-rolled nats-py loop: fetch(500), publish_async, ack"),
+            broker("nats-engine", "`nats` -> transform -> `nats` (jetstream: true), acked"),
+        ),
+        base="nats-loop",
+        params=lambda n: Params(n=min(n, BROKER_N // 2)),
+        reading="Target: the pipeline >= 0.8 x the hand-rolled loop.",
+    ),
+    Group(
+        name="redis-workers",
+        title="Scale-out: `pipeline run` workers sharing one Redis consumer group",
+        variants=(
+            broker("redis-workers-1", "1 worker process"),
+            broker("redis-workers-2", "2 worker processes, same group"),
+        ),
+        base="redis-workers-1",
+        params=lambda n: Params(n=min(n, BROKER_N)),
+        reading="Rate over the span of the output stream's entry ids (Redis's clock), so "
+        "process start-up is not counted. Redis, the workers and the client share 2 cores.",
+    ),
+    Group(
+        name="ack-latency",
+        title="Ack latency on an idle Redis stream (XADD to XACK, `file` sink)",
+        variants=(broker("ack-latency", "one entry every 20 ms, read, written, acked"),),
+        kind="latency",
+        params=lambda n: Params(n=ACK_LATENCY_N),
+        reading="From XADD to the entry read, transformed, written by a stream sink and "
+        "acknowledged, polled on XINFO GROUPS (resolution ~0.1 ms).",
     ),
     Group(
         name="latency",
