@@ -130,7 +130,7 @@ def stream() -> Iterator[str]:
 def test_sigkill_loses_nothing_three_workers(tmp_path: Path, stream: str) -> None:
     """3 workers share 10,000 messages; one is killed holding un-acked ones; none is lost."""
     produce(SHARED, stream, 0, 10_000)
-    cfg = config(tmp_path, SHARED, stream, batch=100, max_in_flight=200, ack_wait=1.0)
+    cfg = config(tmp_path, SHARED, stream, batch=100, max_in_flight=200, ack_wait=5.0)
     gate_file = tmp_path / "held"
     victim = Worker(cfg, env={"HOLD_AFTER": "50", "GATE_FILE": str(gate_file)}).start()
     survivors: list[Worker] = []

@@ -103,7 +103,7 @@ def test_sigkill_loses_nothing_three_workers(
     """3 workers share 10,000 entries; one is killed holding un-acked ones; none is lost."""
     client, src, out = shared
     produce(client, src, 0, 10_000)
-    cfg = config(tmp_path, SHARED, src, out, batch=100, max_in_flight=200, claim_idle=1.0)
+    cfg = config(tmp_path, SHARED, src, out, batch=100, max_in_flight=200, claim_idle=3.0)
     gate_file = tmp_path / "held"
     victim = Worker(cfg, env={"HOLD_AFTER": "50", "GATE_FILE": str(gate_file)}).start()
     survivors: list[Worker] = []
