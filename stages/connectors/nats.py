@@ -242,7 +242,8 @@ class _Member:
                 self.log.warning("nats_fetch_failed", error=str(exc) or type(exc).__name__)
                 await asyncio.sleep(0.5)
                 continue
-            return [self._item(m, max_deliveries, fmt) for m in msgs]
+            items = [self._item(m, max_deliveries, fmt) for m in msgs]
+            return [(seq, item) for seq, item in items if item is not None]
 
     async def _landed(
         self, fetch: asyncio.Future[Any], max_deliveries: int | None, fmt: Format
@@ -251,13 +252,17 @@ class _Member:
             msgs = await fetch
         except Exception:  # a timeout or a lost connection: nothing landed
             return []
-        return [self._item(m, max_deliveries, fmt) for m in msgs]
+        items = [self._item(m, max_deliveries, fmt) for m in msgs]
+        return [(seq, item) for seq, item in items if item is not None]
 
     def _item(
         self, msg: Any, max_deliveries: int | None, fmt: Format
-    ) -> tuple[int, Message | BadChunk]:
+    ) -> tuple[int, Message | BadChunk | None]:
         meta = msg.metadata
         seq = meta.sequence.stream
+        if seq in self.held:  # redelivered to us while still in flight: ack the newest reply
+            self.held[seq] = (msg, time.monotonic())
+            return seq, None
         self.held[seq] = (msg, time.monotonic())
         done = functools.partial(self._ack, seq)
         seen = meta.num_delivered
@@ -285,7 +290,7 @@ class _Member:
                 if time.monotonic() >= next_touch:
                     next_touch = time.monotonic() + every
                     await self._touch_slow(every)
-            except (nerr.Error, OSError) as exc:
+            except Exception as exc:  # the acker must outlive any one failure
                 self.log.warning("nats_ack_failed", error=str(exc) or type(exc).__name__)
                 await asyncio.sleep(0.5)
 
@@ -294,8 +299,11 @@ class _Member:
             seqs, self.acked = self.acked, []
             try:
                 for seq in seqs:
+                    held = self.held.get(seq)
+                    if held is None:  # acked already (a redelivery of it was dropped)
+                        continue
                     with contextlib.suppress(nerr.MsgAlreadyAckdError):  # sent before a failure
-                        await self.held[seq][0].ack()
+                        await held[0].ack()
                 await self.nc.flush()  # one round trip for the whole batch
             except BaseException:
                 self.acked[:0] = seqs  # sent again once the connection is back
@@ -402,7 +410,7 @@ async def _publish_acked(js: Any, subject: str, payloads: list[bytes], log: Any)
         futures = [await js.publish_async(subject, p) for p in payloads]
         done, _ = await asyncio.wait(futures, timeout=PUBLISH_TIMEOUT)
         pairs = zip(payloads, futures, strict=True)
-        failed = [p for p, f in pairs if f not in done or f.exception() is not None]
+        failed = [p for p, f in pairs if f not in done or f.cancelled() or f.exception()]
         for f in futures:
             if f not in done:
                 f.cancel()

@@ -145,7 +145,8 @@ def test_sigkill_loses_nothing_three_workers(tmp_path: Path, stream: str) -> Non
         wait_until(lambda: consumer(SHARED, stream).num_ack_pending == 0, timeout=30)
         for w in survivors:
             w.signal(signal.SIGTERM)
-        assert [w.wait(30) for w in survivors] == [0, 0]
+        codes = [w.wait(30) for w in survivors]
+        assert codes == [0, 0], "\n".join(w.log[-3000:] for w in survivors)
     finally:
         for w in [victim, *survivors]:
             w.stop()
