@@ -167,7 +167,7 @@ class SourceReader:
                     self._waiting = None
                 counts.read += 1
                 if self._told == "cancel" and task is not None:
-                    task.uncancel()  # the source caught our stop to yield what it holds
+                    task.uncancel()  # the source swallowed the stop: this chunk, then end
                     self._told = "done"
                 item = self._item(raw) if type(raw) in wrapped else raw
                 if budget == _CHECK_EVERY:  # one chunk in 16: timed, maybe a latency probe
@@ -219,12 +219,18 @@ class SourceReader:
     def _pull(
         self, source: AsyncIterator[Any], step: Any, task: asyncio.Task[Any] | None
     ) -> Awaitable[Any] | None:
-        """The next read: a plain one, or the stop thrown in at the source's ``yield``."""
-        if not self.stopping or self._told:
-            if not self.stopping:
-                self._waiting = task
+        """The next read: a plain one, the stop thrown in at the source's ``yield``, or none.
+
+        A source told at its ``yield`` that catches the stop is read until it returns (it
+        is handing over what it already fetched). A source told by cancelling its wait
+        ends after the chunk in hand, even if the cancellation was swallowed on the way.
+        """
+        if not self.stopping:
+            self._waiting = task
             pulled: Awaitable[Any] = step()
             return pulled
-        self._told = "throw"
-        athrow = getattr(source, "athrow", None)
-        return None if athrow is None else athrow(asyncio.CancelledError())
+        if not self._told:
+            self._told = "throw"
+            athrow = getattr(source, "athrow", None)
+            return None if athrow is None else athrow(asyncio.CancelledError())
+        return step() if self._told == "throw" else None

@@ -233,8 +233,8 @@ class _Member:
                 msgs = await asyncio.shield(fetch)
             except asyncio.CancelledError:
                 # A fetch cut short leaves delivered messages nobody acks until ack_wait:
-                # let it end (within FETCH_WAIT) and finish what it brings, then stop.
-                self.ready.extend(await self._landed(fetch, max_deliveries, fmt))
+                # let it end (within FETCH_WAIT) and NAK what it brings (redelivered now).
+                await self._hand_back(fetch)
                 raise
             except (nerr.TimeoutError, TimeoutError):
                 continue
@@ -245,15 +245,15 @@ class _Member:
             items = [self._item(m, max_deliveries, fmt) for m in msgs]
             return [(seq, item) for seq, item in items if item is not None]
 
-    async def _landed(
-        self, fetch: asyncio.Future[Any], max_deliveries: int | None, fmt: Format
-    ) -> list[tuple[int, Message | BadChunk]]:
+    async def _hand_back(self, fetch: asyncio.Future[Any]) -> None:
         try:
             msgs = await fetch
         except Exception:  # a timeout or a lost connection: nothing landed
-            return []
-        items = [self._item(m, max_deliveries, fmt) for m in msgs]
-        return [(seq, item) for seq, item in items if item is not None]
+            return
+        with contextlib.suppress(Exception):
+            for msg in msgs:
+                await msg.nak()
+            await self.nc.flush()
 
     def _item(
         self, msg: Any, max_deliveries: int | None, fmt: Format
