@@ -359,6 +359,8 @@ def _message(err: Mapping[str, Any]) -> str:
         return "required parameter is missing"
     if kind == "extra_forbidden":
         return "unknown parameter"
+    if kind == "value_error":  # a stage's own check (a validator in its hints): its text
+        return str(err["ctx"]["error"])
     return str(err["msg"])
 
 

@@ -17,7 +17,7 @@ import re
 import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, get_args, get_origin
 
 import orjson
 
@@ -30,6 +30,7 @@ ROLES = ("source", "transform", "sink")
 _TITLES = {"source": "Sources", "transform": "Transforms", "sink": "Sinks"}
 _SECTION = re.compile(r"^([A-Z][A-Za-z ]*):\s*$")
 _ARG = re.compile(r"^\*{0,2}(\w+)\s*(?:\([^)]*\))?:\s*(.*)$")
+_NAME = re.compile(r"\b[A-Za-z_]\w*\b")
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +131,7 @@ def _params(fn: Callable[..., Any], role: str) -> list[ParamDoc]:
             continue
         hint = written.get(name, inspect.Parameter.empty)
         if isinstance(hint, str):
-            type_text = hint
+            type_text = _NAME.sub(lambda m: _unalias(m.group(), fn), hint)
         elif hint is inspect.Parameter.empty:
             type_text = "any"
         else:
@@ -138,6 +139,20 @@ def _params(fn: Callable[..., Any], role: str) -> list[ParamDoc]:
         default = None if info.is_required() else _yaml_value(info.default)
         out.append(ParamDoc(name, type_text, default))
     return out
+
+
+def _unalias(name: str, fn: Callable[..., Any]) -> str:
+    """The base type of a stage's own checked alias (``Annotated[X, <validator>]``): ``X``.
+
+    Aliases with only bounds (pydantic's ``PositiveInt``) keep their name, which says it.
+    """
+    alias = getattr(fn, "__globals__", {}).get(name)
+    if get_origin(alias) is not Annotated:
+        return name
+    base, *extras = get_args(alias)
+    if all(type(x).__module__.startswith("annotated_types") for x in extras):
+        return name
+    return inspect.formatannotation(base)
 
 
 def _yaml_value(value: Any) -> str:

@@ -17,8 +17,10 @@ import contextlib
 import functools
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import unquote, urlsplit
+
+from pydantic import AfterValidator
 
 from pipeline import BadChunk, Delivery, Message, sink
 from stages.connectors._common import (
@@ -39,17 +41,27 @@ except ImportError:  # pragma: no cover - exercised by the missing-extra test in
 __all__ = ["read", "write"]
 
 URL = "mqtt://127.0.0.1:1883"
+
+
+def _mqtt_url(url: str) -> str:
+    """``url`` is ``mqtt://[user:password@]host[:port]`` (checked by ``pipeline validate``)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+        msg = "must look like mqtt://[user:password@]host[:port]"
+        raise ValueError(msg)
+    return url
+
+
+MqttUrl = Annotated[str, AfterValidator(_mqtt_url)]
+"""``mqtt://[user:password@]host[:port]``; its password is never printed."""
 _WINDOW = 256
 """Publishes awaiting their PUBACK, at most, in the sink."""
 
 
 def _client(url: str, client_id: str | None, *, persistent: bool) -> aiomqtt.Client:
     parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-        msg = f"`url` must look like mqtt://[user:password@]host[:port], not `{mask_url(url)}`"
-        raise ValueError(msg)
     return aiomqtt.Client(
-        parts.hostname,
+        parts.hostname or "",
         parts.port or 1883,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
@@ -74,7 +86,7 @@ async def _leave(client: aiomqtt.Client) -> None:
 
 async def read(
     *,
-    url: str = URL,
+    url: MqttUrl = URL,
     topic: str,
     client_id: str | None = None,
     qos: Literal[0, 1] = 1,
@@ -141,7 +153,7 @@ async def _stop(client: aiomqtt.Client, inflight: InFlight) -> None:
 async def write(
     deliveries: AsyncIterator[Delivery],
     *,
-    url: str = URL,
+    url: MqttUrl = URL,
     topic: str,
     qos: Literal[0, 1, 2] = 1,
     retain: bool = False,

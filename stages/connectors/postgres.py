@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from pydantic import PositiveFloat, PositiveInt
+from pydantic import AfterValidator, Field, PositiveFloat, PositiveInt, ValidationInfo
 
 from pipeline import Delivery, sink
 from stages.connectors._common import batched, mask_url, missing_extra
@@ -23,6 +23,23 @@ except ImportError:  # pragma: no cover - exercised by the missing-extra test in
     raise ImportError(missing_extra("postgres", "postgres")) from None
 
 __all__ = ["write"]
+
+
+def _among_columns(key: list[str], info: ValidationInfo) -> list[str]:
+    """``key`` names only columns of ``columns`` (checked by ``pipeline validate``)."""
+    columns = info.data.get("columns")
+    missing = [k for k in key if columns is not None and k not in columns]
+    if missing or not key:
+        names = ", ".join(f"`{k}`" for k in missing)
+        msg = f"{names} not among `columns`" if missing else "must name at least one column"
+        raise ValueError(msg)
+    return key
+
+
+Columns = Annotated[dict[str, str], Field(min_length=1)]
+"""Column -> dotted path into the envelope; one column at least."""
+KeyColumns = Annotated[list[str], AfterValidator(_among_columns)]
+"""Columns of a unique constraint, each one among ``columns``."""
 
 _ROW_ERRORS = ("22", "23")
 """SQLSTATE classes of one row's fault (data exception, integrity constraint violation)."""
@@ -129,8 +146,8 @@ async def write(
     *,
     dsn: str,
     table: str,
-    columns: dict[str, str],
-    key: list[str] | None = None,
+    columns: Columns,
+    key: KeyColumns | None = None,
     batch: PositiveInt = 500,
     flush_interval: PositiveFloat = 0.2,
 ) -> None:
@@ -153,7 +170,8 @@ async def write(
         table: The table, optionally ``schema.table``.
         columns: Column -> dotted path into the envelope: ``{id: data.id, body: data,
             seq: seq}``.
-        key: The columns of a unique constraint, for the upsert.
+        key: The columns of a unique constraint, for the upsert; each one among
+            ``columns`` (``pipeline validate`` checks it).
         batch: Rows per statement, at most (``columns`` x ``batch`` <= 32,767).
         flush_interval: Seconds a row waits, at most, for its batch to fill.
 
@@ -166,9 +184,6 @@ async def write(
               columns: {id: data.id, body: data}
               key: [id]
     """
-    if not columns or (key and not set(key) <= set(columns)):
-        msg = "`columns` must name at least one column, and `key` only columns among them"
-        raise ValueError(msg)
     batch = min(batch, 32_767 // len(columns))  # PostgreSQL's limit of bind parameters
     writer = _Writer(table, columns, key or [])
     conn = await _connect(dsn)

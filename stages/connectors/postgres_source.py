@@ -17,9 +17,9 @@ import hashlib
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import PositiveFloat, PositiveInt
+from pydantic import AfterValidator, Field, PositiveFloat, PositiveInt, ValidationInfo
 
 from pipeline import Message
 from stages.connectors._common import drain
@@ -28,6 +28,18 @@ from stages.connectors.postgres import _connect, _ident
 __all__ = ["CHECKPOINTS", "read"]
 
 CHECKPOINTS = "pipeline_checkpoints"
+
+
+def _table_or_query(query: str | None, info: ValidationInfo) -> str | None:
+    """Exactly one of ``table`` and ``query`` is given (checked by ``pipeline validate``)."""
+    if (info.data.get("table") is None) == (query is None):
+        msg = "give exactly one of `table` and `query`"
+        raise ValueError(msg)
+    return query
+
+
+Query = Annotated[str | None, AfterValidator(_table_or_query), Field(validate_default=True)]
+"""A keyset query with ``$1``; given instead of ``table``."""
 
 _TYPES: dict[str, Any] = {
     "datetime": dt.datetime.fromisoformat,
@@ -88,7 +100,7 @@ async def read(
     dsn: str,
     cursor: str,
     table: str | None = None,
-    query: str | None = None,
+    query: Query = None,
     listen: str | None = None,
     interval: PositiveFloat = 1.0,
     batch: PositiveInt = 500,
@@ -132,9 +144,6 @@ async def read(
             cursor: id
             listen: orders_new
     """
-    if (table is None) == (query is None):
-        msg = "give exactly one of `table` and `query`"
-        raise ValueError(msg)
     if query is None:
         col, name = _ident(cursor), _ident(str(table))
         first = f"SELECT * FROM {name} ORDER BY {col} LIMIT {batch}"

@@ -149,3 +149,15 @@ async def test_an_idle_stream_is_flushed_within_the_interval(pg: Any, table: str
     envs = await run_pipeline(broker, [], [sink_stage(table, batch=100, flush_interval=0.05)])
     assert envs[-1]["reason"] == "finished"
     assert acked == [1, 2]
+
+
+def test_a_key_outside_columns_is_a_parameter_problem() -> None:
+    """`key` naming a column not in `columns` fails validation, before any run."""
+    from pipeline.errors import StageParamsError
+    from pipeline.stage import validate_params
+
+    with_ = {"dsn": PG_DSN, "table": "t", "columns": {"id": "data.id"}, "key": ["id", "at"]}
+    with pytest.raises(StageParamsError) as caught:
+        validate_params(write, with_, skip_first=True)
+    assert caught.value.errors == [(("key",), "`at` not among `columns`")]
+    assert validate_params(write, {**with_, "key": ["id"]}, skip_first=True)["key"] == ["id"]
