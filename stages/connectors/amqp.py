@@ -7,7 +7,8 @@ printed: logs and errors show the URL with ``***`` in its place.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -17,6 +18,7 @@ from pipeline import BadChunk, Delivery, Message, sink
 from stages.connectors._common import (
     Format,
     InFlight,
+    MaxDeliveriesExceeded,
     Receives,
     decode,
     mask_url,
@@ -35,12 +37,6 @@ except ImportError:  # pragma: no cover - exercised by the missing-extra test in
 __all__ = ["MaxDeliveriesExceeded", "read", "write"]
 
 URL = "amqp://guest:guest@127.0.0.1:5672/"
-_WINDOW = 256
-"""Publishes awaiting the broker's confirm, at most, in the sink."""
-
-
-class MaxDeliveriesExceeded(Exception):
-    """A message was delivered more than ``max_deliveries`` times."""
 
 
 async def _connect(url: str) -> aio_pika.abc.AbstractConnection:
@@ -50,6 +46,57 @@ async def _connect(url: str) -> aio_pika.abc.AbstractConnection:
         text = mask_url(str(exc)) if url not in str(exc) else "(details hidden)"
         msg = f"cannot connect to RabbitMQ at `{mask_url(url)}`: {type(exc).__name__}: {text}"
         raise ConnectionError(msg) from None
+
+
+class _Acks:
+    """Acknowledges a channel's messages in order, many per ``basic.ack`` (``multiple``).
+
+    A message's ack marks it accepted; once every message delivered before it is
+    accepted too, one ``basic.ack`` with ``multiple`` on the highest such delivery tag
+    acknowledges them all. Acks that come due while one is being sent go out together
+    in the next. An ack function returns an awaitable that ends once its tag was sent.
+    """
+
+    def __init__(self) -> None:
+        self.order: deque[list[Any]] = deque()  # [message, accepted], in delivery order
+        self.due: aio_pika.abc.AbstractIncomingMessage | None = None  # the highest to ack
+        self.sent = 0  # every tag up to this one is acknowledged
+        self.failed: BaseException | None = None
+        self.changed = asyncio.Condition()
+        self.sender: asyncio.Task[None] | None = None
+
+    def track(self, message: aio_pika.abc.AbstractIncomingMessage) -> Callable[[], Awaitable[None]]:
+        """Hold ``message``; return its ack function."""
+        entry = [message, False]
+        self.order.append(entry)
+
+        def ack() -> Awaitable[None]:
+            entry[1] = True
+            while self.order and self.order[0][1]:
+                self.due = self.order.popleft()[0]
+            if self.sender is None or self.sender.done():
+                self.sender = asyncio.get_running_loop().create_task(self._send())
+            return self._sent(message.delivery_tag)
+
+        return ack
+
+    async def _send(self) -> None:
+        while self.due is not None and self.due.delivery_tag > self.sent and not self.failed:
+            message = self.due
+            try:
+                await message.ack(multiple=True)
+            except Exception as exc:  # the channel is gone: the broker requeues the rest
+                self.failed = exc
+            else:
+                self.sent = message.delivery_tag
+            async with self.changed:
+                self.changed.notify_all()
+
+    async def _sent(self, tag: int) -> None:
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.sent >= tag or self.failed is not None)
+        if self.sent < tag and self.failed is not None:
+            raise self.failed
 
 
 def _deliveries(message: aio_pika.abc.AbstractIncomingMessage) -> int:
@@ -69,8 +116,11 @@ async def read(
 ) -> AsyncIterator[Message | BadChunk]:
     """Consume a RabbitMQ queue; each message is acknowledged after every sink accepted it.
 
-    Manual acks: a message is acked (``basic.ack``) once every sink accepted every
-    envelope made from it (or the dead-letter sink its ``chunk_error``). ``prefetch``
+    Manual acks: a message is acked once every sink accepted every envelope made from
+    it (or the dead-letter sink its ``chunk_error``), and every message delivered before
+    it was acked too: one ``basic.ack`` with ``multiple`` then covers all of them, so a
+    busy worker sends few acks (one for all that came due while the previous was being
+    sent), and a slow message holds back the acks of those after it. ``prefetch``
     is the in-flight cap: the broker sends no more un-acked messages than that, so it
     also bounds the duplicates after a crash. Any number of workers reading the same
     ``queue`` are competing consumers: each message goes to one of them, and the
@@ -97,7 +147,7 @@ async def read(
           use: amqp
           with: {url: "amqp://guest:guest@127.0.0.1:5672/", queue: orders, prefetch: 50}
     """
-    inflight = InFlight()
+    inflight, acks = InFlight(), _Acks()
     async with AsyncExitStack() as stack:
         conn = await _connect(url)
         stack.push_async_callback(conn.close)
@@ -114,7 +164,7 @@ async def read(
         stack.push_async_callback(inflight.drain)
         async with q.iterator() as messages:
             async for message in messages:
-                ack = inflight.track(message.ack)
+                ack = inflight.track(acks.track(message))
                 seen = _deliveries(message)
                 if max_deliveries is not None and seen >= max_deliveries:
                     err = MaxDeliveriesExceeded(
@@ -174,7 +224,7 @@ async def write(
             deliveries,
             publish,
             receives=receives,
-            window=_WINDOW,
+            window=256,
             rejectable=(aio_pika.exceptions.DeliveryError,),
         )
     finally:

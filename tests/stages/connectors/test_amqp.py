@@ -10,9 +10,11 @@ from typing import Any
 import orjson
 import pytest
 
+from pipeline import Delivery, sink
 from pipeline.testing import make_stage, run_pipeline
 from stages.connectors import amqp
 from tests.http_helpers import wait_until
+from tests.stages.connectors.brokers import Running, until
 from tests.stages.connectors.helpers import Worker, data_of, run_until, write_config
 
 aio_pika = pytest.importorskip("aio_pika")
@@ -124,6 +126,44 @@ async def test_messages_are_acked_only_after_the_sinks_accept(queue: str) -> Non
     assert got[-1]["reason"] == "error"
     assert data_of(got)[:4] == [0, 1, 2, 3]
     assert await depth(queue) == 7
+
+
+async def test_acks_go_out_in_order_many_per_frame(
+    queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One held message holds back the acks after it; once accepted, one frame acks them all."""
+    total = 30
+    await publish(queue, [orjson.dumps(i) for i in range(total)])
+    frames: list[tuple[int, bool]] = []
+    plain_ack = aio_pika.IncomingMessage.ack
+
+    async def counted(self: Any, multiple: bool = False) -> None:
+        frames.append((self.delivery_tag, multiple))
+        await plain_ack(self, multiple)
+
+    monkeypatch.setattr(aio_pika.IncomingMessage, "ack", counted)
+    held: list[Delivery] = []
+    seen: list[int] = []
+
+    @sink(stream=True, confirm=True, receives="data")
+    async def hold_five(deliveries: AsyncIterator[Delivery]) -> None:
+        async for d in deliveries:
+            if d.item == 5:
+                held.append(d)
+            else:
+                d.accept()
+            seen.append(d.item)
+
+    async with Running(amqp.read, {"queue": queue, "prefetch": 50}, [hold_five]) as run:
+        await until(lambda: len(seen) == total and frames and frames[-1][0] == 5)
+        assert max(tag for tag, _ in frames) == 5  # 0-4 acked; 6-29 wait behind 5
+        before = len(frames)
+        held[0].accept()
+        await until(lambda: frames[-1][0] == total)
+        assert frames[before:] == [(total, True)]  # the 25 that came due: one basic.ack
+        assert all(multiple for _, multiple in frames)
+        assert await run.stop() == "shutdown"
+    assert await depth(queue) == 0  # the broker took every one of them as acknowledged
 
 
 async def test_max_deliveries_turns_a_poison_message_into_a_chunk_error(queue: str) -> None:
