@@ -58,8 +58,8 @@ class _Acks:
     """
 
     def __init__(self) -> None:
-        self.order: deque[list[Any]] = deque()  # [message, accepted], in delivery order
-        self.due: aio_pika.abc.AbstractIncomingMessage | None = None  # the highest to ack
+        self.order: deque[list[Any]] = deque()  # [tag, message, accepted], delivery order
+        self.due: tuple[int, aio_pika.abc.AbstractIncomingMessage] | None = None  # highest
         self.sent = 0  # every tag up to this one is acknowledged
         self.failed: BaseException | None = None
         self.changed = asyncio.Condition()
@@ -67,28 +67,30 @@ class _Acks:
 
     def track(self, message: aio_pika.abc.AbstractIncomingMessage) -> Callable[[], Awaitable[None]]:
         """Hold ``message``; return its ack function."""
-        entry = [message, False]
+        tag = message.delivery_tag or 0  # a consumer with manual acks: always a tag
+        entry = [tag, message, False]
         self.order.append(entry)
 
         def ack() -> Awaitable[None]:
-            entry[1] = True
-            while self.order and self.order[0][1]:
-                self.due = self.order.popleft()[0]
+            entry[2] = True
+            while self.order and self.order[0][2]:
+                done = self.order.popleft()
+                self.due = (done[0], done[1])
             if self.sender is None or self.sender.done():
                 self.sender = asyncio.get_running_loop().create_task(self._send())
-            return self._sent(message.delivery_tag)
+            return self._sent(tag)
 
         return ack
 
     async def _send(self) -> None:
-        while self.due is not None and self.due.delivery_tag > self.sent and not self.failed:
-            message = self.due
+        while self.due is not None and self.due[0] > self.sent and not self.failed:
+            tag, message = self.due
             try:
                 await message.ack(multiple=True)
             except Exception as exc:  # the channel is gone: the broker requeues the rest
                 self.failed = exc
             else:
-                self.sent = message.delivery_tag
+                self.sent = tag
             async with self.changed:
                 self.changed.notify_all()
 
