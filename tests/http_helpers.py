@@ -50,10 +50,12 @@ class ServerProcess:
         *names: str,
         env: dict[str, str] | None = None,
         args: tuple[str, ...] = (),
+        cwd: Path = ROOT,
     ) -> None:
         self.config = config
         self.names = names
         self.args = args
+        self.cwd = cwd
         self.env = {**os.environ, **(env or {})}
         self.stderr: list[str] = []
         self.port = 0
@@ -65,7 +67,7 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "pipeline", "run", *self.names, "--serve"]
         cmd += ["-c", str(self.config), "--port", "0", "--log-format", "json", *self.args]
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            cmd, cwd=self.cwd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._reader.start()

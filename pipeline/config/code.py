@@ -175,10 +175,20 @@ class _Code:
         elif inspect.isfunction(value) or inspect.isclass(value):
             if getattr(value, "__module__", None) in self.users:
                 self.add(value)
-        elif isinstance(value, _LITERALS) and len(repr(value)) < 10_000:
-            self.parts.append(f"{name}={value!r}")
+        elif isinstance(value, _LITERALS) and (text := _repr(value)) is not None:
+            self.parts.append(f"{name}={text}")
         elif fn.__module__ in self.users:  # some other object: its module's file decides
             self.modules.add(fn.__module__)
+
+
+def _repr(value: Any) -> str | None:
+    """A literal's text, or None when it is long or its ``repr`` fails (a tuple of user
+    objects may hold one that cannot be shown yet): then its module's file decides."""
+    try:
+        text = repr(value)
+    except Exception:
+        return None
+    return text if len(text) < 10_000 else None
 
 
 def _global_names(code: CodeType) -> set[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pipeline.engine.run import ABORT_GRACE, Run
@@ -23,7 +22,7 @@ from pipeline.meter import PipelineMeter
 from pipeline.stage import ResolvedStage
 from pipeline.types import Envelope, Reason
 
-__all__ = ["Feed", "PipelineSpec", "ReloadStatus", "Supervisor"]
+__all__ = ["Feed", "PipelineSpec", "Supervisor"]
 
 
 class Feed(Protocol):
@@ -60,44 +59,6 @@ class _Slot:
     meter: PipelineMeter = field(default_factory=lambda: PipelineMeter(""))
 
 
-@dataclass
-class ReloadStatus:
-    """The outcome of reloads so far (``/pipelines`` and the metrics read it).
-
-    Attributes:
-        ok: reloads that applied (a valid config, even when nothing changed).
-        failed: reloads refused because the new config did not validate.
-        last_attempt: UNIX time of the last reload tried (None before any).
-        last_success: UNIX time of the last reload that applied.
-        problems: the problems of the last attempt, as ``FILE:LINE: path: message``.
-        changed: what the last successful reload changed, by kind.
-    """
-
-    ok: int = 0
-    failed: int = 0
-    last_attempt: float | None = None
-    last_success: float | None = None
-    problems: list[str] = field(default_factory=list)
-    changed: dict[str, list[str]] = field(default_factory=dict)
-
-    def as_json(self) -> dict[str, Any]:
-        """The ``reload`` object of ``GET /pipelines``."""
-        return {
-            "ok": self.ok,
-            "failed": self.failed,
-            "last_attempt": _rfc3339(self.last_attempt),
-            "last_success": _rfc3339(self.last_success),
-            "problems": list(self.problems),
-            "changed": {k: list(v) for k, v in self.changed.items()},
-        }
-
-
-def _rfc3339(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 class Supervisor:
     """Starts, tracks and stops the runs of a set of pipelines."""
 
@@ -120,7 +81,6 @@ class Supervisor:
         self._extra_sinks = tuple(extra_sinks)
         self.shutdown_timeout = shutdown_timeout
         self.shutting_down = False
-        self.reloads = ReloadStatus()
         self.log = get_logger()
         self.watchdog = Watchdog(())
         """The event loop's lag (``watchdog.lag_s``, ``watchdog.max_lag_s``, seconds)."""

@@ -33,10 +33,12 @@ from pipeline.server.ingest import IngestRefused, receive
 from pipeline.server.metrics import (
     TRANSPORTS,
     PipelineCollector,
+    ReloadCollector,
     metrics_text,
     registry_for,
     snapshot,
 )
+from pipeline.server.reload_status import ReloadStatus
 from pipeline.server.streams import (
     JSONLStream,
     NDJSONStream,
@@ -81,16 +83,27 @@ class ServerState:
         self.supervisor = supervisor
         self.pipelines = dict(pipelines)
         self.hubs = dict(hubs)
-        self.settings = settings
         self.send_timeout = send_timeout
         self.open = 0
         self.request_hubs: set[Hub] = set()
         self.request_clients: dict[str, int] = dict.fromkeys(pipelines, 0)
         self.request_dropped: dict[str, int] = dict.fromkeys(pipelines, 0)
-        self.auth = Auth(settings.token, settings.cors_origins)
         self.transports = {n: dict.fromkeys(TRANSPORTS, 0) for n in pipelines}
-        self.metrics_auth = Auth(settings.metrics_token, settings.cors_origins)
+        self.reloads = ReloadStatus()
         self._registry: Any = None
+        self.configure(settings)
+
+    def configure(self, settings: ServerConfig) -> None:
+        """Use these ``server:`` settings from now on (at start, and on a reload).
+
+        Tokens apply to the next request (a session cookie of an old token no longer
+        does); ``heartbeat`` and ``max_clients`` to the next stream; ``shutdown_timeout``
+        to the next drain. The others are read once, at start.
+        """
+        self.settings = settings
+        self.auth = Auth(settings.token, settings.cors_origins)
+        self.metrics_auth = Auth(settings.metrics_token, settings.cors_origins)
+        self.supervisor.shutdown_timeout = settings.shutdown_timeout
 
     def update(self, pipelines: Mapping[str, ResolvedPipeline], hubs: Mapping[str, Hub]) -> None:
         """Serve a reloaded set of pipelines; ``hubs`` replaces the hubs it names.
@@ -136,7 +149,7 @@ class ServerState:
                 self.transports.__getitem__,
                 self.dropped,
             )
-            self._registry = registry_for(collector)
+            self._registry = registry_for(collector, ReloadCollector(self.reloads))
         return metrics_text(self._registry)
 
     def state(self, name: str) -> dict[str, Any]:
@@ -308,7 +321,7 @@ def create_app(streams: ServerState) -> Starlette:
         return JSONResponse(
             {
                 "pipelines": [streams.state(n) for n in streams.pipelines],
-                "reload": streams.supervisor.reloads.as_json(),
+                "reload": streams.reloads.as_json(),
             }
         )
 

@@ -13,11 +13,19 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pipeline.meter import SAMPLE_EVERY, Histogram, PipelineMeter
+from pipeline.server.reload_status import RELOAD_OUTCOMES, ReloadStatus
 
 if TYPE_CHECKING:
-    from prometheus_client.registry import CollectorRegistry
+    from prometheus_client.registry import Collector, CollectorRegistry
 
-__all__ = ["TRANSPORTS", "PipelineCollector", "metrics_text", "registry_for", "snapshot"]
+__all__ = [
+    "TRANSPORTS",
+    "PipelineCollector",
+    "ReloadCollector",
+    "metrics_text",
+    "registry_for",
+    "snapshot",
+]
 
 TRANSPORTS = ("ndjson", "sse", "ws")
 """The ``transport`` label values of ``pipeline_clients``."""
@@ -179,17 +187,57 @@ class PipelineCollector:
         yield from (acks, backlog, state)
 
 
+class ReloadCollector:
+    """The outcome of reloads (SIGHUP, ``--reload``), read from a `ReloadStatus` per scrape."""
+
+    def __init__(self, status: ReloadStatus) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Any]:
+        """Yield ``pipeline_reloads_total`` and the ``pipeline_reload_*`` gauges."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        s = self.status
+        total = CounterMetricFamily(
+            "pipeline_reloads",
+            "Reloads by outcome: applied, rejected (the config did not validate), "
+            "failed (an unexpected error)",
+            labels=["outcome"],
+        )
+        for outcome in RELOAD_OUTCOMES:
+            total.add_metric([outcome], getattr(s, outcome))
+        yield total
+        yield GaugeMetricFamily(
+            "pipeline_reload_last_successful",
+            "1 if the last reload applied (or none was tried yet), 0 if it did not",
+            value=0 if s.last_outcome in ("rejected", "failed") else 1,
+        )
+        if s.last_attempt is not None:
+            yield GaugeMetricFamily(
+                "pipeline_reload_last_attempt_timestamp_seconds",
+                "UNIX time of the last reload tried",
+                value=s.last_attempt,
+            )
+        if s.last_success is not None:
+            yield GaugeMetricFamily(
+                "pipeline_reload_last_success_timestamp_seconds",
+                "UNIX time of the last reload that applied",
+                value=s.last_success,
+            )
+
+
 def _buckets(hist: Histogram) -> tuple[list[tuple[str, float]], float]:
     out = [("+Inf" if b == float("inf") else repr(b), float(n)) for b, n in hist.cumulative()]
     return out, hist.sum
 
 
-def registry_for(collector: PipelineCollector) -> CollectorRegistry:
-    """A private registry holding only ``collector`` (no process or platform metrics)."""
+def registry_for(*collectors: Collector) -> CollectorRegistry:
+    """A private registry holding only ``collectors`` (no process or platform metrics)."""
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
+    for collector in collectors:
+        registry.register(collector)
     return registry
 
 

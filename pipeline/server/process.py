@@ -28,7 +28,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Generator, Mapping
 from types import FrameType
 from typing import Any
 
@@ -56,17 +56,11 @@ _SECRET_QUERY = re.compile(
 
 
 class _Scrub(logging.Filter):
-    """Mask secrets in uvicorn's log lines: the token itself and secret-looking query values."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        super().__init__()
-        self.secrets = [s for s in secrets if s]
+    """Mask secrets in uvicorn's log lines: every registered secret (the tokens, also
+    those a reload brought) and secret-looking query values."""
 
     def _clean(self, value: str) -> str:
-        value = _SECRET_QUERY.sub(r"\1***", value)
-        for secret in self.secrets:
-            value = value.replace(secret, "***")
-        return value
+        return mask(_SECRET_QUERY.sub(r"\1***", value))
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
@@ -303,7 +297,7 @@ def serve(
         )
         return 2
     server = build(cfg, resolved, names=names, current=current, take=take, watch=watch)
-    scrub = _Scrub([cfg.server.token, cfg.server.metrics_token])
+    scrub = _Scrub()
     install_cut_filter()
     for handler in logging.getLogger().handlers:  # every record: uvicorn, httpx, ...
         handler.addFilter(scrub)

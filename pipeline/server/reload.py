@@ -5,38 +5,65 @@
     SIGHUP / a watched file changed
       └► Reloader.reload()          one at a time (a lock); bursts of changes coalesce
            ├► snapshot.take()       user modules dropped, config loaded, stages imported
-           │    └ ConfigError ──►   nothing changes; each problem logged as
-           │                        FILE:LINE: path: message; reload.failed += 1
+           │    └ ConfigError ──►   rejected: nothing changes; each problem logged as
+           │                        FILE:LINE: path: message
            ├► snapshot.diff()       added / removed / changed (definition or code)
+           ├► server settings       tokens, heartbeat, max_clients, shutdown_timeout apply;
+           │                        the others are listed as restart_needed
            ├► hubs and routes       new hubs for new pipelines (old clients stay put)
            └► supervisor.reload()   each changed pipeline drains like a shutdown, ends with
                                     complete(reason=reload), its new run starts at once;
                                     unchanged pipelines keep their run
 
-The outcome is kept on the supervisor (`pipeline.engine.supervisor.ReloadStatus`):
-``GET /pipelines`` shows it as ``reload`` and the metrics count it.
+Any other exception is a *failed* reload: logged in one line (what failed, where), counted,
+and the pipelines keep running; the server never dies of a reload. Every outcome is
+recorded in `pipeline.server.reload_status.ReloadStatus`: ``GET /pipelines`` shows it as
+``reload``, ``GET /metrics`` as ``pipeline_reloads_total{outcome}`` and its gauges.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sysconfig
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import snapshot
+from pipeline.config.models import ServerConfig
 from pipeline.config.snapshot import Snapshot
-from pipeline.engine.supervisor import ReloadStatus
 from pipeline.errors import ConfigError, Problem
 from pipeline.hub.hub import Hub
 from pipeline.log import get_logger
 from pipeline.server.app import ServerState
+from pipeline.server.reload_status import ReloadStatus
 
-__all__ = ["WATCH_DEBOUNCE_MS", "Reloader"]
+__all__ = ["RELOADABLE", "WATCH_DEBOUNCE_MS", "Reloader", "settings_change"]
 
 WATCH_DEBOUNCE_MS = 300
 """Milliseconds of quiet after a change before ``--reload`` reloads (an editor's burst)."""
+
+RELOADABLE = frozenset({"token", "metrics_token", "heartbeat", "max_clients", "shutdown_timeout"})
+"""The ``server:`` settings a reload applies; a change to any other needs a restart."""
+
+
+def settings_change(
+    running: ServerConfig, wanted: ServerConfig
+) -> tuple[ServerConfig, list[str], list[str]]:
+    """The settings to run with, the names it applies, the names that need a restart.
+
+    Example:
+        >>> now, new = ServerConfig(), ServerConfig(token="t0k3n", port=9000)
+        >>> settings, applied, restart = settings_change(now, new)
+        >>> (settings.token, settings.port, applied, restart)
+        ('t0k3n', 8000, ['server.token'], ['server.port'])
+    """
+    changed = [k for k in ServerConfig.model_fields if getattr(running, k) != getattr(wanted, k)]
+    apply = {k: getattr(wanted, k) for k in changed if k in RELOADABLE}
+    restart = [f"server.{k}" for k in changed if k not in RELOADABLE]
+    return running.model_copy(update=apply), [f"server.{k}" for k in apply], restart
 
 
 class Reloader:
@@ -59,22 +86,30 @@ class Reloader:
 
     @property
     def status(self) -> ReloadStatus:
-        """The supervisor's `ReloadStatus`."""
-        return self.streams.supervisor.reloads
+        """The server's `ReloadStatus`."""
+        return self.streams.reloads
 
     async def reload(self, trigger: str) -> bool:
-        """Validate the config again and apply it; return whether it applied."""
+        """Validate the config again and apply it; return whether it applied.
+
+        Never raises (but for cancellation): whatever goes wrong is a reload that did
+        not apply, logged and counted.
+        """
         async with self._lock:
             if self.streams.supervisor.shutting_down:
                 return False
-            status = self.status
-            status.last_attempt = time.time()
+            self.status.last_attempt = time.time()
             try:
                 new = self.take(self.current)
                 self._check_names(new)
             except ConfigError as exc:
-                return self._refused(trigger, exc.problems)
-            await self._apply(trigger, new)
+                return self._rejected(trigger, exc.problems)
+            except Exception as exc:
+                return self._failed(trigger, "validate", exc)
+            try:
+                await self._apply(trigger, new)
+            except Exception as exc:
+                return self._failed(trigger, "apply", exc)
             return True
 
     def _check_names(self, new: Snapshot) -> None:
@@ -88,13 +123,18 @@ class Reloader:
                 ]
             )
 
-    def _refused(self, trigger: str, problems: list[Problem]) -> bool:
-        status = self.status
-        status.failed += 1
-        status.problems = [str(p) for p in problems]
+    def _rejected(self, trigger: str, problems: list[Problem]) -> bool:
+        self.status.record("rejected", problems=[str(p) for p in problems])
         for problem in problems:
             self.log.error("reload_problem", problem=str(problem))
-        self.log.error("reload_failed", trigger=trigger, problems=len(problems))
+        self.log.error("reload_rejected", trigger=trigger, problems=len(problems))
+        return False
+
+    def _failed(self, trigger: str, step: str, exc: Exception) -> bool:
+        """An unexpected exception: one log line saying what failed and where."""
+        error = f"{type(exc).__name__}: {exc}"
+        self.status.record("failed", error=error)
+        self.log.error("reload_failed", trigger=trigger, step=step, error=error, where=_where(exc))
         return False
 
     def _picked(self, snap: Snapshot) -> dict[str, str]:
@@ -103,7 +143,8 @@ class Reloader:
 
     async def _apply(self, trigger: str, new: Snapshot) -> None:
         change = snapshot.diff(self._picked(self.current), self._picked(new))
-        streams, settings = self.streams, self.streams.settings
+        streams = self.streams
+        settings, applied, restart = settings_change(streams.settings, new.config.server)
         picked: dict[str, Any] = {n: new.pipelines[n] for n in self._picked(new)}
         feeds: dict[str, Hub] = {}
         for name in change.restart:
@@ -115,24 +156,21 @@ class Reloader:
                 hub = Hub(name, retain=rp.config.retain, client_buffer=settings.client_buffer)
             feeds[name] = hub
         old_hubs = {n: h for n, h in streams.hubs.items() if n in change.restart}
-        self.current = new
-        status = self.status
-        status.ok += 1
-        status.last_success = status.last_attempt
-        status.problems = []
-        status.changed = change.as_dict()
+        streams.configure(settings)
         streams.update(picked, feeds)
         await streams.supervisor.reload(picked, change.restart, feeds=feeds, start=feeds)
         for name, hub in old_hubs.items():
             if feeds.get(name) is not hub:
                 hub.close()
-        server_changed = new.config.server != settings
+        self.current = new
+        self.status.record("applied", changed=change.as_dict(), restart_needed=restart)
         self.log.info(
             "reloaded",
             trigger=trigger,
             **change.as_dict(),
             unchanged=len(change.unchanged),
-            **({"server_settings": "changed; restart to apply"} if server_changed else {}),
+            **({"server_applied": applied} if applied else {}),
+            **({"restart_needed": restart} if restart else {}),
         )
 
     def watched(self) -> tuple[list[Path], set[str]]:
@@ -157,6 +195,14 @@ class Reloader:
                 await self.reload("watch")
                 if set(self.current.files) != files:
                     break  # watch the new set of files
+
+
+def _where(exc: BaseException) -> str:
+    """``FILE:LINE in FUNCTION`` of the innermost frame outside the standard library."""
+    stdlib = sysconfig.get_paths()["stdlib"]
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if not f.filename.startswith(("<frozen ", stdlib))] or frames
+    return f"{ours[-1].filename}:{ours[-1].lineno} in {ours[-1].name}" if ours else ""
 
 
 def _relevant(files: set[str]) -> Callable[[Any, str], bool]:

@@ -76,21 +76,26 @@ def state(server: ServerProcess, name: str) -> dict[str, Any]:
 
 
 def reloaded(server: ServerProcess, count: int) -> Callable[[], bool]:
-    """A predicate: the server has logged ``count`` reload outcomes (ok or failed)."""
-    return lambda: (
-        server.log_text.count('"reloaded"') + server.log_text.count('"reload_failed"') >= count
-    )
+    """A predicate: the server has logged ``count`` reload outcomes (of any kind)."""
+    events = ('"reloaded"', '"reload_rejected"', '"reload_failed"')
+    return lambda: sum(server.log_text.count(e) for e in events) >= count
+
+
+def write_project(root: Path, out: Path | None = None) -> Path:
+    """Two ticking pipelines (`a` uses helpers.label) writing to ``out`` (``root/out``)."""
+    root.mkdir(exist_ok=True)
+    (root / "my_stages.py").write_text(textwrap.dedent(STAGES))
+    (root / "helpers.py").write_text(textwrap.dedent(HELPERS_V1))
+    out = out or root / "out"
+    out.mkdir(exist_ok=True)
+    config = root / "pipelines.yaml"
+    config.write_text(textwrap.dedent(CONFIG.format(out=out, interval=0.01)))
+    return config
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    (tmp_path / "my_stages.py").write_text(textwrap.dedent(STAGES))
-    (tmp_path / "helpers.py").write_text(textwrap.dedent(HELPERS_V1))
-    out = tmp_path / "out"
-    out.mkdir()
-    config = tmp_path / "pipelines.yaml"
-    config.write_text(textwrap.dedent(CONFIG.format(out=out, interval=0.01)))
-    return config
+    return write_project(tmp_path)
 
 
 def runs_of(envs: list[dict[str, Any]]) -> list[str]:
@@ -119,7 +124,8 @@ def test_sighup_restarts_only_the_pipeline_whose_imported_code_changed(project: 
         new_a = state(server, "a")
         assert new_a["run"] != run_a and new_a["state"] == "running"
         body = pipelines(server)["reload"]
-        assert body["ok"] == 1 and body["failed"] == 0 and body["problems"] == []
+        assert (body["applied"], body["rejected"], body["failed"]) == (1, 0, 0)
+        assert body["problems"] == [] and body["last_outcome"] == "applied"
         assert body["changed"] == {"changed": ["a"]}
         assert body["last_success"] == body["last_attempt"] is not None
     a = envelopes(out / "a.ndjson")
@@ -150,7 +156,8 @@ def test_invalid_reload_changes_nothing_and_is_reported(project: Path) -> None:
         server.signal(signal.SIGHUP)
         wait_until(reloaded(server, 1), timeout=20)
         body = pipelines(server)["reload"]
-        assert body["ok"] == 0 and body["failed"] == 1 and body["last_success"] is None
+        assert (body["applied"], body["rejected"], body["failed"]) == (0, 1, 0)
+        assert body["last_success"] is None and body["last_outcome"] == "rejected"
         assert len(body["problems"]) == 3  # every stage from my_stages
         file = str(project)
         assert body["problems"][0].startswith(f"{file}:5: pipelines.a.source.use: module ")
@@ -163,7 +170,7 @@ def test_invalid_reload_changes_nothing_and_is_reported(project: Path) -> None:
         server.signal(signal.SIGHUP)
         wait_until(reloaded(server, 2), timeout=20)
         body = pipelines(server)["reload"]
-        assert body["failed"] == 2
+        assert body["rejected"] == 2
         assert body["problems"] == [
             f"{file}:5: pipelines.a.source.with.interval: Input should be a valid number, "
             "unable to parse string as a number"
@@ -175,7 +182,7 @@ def test_invalid_reload_changes_nothing_and_is_reported(project: Path) -> None:
         server.signal(signal.SIGHUP)
         wait_until(reloaded(server, 3), timeout=20)
         body = pipelines(server)["reload"]
-        assert body["ok"] == 1 and body["failed"] == 2 and body["problems"] == []
+        assert (body["applied"], body["rejected"], body["problems"]) == (1, 2, [])
         assert body["changed"] == {}  # back to what runs: nothing to restart
         assert {n: state(server, n)["run"] for n in ("a", "b")} == runs
 

@@ -110,3 +110,36 @@ def test_a_module_that_no_longer_imports_is_a_config_problem(project: Path) -> N
         "pipelines.labelled.transforms[0].use",
     ]
     assert "SyntaxError" in info.value.problems[0].message
+
+
+UNSHOWABLE = """
+    class Unit:
+        def __repr__(self):
+            raise RuntimeError("not ready")
+
+
+    UNITS = (Unit(),)
+    SCALE = 10
+
+
+    def tag(chunk):
+        return {**chunk, "units": len(UNITS) * SCALE}
+"""
+
+
+def test_a_global_whose_repr_raises_is_fingerprinted_by_its_module(
+    tmp_path: Path, isolated_imports: None
+) -> None:
+    """A stage reading a tuple of user objects whose `repr` raises still gets a
+    fingerprint (from its module's file): an edit of that file restarts it."""
+    (tmp_path / "units.py").write_text(textwrap.dedent(UNSHOWABLE))
+    config = tmp_path / "pipelines.yaml"
+    config.write_text(
+        "pipelines:\n  u:\n    source: {use: counter}\n    transforms: [{use: units:tag}]\n"
+    )
+    first = snapshot.take(config)
+    same = snapshot.take(config, previous=first)
+    assert snapshot.diff(first.prints, same.prints).restart == []
+    edit(tmp_path / "units.py", "SCALE = 10", "SCALE = 20")
+    second = snapshot.take(config, previous=same)
+    assert snapshot.diff(same.prints, second.prints).changed == ["u"]
