@@ -7,14 +7,16 @@ built-in ``ingest`` source does). Three parties share it, and none imports anoth
   run with `begin_run` / `end_run`;
 - the **source** reads it with ``async for item in inlet.items(max_pending=...,
   max_body=...)``: while it iterates, the inlet is *open* and takes bodies;
-- the **server** hands it the records of one request body with `admit`, and awaits the
-  returned `Receipt` until every record was delivered to every sink.
+- the **server** hands it the records of one request body as they arrive: the first
+  ones with `open` (taken all or none), the next ones with `more` (which waits for
+  room), then `close`s the returned `Receipt` and awaits it until every record was
+  delivered to every sink.
 
 Each record travels as a `pipeline.Message` (or a `pipeline.BadChunk` for an undecodable
 line) whose ``ack`` counts the receipt down and whose ``on_envelope`` tells it the ``seq``
 of the envelopes made from it. At most ``max_pending`` records are admitted and not yet
-acknowledged: a body that does not fit is refused whole (`InletFull`), so nothing here
-grows without bound.
+acknowledged: a body whose first records do not fit is refused whole (`InletFull`), and
+the rest of a body already taken waits for room, so nothing here grows without bound.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any, get_type_hints
 
 from pipeline.types import BadChunk, Chunk, Envelope, Message
 
-__all__ = ["Inlet", "InletClosed", "InletFull", "Receipt", "inlet_parameter"]
+__all__ = ["Inlet", "InletClosed", "InletFull", "Receipt", "Record", "inlet_parameter"]
 
 
 class InletClosed(Exception):
@@ -35,31 +37,55 @@ class InletClosed(Exception):
 
 
 class InletFull(Exception):
-    """The body does not fit under ``max_pending``; nothing of it was taken."""
+    """The body's first records do not fit under ``max_pending``; nothing of it was taken."""
 
 
 class Receipt:
-    """What became of one admitted body: counts down as its records are delivered."""
+    """What became of one body: counts down as its records are delivered, grows as they come.
 
-    __slots__ = ("chunk_errors", "done", "failed", "first_seq", "last_seq", "left", "run", "total")
+    It is done once the body was closed (it ended, or its client went away) and every
+    record taken from it was delivered.
+    """
 
-    def __init__(self, total: int, run: str | None) -> None:
-        self.total = total
-        self.left = total
+    __slots__ = (
+        "chunk_errors",
+        "closed",
+        "done",
+        "failed",
+        "first_seq",
+        "last_seq",
+        "left",
+        "run",
+        "total",
+    )
+
+    def __init__(self, run: str | None) -> None:
+        self.total = 0
+        self.left = 0
         self.run = run
+        self.closed = False
         self.chunk_errors = 0
         self.first_seq: int | None = None
         self.last_seq: int | None = None
         self.failed: str | None = None
         self.done = asyncio.Event()
-        if not total:
+
+    def add(self, count: int) -> None:
+        """``count`` more records of the body were taken."""
+        self.total += count
+        self.left += count
+
+    def close(self) -> None:
+        """No record will be added: done once those taken are delivered."""
+        self.closed = True
+        if not self.left:
             self.done.set()
 
     def ack(self) -> None:
         """One record was delivered to every sink (or dropped by a transform)."""
         if self.left > 0:
             self.left -= 1
-            if not self.left:
+            if not self.left and self.closed:
                 self.done.set()
 
     def on_envelope(self, env: Envelope) -> None:
@@ -106,6 +132,7 @@ class Inlet:
         self._queue: deque[tuple[Record, Receipt, Callable[[], None]]] = deque()
         self._receipts: set[Receipt] = set()
         self._wake = asyncio.Event()
+        self._room = asyncio.Event()  # set when records were acknowledged or the run ended
 
     @property
     def accepting(self) -> bool:
@@ -126,33 +153,66 @@ class Inlet:
             receipt.fail("the run ended before the body was delivered")
         self._receipts.clear()
         self.pending = 0
+        self._room.set()
 
     # -- the server ------------------------------------------------------------------
 
-    def admit(self, records: list[Record]) -> Receipt:
-        """Queue every record of one body, or none of them.
+    def open(self, records: list[Record]) -> Receipt:
+        """Take the first records of a body, all or none; return the body's `Receipt`.
+
+        A first part larger than ``max_pending`` is taken up to that many (call `more`
+        with the rest).
 
         Raises:
             InletClosed: no source is reading.
-            InletFull: ``pending + len(records)`` would pass ``max_pending``.
+            InletFull: they would pass ``max_pending`` (nothing of the body is taken).
         """
         if not self._reading:
             msg = f"pipeline `{self.pipeline}` is not running"
             raise InletClosed(msg)
-        if self.pending + len(records) > self.max_pending:
+        first = records[: self.max_pending]
+        if self.pending + len(first) > self.max_pending:
             msg = (
                 f"pipeline `{self.pipeline}` is full: {self.pending} chunks pending, "
-                f"{len(records)} more would pass max_pending={self.max_pending}"
+                f"{len(first)} more would pass max_pending={self.max_pending}"
             )
             raise InletFull(msg)
-        receipt = Receipt(len(records), self.run)
+        receipt = Receipt(self.run)
+        self._receipts.add(receipt)
+        self._queue_all(receipt, first)
+        return receipt
+
+    async def more(self, receipt: Receipt, records: list[Record]) -> None:
+        """Take more records of an open body, waiting for room under ``max_pending``.
+
+        Raises:
+            InletClosed: the run ended (the records not yet taken are not).
+        """
+        while records:
+            if not self._reading or receipt.failed is not None:
+                msg = f"pipeline `{self.pipeline}`: the run ended before the body was read"
+                raise InletClosed(msg)
+            free = self.max_pending - self.pending
+            if free <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            self._queue_all(receipt, records[:free])
+            records = records[free:]
+
+    def close(self, receipt: Receipt) -> None:
+        """The body ended (or its client went away): nothing more will be added."""
+        receipt.close()
+        if receipt.done.is_set():
+            self._receipts.discard(receipt)
+
+    def _queue_all(self, receipt: Receipt, records: list[Record]) -> None:
         if records:
-            self._receipts.add(receipt)
+            receipt.add(len(records))
             self.pending += len(records)
             ack = self._acker(receipt)
             self._queue.extend((r, receipt, ack) for r in records)
             self._wake.set()
-        return receipt
 
     # -- the source ------------------------------------------------------------------
 
@@ -178,10 +238,12 @@ class Inlet:
         finally:
             self._reading = False
             self._drop_queued("the source stopped before the body was read")
+            self._room.set()
 
     def _acker(self, receipt: Receipt) -> Callable[[], None]:
         def ack() -> None:
             self.pending = max(0, self.pending - 1)
+            self._room.set()
             receipt.ack()
             if receipt.done.is_set():
                 self._receipts.discard(receipt)

@@ -24,17 +24,19 @@ async def ingest(
     r"""Take chunks posted over HTTP: each line of an NDJSON request body is one chunk.
 
     Under ``pipeline run --serve``, ``POST /pipelines/NAME/ingest`` with an NDJSON body
-    (a JSON array is accepted too) feeds the pipeline; the answer comes once every chunk
-    of the body was delivered to every sink: ``{"accepted": N, "chunk_errors": K,
-    "run": RUN, "first_seq": S, "last_seq": T}``. A line that is not JSON becomes a
-    ``chunk_error`` (counted in ``chunk_errors``). A body that would pass ``max_pending``
-    is refused whole with ``429`` and ``Retry-After``; one over ``max_body`` gets ``413``.
+    (a JSON array is accepted too) feeds the pipeline, line by line as the body arrives;
+    the answer comes once every chunk of the body was delivered to every sink:
+    ``{"accepted": N, "chunk_errors": K, "run": RUN, "first_seq": S, "last_seq": T}``.
+    A line that is not JSON becomes a ``chunk_error`` (counted in ``chunk_errors``). A
+    body whose first lines would pass ``max_pending`` is refused whole with ``429`` and
+    ``Retry-After``; the rest of a body already taken waits for room. Over ``max_body``:
+    ``413``.
     The server's token applies. The run never ends by itself: it serves until shutdown.
     See docs/http.md.
 
     Args:
         max_pending: Chunks accepted and not yet delivered to every sink, across all
-            requests; a body that does not fit is refused whole (429).
+            requests; a body whose first lines do not fit is refused whole (429).
         max_body: The largest body taken, in bytes (413 beyond); 10 MiB by default.
         inlet: Bound by the server (not given in ``with:``).
 
