@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import signal
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -94,3 +100,68 @@ def test_unknown_sink_message_is_the_loaders() -> None:
     assert shown is not None
     assert shown[0] == _unknown("fil", "sink", {"sink": {"file": "", "stdout": ""}})
     assert {"file", "stdout"} <= set(_builtins()["sink"])
+
+
+def test_connect_step_runs_on_the_real_services(tmp_path: Path) -> None:
+    """Step 6's source and sink, spliced into the demo, move Redis entries into PostgreSQL.
+
+    Every entry is acknowledged only once its row (or its chunk_error) is in; a SIGTERM then
+    ends the worker cleanly with nothing left pending in its group.
+    """
+    asyncpg = pytest.importorskip("asyncpg")
+    redis = pytest.importorskip("redis")
+    name = f"readme_{uuid.uuid4().hex[:10]}"
+    snippet = block("yaml", 2).replace("readings", name).replace("group: enrich", f"group: {name}")
+    demo = block("yaml", 0)
+    source = re.search(r"    source: .*\n", demo)
+    assert source is not None
+    config = demo.replace(source[0], "") + snippet
+    (tmp_path / "my_stages.py").write_text(block("python", 0))
+    (tmp_path / "pipelines.yaml").write_text(config)
+    dsn = re.search(r'dsn: "([^"]+)"', snippet)
+    assert dsn is not None
+
+    async def db(query: str) -> list[object]:
+        conn = await asyncpg.connect(dsn[1])
+        try:
+            return list(await conn.fetch(query))
+        finally:
+            await conn.close()
+
+    asyncio.run(db(f"CREATE TABLE {name} (id int PRIMARY KEY, unit text, value float8)"))
+    r = redis.Redis.from_url("redis://127.0.0.1:6379")
+    for n in range(1, 6):
+        r.xadd(name, {"data": json.dumps({"n": n})})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", "demo"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        rows: list[object] = []
+        while len(rows) < 4 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+            rows = asyncio.run(db(f"SELECT id, unit, value FROM {name} ORDER BY id"))
+        assert [tuple(row) for row in rows] == [  # type: ignore[arg-type]
+            (1, "kelvin", 20.1),
+            (2, "kelvin", 20.2),
+            (4, "kelvin", 20.4),
+            (5, "kelvin", 20.5),
+        ]
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()
+        envs = [json.loads(line) for line in out.splitlines()]
+        assert [e["chunk"] for e in envs if e["status"] == "chunk_error"] == [{"n": 3}]
+        assert envs[-1]["reason"] == "shutdown"
+        pending = r.xpending(name, name)
+        assert pending["pending"] == 0  # n=3 too: acked once its chunk_error was out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        r.delete(name)
+        r.close()
+        asyncio.run(db(f"DROP TABLE IF EXISTS {name}"))
