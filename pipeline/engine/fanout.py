@@ -14,6 +14,11 @@ item (`Delivery.reject`): ``on_reject`` hears of it, the run emits a ``chunk_err
 that chunk, and the chunk's acks are released once that ``chunk_error`` was delivered.
 `Fanout.settle` waits until confirming sinks have answered for everything they got, so
 a run's last rejections come before its ``complete``.
+
+Every sink gets envelopes in ``seq`` order, though two coroutines deliver (the run's
+driver, and the task that emits rejections): a delivery that has to wait for room in a
+full queue holds the turn, and a delivery that comes meanwhile waits for it
+(``_wait_turn``), instead of slipping into a queue that just got room ahead of it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import asyncio
 import functools
 import inspect
 import sys
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -181,6 +187,8 @@ class Fanout:
         self.failures: list[tuple[str, BaseException]] = []
         self._deadline: float | None = None
         self._hurried = asyncio.Event()
+        self._waiting = False  # a delivery waits for room in a queue: it holds the turn
+        self._turns: deque[asyncio.Future[None]] = deque()  # deliveries after it, in order
         self._workers = [
             _Worker(s, dead_letter=False, buffer=buffer, on_reject=on_reject) for s in sinks
         ]
@@ -256,28 +264,59 @@ class Fanout:
             w.task = loop.create_task(self._run(w), name=f"sink {w.stage.id}")
 
     async def deliver(self, env: Envelope, line: bytes, acks: tuple[Ack, ...] = ()) -> None:
-        """Give one envelope to the hub and to each sink; waits while a sink's queue is full."""
-        if self.publish is not None:
-            self.publish(env, line)
-        pending = _Pending(acks) if acks else None
-        status = env["status"]
-        for w in self._workers:
-            if w.dead or not w.wants(status):
-                continue
+        """Give one envelope to the hub and to each sink; waits while a sink's queue is full.
+
+        Envelopes reach every sink in the order of the calls, also when a call waits.
+        """
+        if self._waiting:  # an earlier envelope waits for room: this one goes after it
+            await self._wait_turn()
+        try:
+            if self.publish is not None:
+                self.publish(env, line)
+            pending = _Pending(acks) if acks else None
+            status = env["status"]
+            for w in self._workers:
+                if w.dead or not w.wants(status):
+                    continue
+                if pending is not None:
+                    pending.left += 1
+                if w.confirm:
+                    w.outstanding += 1
+                    w.settled.clear()
+                    item = (_Delivery(w.payload(env, line), env, pending, w), pending)
+                else:
+                    item = (w.payload(env, line), pending)
+                if w.queue.full():
+                    self._waiting = True
+                    await self._put(w, item)
+                else:
+                    w.queue.put_nowait(item)
             if pending is not None:
-                pending.left += 1
-            if w.confirm:
-                w.outstanding += 1
-                w.settled.clear()
-                item = (_Delivery(w.payload(env, line), env, pending, w), pending)
+                pending.accept()
+        finally:
+            if self._waiting:  # only the delivery holding the turn gets here with it set
+                self._pass_turn()
+
+    async def _wait_turn(self) -> None:
+        """Wait until every delivery that came before this one has handed its envelope on."""
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._turns.append(turn)
+        try:
+            await turn
+        except BaseException:
+            if turn.done() and not turn.cancelled():
+                self._pass_turn()  # it was handed the turn, then cancelled: hand it on
             else:
-                item = (w.payload(env, line), pending)
-            if w.queue.full():
-                await self._put(w, item)
-            else:
-                w.queue.put_nowait(item)
-        if pending is not None:
-            pending.accept()
+                self._turns.remove(turn)
+            raise
+
+    def _pass_turn(self) -> None:
+        while self._turns:
+            turn = self._turns.popleft()
+            if not turn.done():
+                turn.set_result(None)  # the next delivery holds the turn now
+                return
+        self._waiting = False
 
     async def flush(self) -> None:
         """Wait until every live sink accepted every envelope handed to it so far.

@@ -159,3 +159,47 @@ async def test_rejecting_an_envelope_that_is_no_chunk_is_only_logged() -> None:
     ]
     assert envs[-1]["stats"]["chunk_errors"] == 2
     assert sorted(acked) == [0, 1]
+
+
+async def test_every_sink_gets_envelopes_in_seq_order_when_rejections_meet_a_full_queue() -> None:
+    """A rejection's chunk_error, numbered while a slow sink's queue is full, waits its turn.
+
+    The run emits rejections from a task of their own; without ordering, it could put
+    its envelope into a queue that just got room ahead of the envelope already waiting.
+    """
+    from pipeline.engine.run import Run
+    from pipeline.testing import make_stage
+
+    @sink(stream=True, confirm=True)
+    async def picky(deliveries: AsyncIterator[Delivery]) -> None:
+        async for d in deliveries:
+            if d.item["status"] == "processing" and d.item["data"] % 3 == 0:
+                d.reject(ValueError("no multiples of 3"))
+            else:
+                d.accept()
+
+    got: list[dict[str, Any]] = []
+
+    async def slow(env: dict[str, Any]) -> None:
+        got.append(env)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    async def numbers() -> AsyncIterator[int]:
+        for i in range(600):
+            yield i
+
+    published: list[int] = []
+    run = Run(
+        "test",
+        make_stage(numbers, "source"),
+        [],
+        [make_stage(picky, "sink", id="sinks[0]"), make_stage(slow, "sink", id="sinks[1]")],
+        publish=lambda env, line: published.append(env["seq"]),
+        sink_buffer=4,
+    )
+    assert await run.execute() == "finished"
+    seqs = [e["seq"] for e in got]
+    assert seqs == sorted(seqs) == list(range(1, len(got) + 1))
+    assert published == seqs
+    assert sum(1 for e in got if e["status"] == "chunk_error") == 200
