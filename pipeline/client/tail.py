@@ -18,7 +18,9 @@
   With ``follow_runs`` (``tail -F``) a ``complete`` whose reason is ``shutdown`` or
   ``reload`` does not end it: it reconnects (waiting for a restarted server, without a
   retry limit) and resumes from the old run's token, which gets the new run from its
-  first retained envelope.
+  first retained envelope. Waiting for that next run is expected, so a stream that ends
+  with nothing new after such a ``complete`` is retried quietly (a ``debug`` line); only
+  errors (a refused connection, a 5xx) are logged as ``tail_retrying`` warnings.
   Another 4xx (with the server's message), a non-NDJSON answer, a bad target or spent
   retries raise `TailError`, which the CLI turns into exit 2.
 """
@@ -63,6 +65,7 @@ RETRY_STATUSES = frozenset({408, 425, 429})
 NOTICES = frozenset({"heartbeat", "lagged"})
 FOLLOWED = frozenset({"shutdown", "reload"})
 """``complete`` reasons that ``tail -F`` follows past (a new run is coming)."""
+ENDED_EARLY = "stream ended before `complete`"
 STREAM_TYPES = ("application/x-ndjson", "application/jsonl", "application/json", "text/plain")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}
@@ -168,6 +171,7 @@ class _Follower:
         self.run: str | None = None
         self.failed = False
         self.code: int | None = None
+        self.between_runs = False  # the last envelope was a complete that -F follows past
         self.answered = 0  # streams answered with a 2xx so far
         self.log = logmod.get_logger(command="tail")
 
@@ -176,6 +180,7 @@ class _Follower:
         status = env.get("status")
         if status in NOTICES:
             return
+        self.between_runs = False
         run, seq = env.get("run"), env.get("seq")
         if isinstance(run, str) and isinstance(seq, int):
             if run != self.run:
@@ -185,6 +190,7 @@ class _Follower:
             self.failed = True
         elif status == "complete":
             if self.runs and env.get("reason") in FOLLOWED:
+                self.between_runs = True
                 return
             stats = env.get("stats")
             errors = stats.get("errors", 0) if isinstance(stats, dict) else 0
@@ -245,7 +251,7 @@ class _Follower:
                     received += self.feed(buf, chunk)
                     if self.code is not None:
                         return "complete", received
-            return "stream ended before `complete`", received
+            return ENDED_EARLY, received
         except httpx.RequestError as exc:
             return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, received
 
@@ -269,7 +275,9 @@ class _Follower:
                     raise TailError(msg)
                 delay = min(BACKOFF_MAX, BACKOFF_START * 2 ** (failures - 1))
                 delay *= random.uniform(0.5, 1.0)
-                self.log.warning("tail_retrying", reason=reason, since=self.since, delay_s=delay)
+                quiet = self.between_runs and reason == ENDED_EARLY  # the next run is coming
+                retrying = self.log.debug if quiet else self.log.warning
+                retrying("tail_retrying", reason=reason, since=self.since, delay_s=delay)
                 time.sleep(delay)
 
 
