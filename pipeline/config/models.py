@@ -53,6 +53,7 @@ class ServerConfig(_Model):
     port: int = Field(default=8000, ge=0, le=65535)
     token: str = ""
     client_buffer: int = Field(default=1024, gt=0)
+    client_buffer_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     heartbeat: float = Field(default=15.0, gt=0)
     max_clients: int = Field(default=1000, gt=0)
     shutdown_timeout: float = Field(default=10.0, ge=0)
@@ -98,6 +99,7 @@ class PipelineConfig(_Model):
     sinks: list[StageConfig] = Field(default_factory=list)
     dead_letter: StageConfig | None = None
     retain: int = Field(default=10000, ge=0)
+    retain_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     max_chunk_errors: int | None = Field(default=None, ge=0)
     trigger: Literal["start", "request"] = "start"
     request_params: list[str] = Field(default_factory=list)
@@ -401,6 +403,7 @@ def _describe_pipeline(config: Config, loc: Loc, p: PipelineConfig) -> dict[str,
             "dead_letter": stage(p.dead_letter, ("dead_letter",)) if p.dead_letter else None,
             "request_params": p.request_params,
             "retain": p.retain,
+            "retain_bytes": p.retain_bytes,
             "max_chunk_errors": p.max_chunk_errors,
         },
     )

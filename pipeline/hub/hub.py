@@ -5,14 +5,18 @@ The producer (the pipeline's envelope-numbering coroutine, or a broker connector
 blocks: `publish` appends one right-sized line to the ring and wakes the readers that
 wait. Each client reads through a `Subscription`, a cursor into that ring:
 
-- a client may fall ``client_buffer`` envelopes behind: more than that published past
-  its cursor (or past the end of the replay it was handed at subscribe) and it is
+- a client may fall ``client_buffer`` envelopes and ``client_buffer_bytes`` bytes
+  behind: more than that published past its cursor (or past the end of the replay it
+  was handed at subscribe; in bytes, past the first line it has not read) and it is
   *lapped*: its stream ends at once, `Subscription.dropped` is true and ``on_drop`` is
-  scheduled. It never slows the producer or other clients. Memory is one ring of
-  ``retain + client_buffer`` right-sized lines whatever the number of clients;
-- the last ``retain`` envelopes of the current run are replayed to clients that ask with
-  ``since`` (see `Hub.subscribe`); replay hands over to live envelopes with no gap and no
-  duplicate, because both are the same ring read from one cursor.
+  scheduled. It never slows the producer or other clients. Memory is one ring of at
+  most ``retain + client_buffer`` right-sized lines and ``retain_bytes +
+  client_buffer_bytes`` bytes plus one line, whatever the number of clients;
+- the last ``retain`` envelopes of the current run, at most ``retain_bytes`` together,
+  are replayed to clients that ask with ``since`` (see `Hub.subscribe`); replay hands
+  over to live envelopes with no gap and no duplicate, because both are the same ring
+  read from one cursor. A line larger than ``retain_bytes`` is delivered live to the
+  clients keeping up, but never replayed: a client asking for it gets ``lagged``.
 
 A run's streams end right after its ``complete`` (`Hub.end_run`); at shutdown
 (`Hub.close`) every stream ends once it has drained what was published.
@@ -31,6 +35,10 @@ from pipeline.types import Envelope
 __all__ = ["MAX_BATCH_BYTES", "BadSince", "Hub", "Item", "Subscription", "parse_since"]
 
 _SWEEP_MIN = 64
+RETAIN_BYTES = 64 * 1024 * 1024
+"""Default ``retain_bytes``: the replay of a run holds at most this many bytes."""
+CLIENT_BUFFER_BYTES = 16 * 1024 * 1024
+"""Default ``client_buffer_bytes``: how far behind (in bytes) a client may fall."""
 
 
 class Hub:
@@ -41,6 +49,9 @@ class Hub:
         retain: how many envelopes of the current run are kept for replay (>= 0).
         client_buffer: how many envelopes a client may fall behind (beyond the replay
             it was handed) before it is dropped (>= 1).
+        retain_bytes: the replay holds at most this many bytes (>= 0).
+        client_buffer_bytes: how many bytes may be published after the first line a
+            client has not read (beyond its replay) before it is dropped (>= 1).
 
     Example:
         >>> hub = Hub("demo", retain=100, client_buffer=100)
@@ -51,23 +62,36 @@ class Hub:
         ('r1', 1, {'starting': 1}, 0)
     """
 
-    def __init__(self, name: str, *, retain: int, client_buffer: int) -> None:
-        if retain < 0 or client_buffer < 1:
+    def __init__(
+        self,
+        name: str,
+        *,
+        retain: int,
+        client_buffer: int,
+        retain_bytes: int = RETAIN_BYTES,
+        client_buffer_bytes: int = CLIENT_BUFFER_BYTES,
+    ) -> None:
+        if retain < 0 or client_buffer < 1 or retain_bytes < 0 or client_buffer_bytes < 1:
             msg = (
-                f"hub `{name}`: need retain >= 0 and client_buffer >= 1, "
-                f"got retain={retain}, client_buffer={client_buffer}"
+                f"hub `{name}`: need retain >= 0, client_buffer >= 1, retain_bytes >= 0 "
+                f"and client_buffer_bytes >= 1, got retain={retain}, "
+                f"client_buffer={client_buffer}, retain_bytes={retain_bytes}, "
+                f"client_buffer_bytes={client_buffer_bytes}"
             )
             raise ValueError(msg)
         self.name = name
         self.retain = retain
         self.client_buffer = client_buffer
+        self.retain_bytes = retain_bytes
+        self.client_buffer_bytes = client_buffer_bytes
         # Replay backlog (<= retain) plus client_buffer envelopes behind it must fit.
         self._cap = retain + client_buffer
-        self._ring = Ring(self._cap)
+        self._ring = Ring(self._cap, retain_bytes + client_buffer_bytes)
         self._run: RunSpan | None = None
         self._subs: set[Subscription] = set()
         self._dropped = 0
         self._sweep_every = max(_SWEEP_MIN, client_buffer // 8)
+        self._sweep_at = 0  # ring.bytes at which to sweep again
 
     # -- counters --------------------------------------------------------------------
 
@@ -99,7 +123,13 @@ class Hub:
     @property
     def buffered(self) -> int:
         """Lines the ring holds now (never more than ``retain + client_buffer``)."""
-        return len(self._ring)
+        return self._ring.head - self._ring.tail
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the lines the ring holds now (at most ``retain_bytes +
+        client_buffer_bytes`` plus the oldest line)."""
+        return self._ring.held
 
     def finished(self, run: str, seq: int) -> bool:
         """Whether ``run`` is the current run, it has ended, and ``seq`` is its last.
@@ -146,7 +176,7 @@ class Hub:
         counts[status] = counts.get(status, 0) + 1
         if ring.waiters:
             ring.wake()
-        if not head % self._sweep_every:
+        if not head % self._sweep_every or ring.bytes >= self._sweep_at:
             self._sweep()
 
     def end_run(self) -> None:
@@ -191,7 +221,13 @@ class Hub:
         if run is not None:
             cursor, notice = self._start(run, want)
         sub = Subscription(
-            self._ring, run, cursor, notice, self.client_buffer, on_drop=on_drop, hub=self
+            self._ring,
+            run,
+            cursor,
+            notice,
+            (self.client_buffer, self.client_buffer_bytes),
+            on_drop=on_drop,
+            hub=self,
         )
         self._subs.add(sub)
         return sub
@@ -200,7 +236,10 @@ class Hub:
         """Return the cursor and the ``lagged`` notice (if any) for a new subscription."""
         ring = self._ring
         head = ring.head
-        oldest = max(run.start, head - self.retain)
+        oldest = max(run.start, head - self.retain, ring.tail)
+        if ring.bytes - ring.offset(oldest) > self.retain_bytes:  # the newest that fit
+            floor = ring.bytes - self.retain_bytes
+            oldest += bisect_left(range(oldest, head), floor, key=ring.offset)
         if want is None:
             return (head if run.end is None else oldest), None
         want_run, seq = want
@@ -220,8 +259,9 @@ class Hub:
 
     def _sweep(self) -> None:
         """Drop every lapped client now, so that even a frozen one is noticed."""
-        head = self._ring.head
-        for sub in [s for s in self._subs if s.lapped(head)]:
+        ring = self._ring
+        self._sweep_at = ring.bytes + max(self.client_buffer_bytes // 8, 1)
+        for sub in [s for s in self._subs if s.lapped(ring.head)]:
             sub.drop()
 
     # -- called by subscriptions -----------------------------------------------------

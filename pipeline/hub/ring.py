@@ -4,6 +4,11 @@ Positions count every line ever published; the line at position ``p`` lives at i
 ``p % cap`` of three parallel lists (the encoded line, its ``(run, seq, status, line)``
 tuple and the bytes published before it). The hub appends; each subscription reads
 slices between its cursor and the head and waits on the ring when it has caught up.
+
+The ring is bounded twice: at most ``cap`` lines, and the lines after the oldest one it
+holds (``tail``) total at most ``max_bytes``. So it holds at most ``max_bytes`` plus one
+line, and a line of any size stays readable until ``max_bytes`` more were published
+after it. A position below ``tail`` is gone: its line is released at once.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ _T = TypeVar("_T")
 
 RingItem = tuple[str, int, str, bytes]
 """``(run, seq, status, line)``: a plain tuple per line (an `Item` is made when read)."""
+
+_GONE: RingItem = ("", 0, "", b"")
 
 
 class RunSpan:
@@ -39,14 +46,32 @@ class Ring:
         >>> ring = Ring(2)
         >>> for seq in (1, 2, 3):
         ...     _ = ring.append(("r", seq, "processing", b"%d\\n" % seq))
-        >>> ring.head, ring.slice(ring.lines, 1, 3), ring.offset(3)
-        (3, [b'2\\n', b'3\\n'], 6)
+        >>> ring.head, ring.tail, ring.slice(ring.lines, 1, 3), ring.offset(3)
+        (3, 1, [b'2\\n', b'3\\n'], 6)
+        >>> ring = Ring(10, max_bytes=4)
+        >>> for size in (8, 2, 2, 2):
+        ...     _ = ring.append(("r", size, "processing", b"x" * size))
+        >>> ring.tail, ring.held
+        (1, 6)
     """
 
-    __slots__ = ("bytes", "cap", "closed", "head", "items", "lines", "offsets", "waiters")
+    __slots__ = (
+        "bytes",
+        "cap",
+        "closed",
+        "head",
+        "items",
+        "lines",
+        "max_bytes",
+        "offsets",
+        "tail",
+        "waiters",
+    )
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, max_bytes: int | None = None) -> None:
         self.cap = cap
+        self.max_bytes = max_bytes
+        self.tail = 0  # the oldest position still held
         self.lines: list[bytes] = []
         self.items: list[RingItem] = []
         self.offsets: list[int] = []  # bytes published before this line
@@ -72,8 +97,28 @@ class Ring:
             self.items[i] = item
             self.offsets[i] = self.bytes
         self.bytes += len(line)
-        self.head = head + 1
-        return head + 1
+        self.head = head = head + 1
+        if head - self.tail > self.cap:
+            self.tail = head - self.cap
+        limit = self.max_bytes
+        if limit is not None and self.bytes - self.offsets[self.tail % self.cap] > limit:
+            self._trim(limit)
+        return head
+
+    @property
+    def held(self) -> int:
+        """Bytes of the lines held now (``tail`` to ``head``)."""
+        return self.bytes - self.offset(self.tail)
+
+    def _trim(self, limit: int) -> None:
+        """Release the oldest lines while those after the oldest total over ``limit``."""
+        tail, cap = self.tail, self.cap
+        while self.bytes - self.offset(tail + 1) > limit:
+            i = tail % cap
+            self.lines[i] = b""
+            self.items[i] = _GONE
+            tail += 1
+        self.tail = tail
 
     def item_at(self, pos: int) -> RingItem:
         """The tuple stored at position ``pos`` (which must still be in the ring)."""

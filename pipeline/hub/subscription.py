@@ -84,6 +84,7 @@ class Subscription:
 
     __slots__ = (
         "_buffer",
+        "_buffer_bytes",
         "_closed",
         "_cursor",
         "_dropped",
@@ -104,14 +105,14 @@ class Subscription:
         run: RunSpan | None,
         cursor: int,
         notice: Item | None,
-        client_buffer: int,
+        client_buffer: tuple[int, int],
         *,
         hub: Roster,
         on_drop: Callable[[], object] | None = None,
     ) -> None:
         self._ring = ring
         self._roster = hub
-        self._buffer = client_buffer
+        self._buffer, self._buffer_bytes = client_buffer  # envelopes, bytes
         self._run = run
         self._cursor = cursor
         self._notice = notice
@@ -215,10 +216,15 @@ class Subscription:
 
     def lapped(self, head: int) -> bool:
         """Whether the head is further ahead than this client may lag (and it needs more)."""
-        run = self._run
+        run, ring = self._run, self._ring
         if run is None or self._cursor == run.end:
             return False
-        return head - max(self._cursor, self._replay_end) > self._buffer
+        if self._cursor < ring.tail:  # its next line is gone
+            return True
+        first = max(self._cursor, self._replay_end)
+        if head - first > self._buffer:
+            return True
+        return first < head and ring.offset(head) - ring.offset(first + 1) > self._buffer_bytes
 
     def _advance(self, start: int, stop: int) -> None:
         if stop > start:

@@ -22,7 +22,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from pipeline.config.loader import TRANSPORT_KEYS, ResolvedPipeline, request_params
-from pipeline.config.models import ServerConfig
+from pipeline.config.models import PipelineConfig, ServerConfig
 from pipeline.engine.supervisor import Supervisor
 from pipeline.errors import StageParamsError
 from pipeline.hub.hub import BadSince, Hub, parse_since
@@ -47,7 +47,7 @@ from pipeline.server.streams import (
     WebSocketStream,
 )
 
-__all__ = ["SEND_TIMEOUT", "ServerState", "create_app", "error"]
+__all__ = ["SEND_TIMEOUT", "ServerState", "create_app", "error", "make_hub", "retention"]
 
 SEND_TIMEOUT = 30.0
 """Seconds one write to a client may take before the connection is cut."""
@@ -62,6 +62,22 @@ _STATUS_TYPES = {
     426: "upgrade_required",
     503: "unavailable",
 }
+
+
+def retention(pipeline: PipelineConfig) -> tuple[int, int]:
+    """A pipeline's ``(retain, retain_bytes)``: its hub is kept across a reload if they match."""
+    return pipeline.retain, pipeline.retain_bytes
+
+
+def make_hub(name: str, pipeline: PipelineConfig, settings: ServerConfig) -> Hub:
+    """The hub of pipeline ``name``: its retention and the server's client buffers."""
+    return Hub(
+        name,
+        retain=pipeline.retain,
+        retain_bytes=pipeline.retain_bytes,
+        client_buffer=settings.client_buffer,
+        client_buffer_bytes=settings.client_buffer_bytes,
+    )
 
 
 class _NothingNew(Exception):
@@ -161,12 +177,14 @@ class ServerState:
                 "clients": hub.clients,
                 "dropped_clients": hub.dropped_clients,
                 "last_seq": hub.last_seq,
+                "held_bytes": hub.held_bytes,
             }
         else:
             out |= {
                 "clients": self.request_clients[name],
                 "dropped_clients": self.request_dropped[name],
                 "last_seq": None,
+                "held_bytes": sum(h.held_bytes for h in self.request_hubs if h.name == name),
             }
         out["metrics"] = snapshot(out, self.supervisor.meter(name), self.transports[name])
         return out
@@ -259,7 +277,7 @@ class ServerState:
         except StageParamsError as exc:
             raise Refusal(400, "bad_request_params", str(exc)) from None
         name = rp.name
-        hub = Hub(name, retain=rp.config.retain, client_buffer=self.settings.client_buffer)
+        hub = make_hub(name, rp.config, self.settings)
         opts = self._options(None, conn, rp)
 
         async def run(hub: Hub) -> object:

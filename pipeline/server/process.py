@@ -38,9 +38,8 @@ from pipeline.config.models import Config
 from pipeline.config.snapshot import Snapshot
 from pipeline.engine import deadline
 from pipeline.engine.supervisor import Supervisor
-from pipeline.hub.hub import Hub
 from pipeline.log import get_logger, mask
-from pipeline.server.app import ServerState, create_app
+from pipeline.server.app import ServerState, create_app, make_hub
 from pipeline.server.protocol import limited
 from pipeline.server.reload import Reloader
 from pipeline.server.streams import install_cut_filter
@@ -244,7 +243,7 @@ def build(
     settings = cfg.server
     picked = {n: resolved[n] for n in (names or list(resolved))}
     hubs = {
-        n: Hub(n, retain=rp.config.retain, client_buffer=settings.client_buffer)
+        n: make_hub(n, rp.config, settings)
         for n, rp in picked.items()
         if rp.config.trigger == "start"
     }

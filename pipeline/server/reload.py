@@ -37,7 +37,7 @@ from pipeline.config.snapshot import Snapshot
 from pipeline.errors import ConfigError, Problem
 from pipeline.hub.hub import Hub
 from pipeline.log import get_logger
-from pipeline.server.app import ServerState
+from pipeline.server.app import ServerState, make_hub, retention
 from pipeline.server.reload_status import ReloadStatus
 
 __all__ = ["RELOADABLE", "WATCH_DEBOUNCE_MS", "Reloader", "settings_change"]
@@ -152,8 +152,8 @@ class Reloader:
             if rp is None or rp.config.trigger != "start":
                 continue
             hub = streams.hubs.get(name)
-            if hub is None or hub.retain != rp.config.retain:
-                hub = Hub(name, retain=rp.config.retain, client_buffer=settings.client_buffer)
+            if hub is None or (hub.retain, hub.retain_bytes) != retention(rp.config):
+                hub = make_hub(name, rp.config, settings)
             feeds[name] = hub
         old_hubs = {n: h for n, h in streams.hubs.items() if n in change.restart}
         streams.configure(settings)

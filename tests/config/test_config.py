@@ -212,8 +212,8 @@ def test_problems_of_all_kinds_come_together_in_line_order(
         f"{path}:2: server.port: environment variable `NOPE` is not set and has no default",
         f"{path}:4: server.host: duplicate key (first defined on line 3)",
         f"{path}:5: server.extra: unknown key; expected one of `host`, `port`, `token`, "
-        "`client_buffer`, `heartbeat`, `max_clients`, `shutdown_timeout`, `cors_origins`, "
-        "`metrics_token`, `max_head_bytes`, `max_headers`, `head_timeout`",
+        "`client_buffer`, `client_buffer_bytes`, `heartbeat`, `max_clients`, `shutdown_timeout`, "
+        "`cors_origins`, `metrics_token`, `max_head_bytes`, `max_headers`, `head_timeout`",
         f"{path}:8: pipelines.p.source.concurrency: expected an integer >= 1",
         f"{path}:9: pipelines.p.trigger: expected `start` or `request`",
     ]
@@ -296,6 +296,7 @@ def test_describe_masks_env_values_and_token(write_config: Callable[..., Path]) 
         "dead_letter": None,
         "request_params": [],
         "retain": 10000,
+        "retain_bytes": 64 * 1024 * 1024,
         "max_chunk_errors": None,
     }
     assert "u:pw" not in repr(described)

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 import pipeline.hub.hub
+import pipeline.hub.ring
 import pipeline.hub.subscription
 from pipeline.envelope import encode
 from pipeline.hub.hub import MAX_BATCH_BYTES, BadSince, Hub, Item, Subscription
@@ -428,6 +429,8 @@ def test_bad_sizes_are_rejected() -> None:
     """retain < 0 or client_buffer < 1 is a ValueError naming the hub."""
     with pytest.raises(ValueError, match=r"^hub `p`: need retain >= 0"):
         Hub("p", retain=1, client_buffer=0)
+    with pytest.raises(ValueError, match=r"client_buffer_bytes=0$"):
+        Hub("p", retain=1, client_buffer=1, client_buffer_bytes=0)
 
 
 def test_counters_follow_the_current_run() -> None:
@@ -447,6 +450,7 @@ def test_docstring_examples_run() -> None:
     """The modules' examples are correct."""
     assert doctest.testmod(pipeline.hub.hub).failed == 0
     assert doctest.testmod(pipeline.hub.subscription).failed == 0
+    assert doctest.testmod(pipeline.hub.ring).failed == 0
 
 
 async def test_client_may_lag_exactly_client_buffer_envelopes() -> None:
@@ -460,3 +464,80 @@ async def test_client_may_lag_exactly_client_buffer_envelopes() -> None:
     assert await drain(late) == []
     assert (ok.dropped, late.dropped) == (False, True)
     ok.close()
+
+
+MIB = 1024 * 1024
+
+
+def big(hub: Hub, run: str, seqs: range, size: int = MIB) -> None:
+    """Publish envelopes of ``run`` carrying ``size`` bytes each."""
+    for seq in seqs:
+        e = env(run, seq, data="x" * size)
+        hub.publish(e, encode(e))
+
+
+async def test_retention_is_bounded_in_bytes_and_a_late_client_is_told_the_rest() -> None:
+    """Ten 1 MiB envelopes with retain_bytes 3 MiB: the ring holds at most retain_bytes +
+    client_buffer_bytes plus one line, and a late client gets the newest that fit in
+    retain_bytes after a lagged notice counting exactly the others."""
+    hub = Hub("p", retain=100, client_buffer=100, retain_bytes=3 * MIB, client_buffer_bytes=MIB)
+    big(hub, "r1", range(1, 11))
+    complete(hub, "r1", 11)
+    line = len(encode(env("r1", 1, data="x" * MIB)))
+    assert hub.held_bytes <= 4 * MIB + line
+    assert hub.buffered == 5  # 1 MiB + (four lines after it, 3 MiB + complete, <= 4 MiB)
+    assert sum(map(len, hub._ring.lines)) == hub.held_bytes  # the others are released
+    async with hub.subscribe("0") as late:
+        got = [e for batch in await drain(late) for e in lines(batch)]
+    assert [e["status"] for e in got] == ["lagged", "processing", "processing", "complete"]
+    assert got[0]["missed"] == 8
+    assert [e.get("seq") for e in got[1:]] == [9, 10, 11]
+
+
+async def test_an_envelope_larger_than_every_bound_is_delivered_live_not_replayed() -> None:
+    """A 3 MiB envelope with 1 MiB bounds reaches the client keeping up; it is never
+    replayed (lagged, missed 1) and is released once over 2 MiB came after it."""
+    hub = Hub("p", retain=100, client_buffer=100, retain_bytes=MIB, client_buffer_bytes=MIB)
+    hub.begin_run("r1")
+    async with hub.subscribe() as live:
+        big(hub, "r1", range(1, 2), 3 * MIB)
+        pub(hub, "r1", [2])
+        assert seqs(await read(live)) + seqs(await read(live)) == [1, 2]  # one batch each
+        assert not live.dropped
+    async with hub.subscribe("0") as late:
+        got = lines(await read(late))
+    assert [(e["status"], e.get("seq"), e.get("missed")) for e in got] == [
+        ("lagged", None, 1),
+        ("processing", 2, None),
+    ]
+    big(hub, "r1", range(3, 8), MIB // 2)
+    assert hub.held_bytes < 3 * MIB
+    assert hub._ring.lines[:2] == [b"", b""]
+
+
+async def test_a_client_is_dropped_past_client_buffer_bytes() -> None:
+    """A frozen client is dropped once more than client_buffer_bytes were published after
+    the first line it has not read; one that reads keeps going."""
+    hub = Hub("p", retain=0, client_buffer=1000, retain_bytes=0, client_buffer_bytes=2 * MIB)
+    hub.begin_run("r1")
+    frozen, ok = hub.subscribe(), hub.subscribe()
+    for seq in (1, 2):
+        big(hub, "r1", range(seq, seq + 1))
+        assert seqs(await read(ok)) == [seq]
+    assert not frozen.lapped(hub._ring.head)  # 1 MiB after its first unread line
+    big(hub, "r1", range(3, 4))  # 2 MiB and a little after it
+    assert seqs(await read(ok)) == [3]
+    assert await drain(frozen) == []
+    assert (frozen.dropped, ok.dropped, hub.dropped_clients) == (True, False, 1)
+    ok.close()
+
+
+async def test_a_client_whose_next_line_was_released_is_dropped() -> None:
+    """A replaying client whose next line is released (bytes bound) is dropped, not
+    handed a released line."""
+    hub = Hub("p", retain=100, client_buffer=100, retain_bytes=2 * MIB, client_buffer_bytes=MIB)
+    big(hub, "r1", range(1, 3))
+    sub = hub.subscribe("0")
+    big(hub, "r1", range(3, 7))
+    assert await drain(sub) == []
+    assert sub.dropped
