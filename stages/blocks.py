@@ -21,7 +21,7 @@ import structlog
 
 from stages.checkpoint import Position, find_inode
 
-__all__ = ["Block", "Opened", "absolute", "read_blocks"]
+__all__ = ["Block", "LineSplitter", "Opened", "absolute", "read_blocks"]
 
 _BLOCK = 64 * 1024
 """Bytes read per call, in a worker thread."""
@@ -165,3 +165,31 @@ def _change(path: str, fh: IO[bytes]) -> Literal["same", "rotated", "truncated"]
     if (st.st_ino, st.st_dev) != (own.st_ino, own.st_dev):
         return "rotated"
     return "truncated" if st.st_size < fh.tell() else "same"
+
+
+class LineSplitter:
+    """Split a byte stream into complete lines, keeping a partial last line back.
+
+    Example:
+        >>> s = LineSplitter()
+        >>> s.feed(b"a\\nb"), s.feed(b"c\\n"), s.flush()
+        ([bytearray(b'a')], [bytearray(b'bc')], [])
+    """
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending = bytearray()
+
+    def feed(self, data: bytes) -> list[bytearray]:
+        """The lines ``data`` completes, without their ``\\n``."""
+        self._pending += data
+        if b"\n" not in data:
+            return []
+        *lines, self._pending = self._pending.split(b"\n")
+        return lines
+
+    def flush(self) -> list[bytearray]:
+        """The partial last line, if any (the stream ended)."""
+        rest, self._pending = self._pending, bytearray()
+        return [rest] if rest else []

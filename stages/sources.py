@@ -22,7 +22,7 @@ import orjson
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat
 
 from pipeline import BadChunk, Chunk, Message
-from stages.blocks import Opened, absolute, read_blocks
+from stages.blocks import LineSplitter, Opened, absolute, read_blocks
 from stages.checkpoint import Checkpoint, Position
 
 __all__ = ["counter", "file", "stdin"]
@@ -144,7 +144,7 @@ async def file(
                 yield item
         return
     blocks = read_blocks(name, None, follow=follow, from_end=from_end, poll_interval=poll_interval)
-    splitter = _Splitter()
+    splitter = LineSplitter()
     async with aclosing(blocks):
         async for block in blocks:
             if isinstance(block, Opened):
@@ -167,7 +167,7 @@ async def _resumed(
     """The file source with a checkpoint: each line a `Message` whose ack moves the mark."""
     ck = Checkpoint(checkpoint, absolute(path), interval)
     blocks = read_blocks(path, ck.saved, follow=follow, from_end=False, poll_interval=poll_interval)
-    splitter = _Splitter()
+    splitter = LineSplitter()
     at = Position(0, 0, 0)
     try:
         async with aclosing(blocks):
@@ -229,7 +229,7 @@ async def stdin(
         daemon=True,
     )
     reader.start()
-    splitter = _Splitter()
+    splitter = LineSplitter()
     try:
         while block := await _next_block(queue, slots):
             for chunk in decode(splitter.feed(block)):
@@ -242,26 +242,6 @@ async def stdin(
 
 
 # -- lines and decoding -------------------------------------------------------------------
-
-
-class _Splitter:
-    """Split a byte stream into complete lines, keeping a partial last line back."""
-
-    __slots__ = ("_pending",)
-
-    def __init__(self) -> None:
-        self._pending = bytearray()
-
-    def feed(self, data: bytes) -> list[bytearray]:
-        self._pending += data
-        if b"\n" not in data:
-            return []
-        *lines, self._pending = self._pending.split(b"\n")
-        return lines
-
-    def flush(self) -> list[bytearray]:
-        rest, self._pending = self._pending, bytearray()
-        return [rest] if rest else []
 
 
 def _decoder(fmt: Format, encoding: str) -> Callable[[Iterable[bytearray]], Iterator[Chunk]]:

@@ -22,6 +22,7 @@ from pipeline import BadChunk, Delivery, Message
 from pipeline.envelope import encode
 
 __all__ = [
+    "PUBLISH_WINDOW",
     "Backoff",
     "Format",
     "InFlight",
@@ -43,6 +44,9 @@ T = TypeVar("T")
 
 Format = Literal["json", "text", "raw"]
 Receives = Literal["envelopes", "data"]
+
+PUBLISH_WINDOW = 256
+"""Publishes awaiting the broker's acknowledgement, at most, in a `publish_all` sink."""
 
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/]*):[^@/]*@")
 
@@ -138,12 +142,24 @@ async def batched(items: AsyncIterable[T], size: int, interval: float) -> AsyncI
             await asyncio.gather(step, return_exceptions=True)
 
 
+async def _payloads(
+    deliveries: AsyncIterator[Delivery], receives: Receives
+) -> AsyncIterator[tuple[Delivery, bytes]]:
+    """Each delivery with the bytes to write; one with nothing to write is accepted here."""
+    async for d in deliveries:
+        body = payload_of(d.item, receives)
+        if body is None:
+            d.accept()
+        else:
+            yield d, body
+
+
 async def publish_all(
     deliveries: AsyncIterator[Delivery],
     publish: Callable[[bytes], Awaitable[Any]],
     *,
     receives: Receives,
-    window: int,
+    window: int = PUBLISH_WINDOW,
     rejectable: tuple[type[BaseException], ...] = (),
 ) -> None:
     """Publish each delivery's payload, pipelined; accept each once its publish returned.
@@ -168,11 +184,7 @@ async def publish_all(
             failed.append(exc)
 
     try:
-        async for d in deliveries:
-            body = payload_of(d.item, receives)
-            if body is None:
-                d.accept()
-                continue
+        async for d, body in _payloads(deliveries, receives):
             task: asyncio.Future[Any] = asyncio.ensure_future(publish(body))
             pending.add(task)
             task.add_done_callback(functools.partial(settle, d))
@@ -322,11 +334,7 @@ async def write_batches(
 
     task = asyncio.ensure_future(writer())
     try:
-        async for d in deliveries:
-            body = payload_of(d.item, receives)
-            if body is None:
-                d.accept()
-                continue
+        async for d, body in _payloads(deliveries, receives):
             held.append((d, body))
             wake.set()
             if len(held) >= window:

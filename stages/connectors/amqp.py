@@ -226,7 +226,6 @@ async def write(
             deliveries,
             publish,
             receives=receives,
-            window=256,
             rejectable=(aio_pika.exceptions.DeliveryError,),
         )
     finally:

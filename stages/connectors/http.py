@@ -22,6 +22,7 @@ import structlog
 from pydantic import NonNegativeInt, PositiveFloat
 
 from pipeline import BadChunk, Chunk
+from stages.blocks import LineSplitter
 from stages.connectors._common import mask_url
 
 __all__ = ["UpstreamLagged", "follow"]
@@ -254,15 +255,10 @@ class _Lines:
     """NDJSON: each whole line is one JSON value."""
 
     def __init__(self) -> None:
-        self._pending = bytearray()
+        self._split = LineSplitter()
 
     def feed(self, data: bytes) -> Iterator[tuple[str | None, Any]]:
-        self._pending += data
-        if b"\n" not in data:
-            return
-        *lines, rest = self._pending.split(b"\n")
-        self._pending = bytearray(rest)
-        for line in lines:
+        for line in self._split.feed(data):
             if line.strip():
                 yield None, _json(bytes(line))
 
@@ -271,17 +267,12 @@ class _SSE:
     """Server-Sent Events: ``id:`` and ``data:`` fields, dispatched at a blank line."""
 
     def __init__(self) -> None:
-        self._pending = bytearray()
+        self._split = LineSplitter()
         self._data: list[bytes] = []
         self._id: str | None = None
 
     def feed(self, data: bytes) -> Iterator[tuple[str | None, Any]]:
-        self._pending += data
-        if b"\n" not in data:
-            return
-        *lines, rest = self._pending.split(b"\n")
-        self._pending = bytearray(rest)
-        for raw in lines:
+        for raw in self._split.feed(data):
             line = bytes(raw).rstrip(b"\r")
             if not line:
                 if self._data:

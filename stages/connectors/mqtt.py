@@ -24,6 +24,7 @@ from pydantic import AfterValidator
 
 from pipeline import BadChunk, Delivery, Message, sink
 from stages.connectors._common import (
+    PUBLISH_WINDOW,
     Format,
     InFlight,
     Receives,
@@ -54,8 +55,6 @@ def _mqtt_url(url: str) -> str:
 
 MqttUrl = Annotated[str, AfterValidator(_mqtt_url)]
 """``mqtt://[user:password@]host[:port]``; its password is never printed."""
-_WINDOW = 256
-"""Publishes awaiting their PUBACK, at most, in the sink."""
 
 
 def _client(url: str, client_id: str | None, *, persistent: bool) -> aiomqtt.Client:
@@ -185,13 +184,13 @@ async def write(
             with: {topic: alerts/high, qos: 1, receives: data}
     """
     client = _client(url, client_id, persistent=False)
-    client.pending_calls_threshold = _WINDOW + 1  # our window bounds them; no warnings
+    client.pending_calls_threshold = PUBLISH_WINDOW + 1  # our window bounds them; no warnings
     await _enter(client, url)
     try:
 
         def publish(body: bytes) -> Awaitable[None]:
             return client.publish(topic, body, qos=qos, retain=retain)
 
-        await publish_all(deliveries, publish, receives=receives, window=_WINDOW)
+        await publish_all(deliveries, publish, receives=receives)
     finally:
         await asyncio.shield(_leave(client))
