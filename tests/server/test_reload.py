@@ -7,7 +7,6 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +74,28 @@ def state(server: ServerProcess, name: str) -> dict[str, Any]:
     return next(p for p in pipelines(server)["pipelines"] if p["name"] == name)
 
 
-def reloaded(server: ServerProcess, count: int) -> Callable[[], bool]:
-    """A predicate: the server has logged ``count`` reload outcomes (of any kind)."""
+def outcomes_logged(server: ServerProcess) -> int:
+    """How many reload outcomes (of any kind) the server has logged."""
     events = ('"reloaded"', '"reload_rejected"', '"reload_failed"')
-    return lambda: sum(server.log_text.count(e) for e in events) >= count
+    return sum(server.log_text.count(e) for e in events)
+
+
+def sighup(server: ServerProcess, timeout: float = 20) -> None:
+    """Send SIGHUP and wait until the server has logged that reload's outcome."""
+    before = outcomes_logged(server)
+    server.signal(signal.SIGHUP)
+    wait_until(lambda: outcomes_logged(server) > before, timeout=timeout)
+
+
+def reload_ten_times(server: ServerProcess, module: Path, out: Path) -> None:
+    """Ten times: let 20 more envelopes reach ``out``, bump ``VERSION`` in ``module``,
+    reload with SIGHUP."""
+    for n in range(1, 11):
+        enough = len(envelopes(out)) + 20
+        wait_until(lambda: len(envelopes(out)) > enough, timeout=20)  # noqa: B023
+        text = module.read_text()
+        module.write_text(text.replace(f"VERSION = {n - 1}\n", f"VERSION = {n}\n"))
+        sighup(server, timeout=30)
 
 
 def write_project(root: Path, out: Path | None = None) -> Path:
@@ -111,8 +128,7 @@ def test_sighup_restarts_only_the_pipeline_whose_imported_code_changed(project: 
         run_b = state(server, "b")["run"]
         run_a = state(server, "a")["run"]
         (project.parent / "helpers.py").write_text("def label():\n    return 'v2'\n")
-        server.signal(signal.SIGHUP)
-        wait_until(reloaded(server, 1), timeout=20)
+        sighup(server)
         wait_until(
             lambda: any(
                 e.get("data", {}).get("label") == "v2" for e in envelopes(out / "a.ndjson")
@@ -153,8 +169,7 @@ def test_invalid_reload_changes_nothing_and_is_reported(project: Path) -> None:
         wait_until(lambda: len(envelopes(out / "a.ndjson")) > 5)
         runs = {n: state(server, n)["run"] for n in ("a", "b")}
         (project.parent / "helpers.py").write_text("def label(:\n")
-        server.signal(signal.SIGHUP)
-        wait_until(reloaded(server, 1), timeout=20)
+        sighup(server)
         body = pipelines(server)["reload"]
         assert (body["applied"], body["rejected"], body["failed"]) == (0, 1, 0)
         assert body["last_success"] is None and body["last_outcome"] == "rejected"
@@ -167,8 +182,7 @@ def test_invalid_reload_changes_nothing_and_is_reported(project: Path) -> None:
 
         (project.parent / "helpers.py").write_text(textwrap.dedent(HELPERS_V1))
         project.write_text(project.read_text().replace("interval: 0.01", "interval: -x"))
-        server.signal(signal.SIGHUP)
-        wait_until(reloaded(server, 2), timeout=20)
+        sighup(server)
         body = pipelines(server)["reload"]
         assert body["rejected"] == 2
         assert body["problems"] == [
@@ -179,8 +193,7 @@ def test_invalid_reload_changes_nothing_and_is_reported(project: Path) -> None:
         assert all(state(server, n)["state"] == "running" for n in ("a", "b"))
 
         project.write_text(project.read_text().replace("interval: -x", "interval: 0.01"))
-        server.signal(signal.SIGHUP)
-        wait_until(reloaded(server, 3), timeout=20)
+        sighup(server)
         body = pipelines(server)["reload"]
         assert (body["applied"], body["rejected"], body["problems"]) == (1, 2, [])
         assert body["changed"] == {}  # back to what runs: nothing to restart
@@ -198,7 +211,7 @@ def test_watch_reloads_a_changed_definition_and_old_tokens_get_the_new_run(
         old = {n: state(server, n)["run"] for n in ("a", "b")}
         time.sleep(0.5)  # the watcher is up (it starts with the server)
         project.write_text(project.read_text().replace("interval: 0.01", "interval: 0.005"))
-        wait_until(reloaded(server, 1), timeout=30)
+        wait_until(lambda: outcomes_logged(server) == 1, timeout=30)
         assert state(server, "b")["run"] == old["b"]
         new_a = state(server, "a")["run"]
         assert new_a != old["a"]
@@ -248,20 +261,24 @@ BROKER = """
             _append(state + ".delivered", i)
             yield Message({"id": i}, ack=ack_of(i))
             await asyncio.sleep(interval)
+"""
 
+WORK = """
 
     async def work(chunk):
-        await asyncio.sleep(0.01)
+        import asyncio
+
+        await asyncio.sleep(0.005)
         return {**chunk, "version": VERSION}
 """
 
-BROKER_CONFIG = """
+UNDER_LOAD = """
     server: {{shutdown_timeout: 10}}
     pipelines:
-      acked:
-        source: {{use: broker:messages, with: {{state: {state}}}}}
+      {module}:
+        source: {{use: {module}:{source}, with: {{{params}}}}}
         transforms:
-          - use: broker:work
+          - use: {module}:work
             concurrency: 8
         sinks:
           - use: file
@@ -269,23 +286,24 @@ BROKER_CONFIG = """
 """
 
 
+def under_load(root: Path, module: str, code: str, source: str, params: str, out: Path) -> Path:
+    """A project whose pipeline reads ``module:source`` (``code`` + `WORK`) and whose
+    transform `work` tags each chunk with the module's ``VERSION``, eight at a time."""
+    (root / f"{module}.py").write_text(textwrap.dedent(code + WORK))
+    config = root / "pipelines.yaml"
+    text = UNDER_LOAD.format(module=module, source=source, params=params, out=out)
+    config.write_text(textwrap.dedent(text))
+    return config
+
+
 def test_acking_source_under_load_loses_nothing_across_ten_reloads(tmp_path: Path) -> None:
     """Ten reloads of a pipeline whose source acks: every message delivered is written
     and acked exactly once, each old run drains (nothing left for redelivery) and ends
     with complete(reason=reload), and each new run runs the new code."""
     state, out = tmp_path / "broker", tmp_path / "out.ndjson"
-    (tmp_path / "broker.py").write_text(textwrap.dedent(BROKER))
-    config = tmp_path / "pipelines.yaml"
-    config.write_text(textwrap.dedent(BROKER_CONFIG.format(state=state, out=out)))
+    config = under_load(tmp_path, "broker", BROKER, "messages", f"state: {state}", out)
     with ServerProcess(config) as server:
-        for n in range(1, 11):
-            seen = len(envelopes(out))
-            wait_until(lambda s=seen: len(envelopes(out)) > s + 20, timeout=20)
-            module = (tmp_path / "broker.py").read_text()
-            module = module.replace(f"VERSION = {n - 1}\n", f"VERSION = {n}\n")
-            (tmp_path / "broker.py").write_text(module)
-            server.signal(signal.SIGHUP)
-            wait_until(lambda n=n: server.log_text.count('"reloaded"') >= n, timeout=30)
+        reload_ten_times(server, tmp_path / "broker.py", out)
         wait_until(lambda: any(e.get("data", {}).get("version") == 10 for e in envelopes(out)))
         server.signal(signal.SIGTERM)
         assert server.wait(30) == 0
@@ -317,8 +335,7 @@ def test_reload_rereads_every_file_and_keeps_the_sets(project: Path) -> None:
         run_a, run_b = state(server, "a")["run"], state(server, "b")["run"]
         assert state(server, "b")["description"] == "first"
         overlay.write_text("pipelines:\n  b:\n    description: second\n    retain: 1\n")
-        server.signal(signal.SIGHUP)
-        wait_until(reloaded(server, 1), timeout=20)
+        sighup(server)
         assert pipelines(server)["reload"]["changed"] == {"changed": ["b"]}
         b = state(server, "b")
         assert b["description"] == "second" and b["run"] != run_b
@@ -336,8 +353,7 @@ def test_event_source_follows_into_the_new_run(project: Path) -> None:
     with ServerProcess(project) as server:
         run_a = state(server, "a")["run"]
         (project.parent / "helpers.py").write_text("def label():\n    return 'v2'\n")
-        server.signal(signal.SIGHUP)
-        wait_until(reloaded(server, 1), timeout=20)
+        sighup(server)
         last = [e for e in envelopes(out / "a.ndjson") if e["run"] == run_a][-1]
         assert last["status"] == "complete" and last["reason"] == "reload"
         headers = {"Last-Event-ID": f"{run_a}:{last['seq']}"}
@@ -380,7 +396,7 @@ def test_request_pipeline_streams_drain_and_new_requests_run_new_code(tmp_path: 
         assert got[-1]["status"] == "complete" and got[-1]["reason"] == "reload"
         labels = {e["data"]["label"] for e in got if e["status"] == "processing"}
         assert labels == {"v1"}
-        wait_until(reloaded(server, 1), timeout=20)
+        wait_until(lambda: outcomes_logged(server) == 1, timeout=20)
         with httpx.stream("GET", server.url("/pipelines/r/stream"), timeout=20) as response:
             lines = response.iter_lines()
             fresh = [orjson.loads(next(lines)) for _ in range(3)]
@@ -418,26 +434,6 @@ REDIS_STAGES = """
                     )
         finally:
             await client.aclose()
-
-
-    async def work(chunk):
-        import asyncio
-
-        await asyncio.sleep(0.005)
-        return {**chunk, "version": VERSION}
-"""
-
-REDIS_CONFIG = """
-    server: {{shutdown_timeout: 10}}
-    pipelines:
-      redis:
-        source: {{use: rstages:consume, with: {{stream: {stream}, group: {group}}}}}
-        transforms:
-          - use: rstages:work
-            concurrency: 8
-        sinks:
-          - use: file
-            with: {{path: {out}, mode: append, fsync: false}}
 """
 
 
@@ -449,9 +445,8 @@ def test_redis_stream_under_load_loses_nothing_across_ten_reloads(tmp_path: Path
     client = redis.Redis()
     client.xgroup_create(stream, group, id="0", mkstream=True)
     out = tmp_path / "out.ndjson"
-    (tmp_path / "rstages.py").write_text(textwrap.dedent(REDIS_STAGES))
-    config = tmp_path / "pipelines.yaml"
-    config.write_text(textwrap.dedent(REDIS_CONFIG.format(stream=stream, group=group, out=out)))
+    params = f"stream: {stream}, group: {group}"
+    config = under_load(tmp_path, "rstages", REDIS_STAGES, "consume", params, out)
     stop = threading.Event()
     produced: list[int] = []
 
@@ -465,15 +460,7 @@ def test_redis_stream_under_load_loses_nothing_across_ten_reloads(tmp_path: Path
     try:
         with ServerProcess(config) as server:
             producer.start()
-            for n in range(1, 11):
-                seen = len(envelopes(out))
-                wait_until(lambda s=seen: len(envelopes(out)) > s + 20, timeout=20)
-                text = (tmp_path / "rstages.py").read_text()
-                (tmp_path / "rstages.py").write_text(
-                    text.replace(f"VERSION = {n - 1}\n", f"VERSION = {n}\n")
-                )
-                server.signal(signal.SIGHUP)
-                wait_until(lambda n=n: server.log_text.count('"reloaded"') >= n, timeout=30)
+            reload_ten_times(server, tmp_path / "rstages.py", out)
             stop.set()
             producer.join(10)
             total = len(produced)

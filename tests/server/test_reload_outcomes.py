@@ -14,7 +14,7 @@ import pytest
 
 from tests.http_helpers import ServerProcess, wait_until
 from tests.server.test_metrics import Samples, samples, value
-from tests.server.test_reload import envelopes, pipelines, reloaded, state, write_project
+from tests.server.test_reload import envelopes, pipelines, sighup, state, write_project
 
 
 def scrape(server: ServerProcess, token: str | None = None) -> Samples:
@@ -61,8 +61,7 @@ def test_each_reload_outcome_is_a_metric(tmp_path: Path) -> None:
         assert times(got) == {}
 
         helpers.write_text("def label():\n    return 'v2'\n")
-        server.signal(signal.SIGHUP)
-        wait_until(reloaded(server, 1), timeout=20)
+        sighup(server)
         got, body = scrape(server), pipelines(server)["reload"]
         assert outcomes(got) == {"applied": 1, "rejected": 0, "failed": 0}
         assert value(got, "pipeline_reload_last_successful") == 1
@@ -70,8 +69,7 @@ def test_each_reload_outcome_is_a_metric(tmp_path: Path) -> None:
         assert first["attempt"] == first["success"] == unix(body["last_success"])
 
         helpers.write_text("def label(:\n")
-        server.signal(signal.SIGHUP)
-        wait_until(reloaded(server, 2), timeout=20)
+        sighup(server)
         got, body = scrape(server), pipelines(server)["reload"]
         assert outcomes(got) == {"applied": 1, "rejected": 1, "failed": 0}
         assert value(got, "pipeline_reload_last_successful") == 0
@@ -91,8 +89,7 @@ def test_an_unexpected_error_fails_the_reload_and_the_runs_go_on(tmp_path: Path)
         wait_until(lambda: len(envelopes(out / "a.ndjson")) > 5)
         runs = {n: state(server, n)["run"] for n in ("a", "b")}
         shutil.rmtree(project)
-        server.signal(signal.SIGHUP)
-        wait_until(reloaded(server, 1), timeout=20)
+        sighup(server)
         [line] = logged(server, "reload_failed")
         assert (line["trigger"], line["step"], line["level"]) == ("SIGHUP", "validate", "error")
         assert line["error"].startswith("FileNotFoundError: ")
@@ -109,8 +106,7 @@ def test_an_unexpected_error_fails_the_reload_and_the_runs_go_on(tmp_path: Path)
         wait_until(lambda: len(envelopes(out / "a.ndjson")) > seen + 5)
         assert {n: state(server, n)["run"] for n in ("a", "b")} == runs
         assert all(state(server, n)["state"] == "running" for n in ("a", "b"))
-        server.signal(signal.SIGHUP)  # and again: still no crash
-        wait_until(reloaded(server, 2), timeout=20)
+        sighup(server)  # and again: still no crash
         assert pipelines(server)["reload"]["failed"] == 2
         server.signal(signal.SIGTERM)
         assert server.wait(30) == 0
@@ -128,8 +124,18 @@ pipelines:
     source: {{use: counter, with: {{count: null, interval: 0.05}}}}
 """
 
-OLD = {"token": "old-t0ken", "metrics_token": "old-m3trics", "max_clients": 10, "port": 8000}
-NEW = {"token": "new-t0ken", "metrics_token": "new-m3trics", "max_clients": 1, "port": 8001}
+OLD: dict[str, Any] = {
+    "token": "old-t0ken",
+    "metrics_token": "old-m3trics",
+    "max_clients": 10,
+    "port": 8000,
+}
+NEW: dict[str, Any] = {
+    "token": "new-t0ken",
+    "metrics_token": "new-m3trics",
+    "max_clients": 1,
+    "port": 8001,
+}
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -150,8 +156,7 @@ def test_a_reload_rotates_tokens_and_lists_what_needs_a_restart(tmp_path: Path) 
         assert httpx.get(url, headers=bearer(OLD["token"]), timeout=5).status_code == 200
 
         config.write_text(SETTINGS.format(**NEW))
-        server.signal(signal.SIGHUP)
-        wait_until(reloaded(server, 1), timeout=20)
+        sighup(server)
         assert httpx.get(url, headers=bearer(OLD["token"]), timeout=5).status_code == 401
         assert httpx.get(url, cookies=cookies, timeout=5).status_code == 401
         resp = httpx.get(server.url("/pipelines"), headers=bearer(NEW["token"]), timeout=5)
