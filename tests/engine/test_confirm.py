@@ -203,3 +203,37 @@ async def test_every_sink_gets_envelopes_in_seq_order_when_rejections_meet_a_ful
     assert seqs == sorted(seqs) == list(range(1, len(got) + 1))
     assert published == seqs
     assert sum(1 for e in got if e["status"] == "chunk_error") == 200
+
+
+async def test_a_delivery_cancelled_while_waiting_its_turn_leaves_the_order_intact() -> None:
+    """A waits for room, B waits behind it and is cancelled, C comes after: the sink gets A, C."""
+    from pipeline.engine.fanout import Fanout
+    from pipeline.testing import make_stage
+
+    gate = asyncio.Event()
+    got: list[int] = []
+
+    async def slow(env: dict[str, Any]) -> None:
+        await gate.wait()
+        got.append(env["seq"])
+
+    fanout = Fanout([make_stage(slow, "sink", id="sinks[0]")], buffer=1)
+    await fanout.start()
+
+    def env(seq: int) -> Any:
+        return {"status": "processing", "seq": seq, "data": seq}
+
+    await fanout.deliver(env(1), b"")  # taken by the sink, which waits at the gate
+    await fanout.deliver(env(2), b"")  # fills the queue
+    a = asyncio.ensure_future(fanout.deliver(env(3), b""))  # waits for room: holds the turn
+    b = asyncio.ensure_future(fanout.deliver(env(4), b""))  # waits for its turn
+    c = asyncio.ensure_future(fanout.deliver(env(5), b""))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not (a.done() or b.done() or c.done())
+    b.cancel()
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(a, c), 10)
+    await fanout.close(10)
+    assert got == [1, 2, 3, 5]
+    assert b.cancelled()

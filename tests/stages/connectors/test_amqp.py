@@ -166,6 +166,29 @@ async def test_acks_go_out_in_order_many_per_frame(
     assert await depth(queue) == 0  # the broker took every one of them as acknowledged
 
 
+async def test_an_ack_on_a_closed_channel_fails_and_the_messages_stay_queued(queue: str) -> None:
+    """An ack that cannot go out raises for each message it covers; nothing is lost."""
+    await publish(queue, [b"1", b"2"])
+    conn = await aio_pika.connect(URL)
+    async with conn:
+        channel = await conn.channel()
+        q = await channel.declare_queue(queue, passive=True)
+        acks = amqp._Acks()
+        tracked = []
+        async with q.iterator() as messages:
+            async for message in messages:
+                tracked.append(acks.track(message))
+                if len(tracked) == 2:
+                    break
+        await channel.close()
+        first, second = tracked[0](), tracked[1]()
+        with pytest.raises(aio_pika.exceptions.ChannelInvalidStateError):
+            await first
+        with pytest.raises(aio_pika.exceptions.ChannelInvalidStateError):
+            await second
+    assert await depth(queue) == 2
+
+
 async def test_max_deliveries_turns_a_poison_message_into_a_chunk_error(queue: str) -> None:
     """A message delivered too often is a MaxDeliveriesExceeded chunk_error, then acked."""
     await publish(queue, [b'"poison"'], quorum=True)
