@@ -77,8 +77,10 @@ class SourceReader:
     (sleeping, polling a broker), or at its ``yield`` when it is not waiting. A source
     that does not catch it ends at once. A source that does (a broker source holding
     messages it already fetched) may yield those and then return; the reader takes them
-    all (bounded by the run's shutdown timeout). A source that raises ends the stream
-    too; the exception is kept in `error` for the engine.
+    all (bounded by the run's shutdown timeout). One that caught it in its wait and
+    yields instead is told again at that ``yield``, so a stop swallowed on the way (by a
+    client library) cannot keep it reading. A source that raises ends the stream too;
+    the exception is kept in `error` for the engine.
     """
 
     def __init__(
@@ -98,7 +100,7 @@ class SourceReader:
         self.error: BaseException | None = None
         self.stopping = False
         self._waiting: asyncio.Task[Any] | None = None
-        self._told: Literal["", "cancel", "throw", "done"] = ""  # how the source was told
+        self._told: Literal["", "cancel", "throw"] = ""  # how the source was told
 
     def stop(self) -> None:
         """Stop reading: tell the source, take what it still yields, then end."""
@@ -167,8 +169,8 @@ class SourceReader:
                     self._waiting = None
                 counts.read += 1
                 if self._told == "cancel" and task is not None:
-                    task.uncancel()  # the source swallowed the stop: this chunk, then end
-                    self._told = "done"
+                    task.uncancel()  # the source caught the stop: tell it again at its yield
+                    self._told = ""
                 item = self._item(raw) if type(raw) in wrapped else raw
                 if budget == _CHECK_EVERY:  # one chunk in 16: timed, maybe a latency probe
                     item = self._sampled(item, steps)
@@ -223,14 +225,13 @@ class SourceReader:
 
         A source told at its ``yield`` that catches the stop is read until it returns (it
         is handing over what it already fetched). A source told by cancelling its wait
-        ends after the chunk in hand, even if the cancellation was swallowed on the way.
+        that yields anyway is told again, at that ``yield``, before anything more is read.
         """
-        if not self.stopping:
-            self._waiting = task
-            pulled: Awaitable[Any] = step()
-            return pulled
-        if not self._told:
+        if self.stopping and not self._told:
             self._told = "throw"
             athrow = getattr(source, "athrow", None)
             return None if athrow is None else athrow(asyncio.CancelledError())
-        return step() if self._told == "throw" else None
+        if not self.stopping:
+            self._waiting = task
+        pulled: Awaitable[Any] = step()
+        return pulled

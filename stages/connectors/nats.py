@@ -232,10 +232,11 @@ class _Member:
             try:
                 msgs = await asyncio.shield(fetch)
             except asyncio.CancelledError:
-                # A fetch cut short leaves delivered messages nobody acks until ack_wait:
-                # let it end (within FETCH_WAIT) and NAK what it brings (redelivered now).
-                await self._hand_back(fetch)
-                raise
+                # Asked to stop while fetching: what the fetch still brings is ours (not
+                # acked, it would wait ack_wait): take it, so it is finished and acked.
+                msgs = await _landed(fetch)
+                if not msgs:
+                    raise
             except (nerr.TimeoutError, TimeoutError):
                 continue
             except (nerr.Error, jserr.Error, OSError) as exc:
@@ -243,17 +244,9 @@ class _Member:
                 await asyncio.sleep(0.5)
                 continue
             items = [self._item(m, max_deliveries, fmt) for m in msgs]
-            return [(seq, item) for seq, item in items if item is not None]
-
-    async def _hand_back(self, fetch: asyncio.Future[Any]) -> None:
-        try:
-            msgs = await fetch
-        except Exception:  # a timeout or a lost connection: nothing landed
-            return
-        with contextlib.suppress(Exception):
-            for msg in msgs:
-                await msg.nak()
-            await self.nc.flush()
+            fresh = [(seq, item) for seq, item in items if item is not None]
+            if fresh:
+                return fresh
 
     def _item(
         self, msg: Any, max_deliveries: int | None, fmt: Format
@@ -341,6 +334,15 @@ class _Member:
                 await msg.nak()
             await self.nc.flush()
             await psub.unsubscribe()
+
+
+async def _landed(fetch: asyncio.Future[Any]) -> list[Any]:
+    """The messages of a fetch once it ended (within ``FETCH_WAIT``); none if it failed."""
+    try:
+        msgs: list[Any] = await fetch
+    except Exception:  # a timeout or a lost connection: nothing landed
+        return []
+    return msgs
 
 
 def _queued(psub: Any) -> list[Any]:

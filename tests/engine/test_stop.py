@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -111,3 +112,54 @@ async def test_a_stopped_source_finishes_what_it_already_fetched(where: str) -> 
         assert written == list(range(20))
     else:  # told by cancelling its wait: the chunk it yielded instead, then it ends
         assert written == [0, 1]
+
+
+def _fetching_source(release: asyncio.Event) -> Any:
+    """A broker-like source stopped in a fetch that still brings its batch (as NATS's does)."""
+
+    async def fetch() -> list[int]:
+        with contextlib.suppress(asyncio.CancelledError):
+            await release.wait()  # the stop lands here, in the fetch
+        return list(range(1, 20))  # ... which brings its batch all the same
+
+    async def broker() -> AsyncIterator[int]:
+        ready = [0]
+        try:
+            while True:
+                if not ready:
+                    ready = await fetch()
+                yield ready.pop(0)
+        except asyncio.CancelledError:
+            while ready:  # told again at its yield: finish what was fetched
+                yield ready.pop(0)
+
+    return broker
+
+
+async def test_a_source_stopped_in_its_fetch_finishes_the_batch_it_got() -> None:
+    """A stop caught in the source's wait is told again at its yield; the batch is finished."""
+    from pipeline.engine.run import Run
+    from pipeline.testing import make_stage
+
+    written: list[int] = []
+
+    @sink(stream=True, receives="data")
+    async def keep(items: AsyncIterator[int]) -> None:
+        async for item in items:
+            written.append(item)
+
+    envs: list[dict[str, Any]] = []
+    run = Run(
+        "t",
+        make_stage(_fetching_source(asyncio.Event()), "source"),
+        sinks=[make_stage(keep, "sink")],
+        publish=lambda env, line: envs.append(env),
+    )
+    task = asyncio.create_task(run.execute())
+    with anyio.fail_after(10):
+        while not any(e["status"] == "processing" for e in envs):
+            await asyncio.sleep(0.01)
+    run.stop()
+    with anyio.fail_after(10):
+        assert await task == "shutdown"
+    assert written == list(range(20))

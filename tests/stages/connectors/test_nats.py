@@ -14,6 +14,7 @@ from nats.js import api as jsapi
 from nats.js.errors import NotFoundError
 
 from pipeline import sink
+from stages.connectors import nats as nats_connector
 from stages.connectors.nats import read as nats_source, write as nats_sink
 from tests.stages.connectors.brokers import Running, unique, until
 
@@ -166,6 +167,41 @@ async def test_in_progress_acks_prevent_redelivery_of_slow_work(js: Any) -> None
     assert second.data() == []
     info = await js.consumer_info(stream, "pipeline")
     assert info.num_redelivered == 0
+
+
+async def test_a_stop_during_a_fetch_finishes_what_the_fetch_brings(
+    js: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped while its fetch waits, the source takes, writes and acks what it brings."""
+    monkeypatch.setattr(nats_connector, "FETCH_WAIT", 5.0)  # the fetch outlives the stop
+    stream, subject = await new_stream(js)
+    written: list[Any] = []
+
+    @sink(stream=True, receives="data")
+    async def keep(items: AsyncIterator[Any]) -> None:
+        async for item in items:
+            written.append(item)
+
+    params = {"url": URL, "subject": subject, "stream": stream, "batch": 100}
+    async with Running(nats_source, params, [keep]) as run:
+        await until(lambda: _fetching(js, stream))  # its fetch waits on the server
+        run.run.stop()
+        await publish(js, subject, [{"n": i} for i in range(5)])
+        assert await run.stop() == "shutdown"
+    info = await js.consumer_info(stream, "pipeline")
+    assert info.num_ack_pending == 0  # nothing fetched was left un-acked (or NAKed)
+    assert len(written) >= 1
+    assert written == [{"n": i} for i in range(len(written))]
+    assert info.num_pending + len(written) == 5
+    assert info.num_redelivered == 0
+
+
+async def _fetching(js: Any, stream: str) -> bool:
+    try:
+        info = await js.consumer_info(stream, "pipeline")
+    except NotFoundError:  # not created yet
+        return False
+    return int(info.num_waiting) >= 1
 
 
 async def test_core_subject_queue_group_at_most_once() -> None:

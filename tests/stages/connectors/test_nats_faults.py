@@ -156,10 +156,6 @@ def test_sigkill_loses_nothing_three_workers(tmp_path: Path, stream: str) -> Non
     assert duplicates <= 200  # max_in_flight of the one killed worker
 
 
-@pytest.mark.skip(
-    reason="known bug: after a SIGTERM one fetched batch (50) stays ack-pending on the "
-    "JetStream consumer (redelivered after ack_wait, so nothing is lost); issue 8 stays open"
-)
 def test_sigterm_drains_and_leaves_nothing_unacked(tmp_path: Path, stream: str) -> None:
     """On SIGTERM a worker stops fetching, finishes and acks what it holds, exits 0."""
     produce(SHARED, stream, 0, 2000)
