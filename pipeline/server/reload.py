@@ -24,6 +24,7 @@ recorded in `pipeline.server.reload_status.ReloadStatus`: ``GET /pipelines`` sho
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sysconfig
 import time
 import traceback
@@ -40,10 +41,13 @@ from pipeline.log import get_logger
 from pipeline.server.app import ServerState, make_hub, retention
 from pipeline.server.reload_status import ReloadStatus
 
-__all__ = ["RELOADABLE", "WATCH_DEBOUNCE_MS", "Reloader", "settings_change"]
+__all__ = ["RELOADABLE", "WATCH_DEBOUNCE_MS", "WATCH_POLL", "Reloader", "settings_change"]
 
 WATCH_DEBOUNCE_MS = 300
 """Milliseconds of quiet after a change before ``--reload`` reloads (an editor's burst)."""
+
+WATCH_POLL = 0.5
+"""Seconds between looks for a watched folder that is gone (``--reload``)."""
 
 RELOADABLE = frozenset({"token", "metrics_token", "heartbeat", "max_clients", "shutdown_timeout"})
 """The ``server:`` settings a reload applies; a change to any other needs a restart."""
@@ -179,22 +183,60 @@ class Reloader:
         return sorted({Path(f).parent for f in files}), files
 
     async def watch(self, stop: asyncio.Event) -> None:
-        """Reload on every change of a watched file, until ``stop`` is set."""
+        """Reload on every change of a watched file, until ``stop`` is set.
+
+        A watched folder that is deleted or replaced (``rm -rf`` and a fresh clone, a
+        deploy that swaps the folder) is watched again once it exists, with a reload.
+        """
         import watchfiles
 
+        moved = False
         while not stop.is_set():
             dirs, files = self.watched()
-            async for _ in watchfiles.awatch(
-                *dirs,
-                watch_filter=_relevant(files),
-                debounce=WATCH_DEBOUNCE_MS,
-                step=50,
-                stop_event=stop,
-                recursive=False,
-            ):
+            if not await _present(dirs, stop, self.log):
+                return
+            if moved:  # what is there now is new to us
+                moved = False
                 await self.reload("watch")
-                if set(self.current.files) != files:
-                    break  # watch the new set of files
+                continue  # the reload may have changed what to watch
+            marks = _marks(dirs)
+            self.log.info("reload_watching", folders=[str(d) for d in dirs])
+            try:
+                async for _ in watchfiles.awatch(
+                    *dirs,
+                    watch_filter=_relevant(files),
+                    debounce=WATCH_DEBOUNCE_MS,
+                    step=50,
+                    stop_event=stop,
+                    recursive=False,
+                ):
+                    await self.reload("watch")
+                    moved = _marks(dirs) != marks
+                    if moved or set(self.current.files) != files:
+                        break  # watch the folders again / the new set of files
+            except Exception as exc:  # a folder gone between the look and the watch
+                self.log.warning("reload_watch_failed", error=f"{type(exc).__name__}: {exc}")
+                moved = True
+
+
+async def _present(dirs: list[Path], stop: asyncio.Event, log: Any) -> bool:
+    """Wait until every folder of ``dirs`` exists; False if ``stop`` came first."""
+    missing = [str(d) for d in dirs if not d.is_dir()]
+    if missing:
+        log.warning("reload_watch_waiting", missing=missing)
+    while missing and not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), WATCH_POLL)
+        missing = [str(d) for d in dirs if not d.is_dir()]
+    return not stop.is_set()
+
+
+def _marks(dirs: list[Path]) -> list[tuple[int, int]] | None:
+    """Which folders ``dirs`` are (device, inode), or None if one is gone."""
+    try:
+        return [(st.st_dev, st.st_ino) for st in (d.stat() for d in dirs)]
+    except OSError:
+        return None
 
 
 def _where(exc: BaseException) -> str:

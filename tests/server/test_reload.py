@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import textwrap
 import threading
@@ -209,7 +210,7 @@ def test_watch_reloads_a_changed_definition_and_old_tokens_get_the_new_run(
     with ServerProcess(project, args=("--reload",)) as server:
         wait_until(lambda: len(envelopes(out / "a.ndjson")) > 5)
         old = {n: state(server, n)["run"] for n in ("a", "b")}
-        time.sleep(0.5)  # the watcher is up (it starts with the server)
+        wait_until(lambda: '"reload_watching"' in server.log_text)
         project.write_text(project.read_text().replace("interval: 0.01", "interval: 0.005"))
         wait_until(lambda: outcomes_logged(server) == 1, timeout=30)
         assert state(server, "b")["run"] == old["b"]
@@ -224,6 +225,37 @@ def test_watch_reloads_a_changed_definition_and_old_tokens_get_the_new_run(
         assert (notice["status"], notice["reason"]) == ("lagged", "run_changed")
         assert (notice["previous_run"], notice["run"]) == (old["a"], new_a)
         assert first["run"] == new_a and first["seq"] == 1 and first["status"] == "starting"
+
+
+def test_watch_finds_a_project_folder_that_was_replaced(tmp_path: Path) -> None:
+    """--reload: the project folder is deleted (the reload is rejected: the config is
+    gone, the runs go on), then a new one is moved into its place: the watcher finds it
+    and reloads it (the pipeline whose code changed restarts, the other keeps its run)."""
+    project, out = tmp_path / "project", tmp_path / "out"
+    config = write_project(project, out)
+    with ServerProcess(config, args=("--reload",)) as server:
+        wait_until(lambda: '"reload_watching"' in server.log_text)
+        runs = {n: state(server, n)["run"] for n in ("a", "b")}
+        shutil.rmtree(project)
+        wait_until(lambda: '"reload_watch_waiting"' in server.log_text, timeout=30)
+        assert '"reloaded"' not in server.log_text
+        assert {n: state(server, n)["run"] for n in ("a", "b")} == runs
+        staging = tmp_path / "staging"
+        write_project(staging, out)
+        (staging / "helpers.py").write_text("def label():\n    return 'v2'\n")
+        staging.rename(project)
+        wait_until(lambda: '"reloaded"' in server.log_text, timeout=30)
+        wait_until(lambda: server.log_text.count('"reload_watching"') == 2)
+        assert state(server, "b")["run"] == runs["b"]
+        assert state(server, "a")["run"] != runs["a"]
+        wait_until(
+            lambda: any(
+                e.get("data", {}).get("label") == "v2" for e in envelopes(out / "a.ndjson")
+            ),
+            timeout=20,
+        )
+        (project / "helpers.py").write_text("def label():\n    return 'v3'\n")  # watched again
+        wait_until(lambda: server.log_text.count('"reloaded"') == 2, timeout=30)
 
 
 BROKER = """
