@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 from datetime import datetime
@@ -183,3 +184,18 @@ def test_a_reload_rotates_tokens_and_lists_what_needs_a_restart(tmp_path: Path) 
 
 def state_of(body: dict[str, Any], name: str) -> dict[str, Any]:
     return next(p for p in body["pipelines"] if p["name"] == name)
+
+
+def test_every_server_setting_is_documented_as_reloaded_or_not() -> None:
+    """docs/reload.md names every `server:` setting in the column that matches
+    `RELOADABLE` (a new setting must be placed there)."""
+    from pipeline.config.models import ServerConfig
+    from pipeline.server.reload import RELOADABLE
+
+    doc = (Path(__file__).parents[2] / "docs" / "reload.md").read_text()
+    table = doc[doc.index("| applied by a reload | needs a restart |") :].split("\n\n")[0]
+    rows = [line.split("|")[1:3] for line in table.splitlines()[2:]]
+    applied = {n for left, _ in rows for n in re.findall(r"`(\w+)`", left)}
+    restart = {n for _, right in rows for n in re.findall(r"`(\w+)`", right)}
+    assert applied == set(RELOADABLE)
+    assert restart == set(ServerConfig.model_fields) - RELOADABLE
