@@ -270,6 +270,10 @@ class InFlight:
         await drain(self.idle, lambda: self.count)
 
 
+class AuthenticationFailed(Exception):
+    """The server refused the credentials of the URL (the password is never shown)."""
+
+
 class MaxDeliveriesExceeded(Exception):
     """A message was delivered more than ``max_deliveries`` times: dead-lettered, then acked."""
 

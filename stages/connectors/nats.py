@@ -23,6 +23,7 @@ from pydantic import PositiveFloat, PositiveInt
 
 from pipeline import BadChunk, Delivery, Message, sink
 from stages.connectors._common import (
+    AuthenticationFailed,
     Backoff,
     Format,
     MaxDeliveriesExceeded,
@@ -48,10 +49,6 @@ DRAIN_SECONDS = 10.0
 """On shutdown, how long the source waits for the messages it holds to be acknowledged."""
 PUBLISH_TIMEOUT = 10.0
 """How long the sink waits for JetStream to acknowledge a batch before publishing again."""
-
-
-class AuthenticationFailed(Exception):
-    """The NATS server refused the credentials of the URL (the password is never shown)."""
 
 
 async def _connect(url: str, log: Any) -> Any:

@@ -28,6 +28,7 @@ from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 
 from pipeline import BadChunk, Delivery, Message, sink
 from stages.connectors._common import (
+    AuthenticationFailed,
     Backoff,
     Format,
     MaxDeliveriesExceeded,
@@ -53,10 +54,6 @@ BLOCK_MS = 1000
 DRAIN_SECONDS = 10.0
 """On shutdown, how long the source waits for the entries it holds to be acknowledged."""
 _NETWORK = (rex.ConnectionError, rex.TimeoutError, OSError)
-
-
-class AuthenticationFailed(Exception):
-    """Redis refused the credentials of the URL (the password is never shown)."""
 
 
 def _client(url: str) -> Any:
