@@ -235,3 +235,34 @@ def test_cookie_is_useless_from_another_origin(
     stolen = httpx.get(secured.url("/pipelines"), cookies=cookies, headers=origin)
     assert stolen.status_code == 401
     assert httpx.get(secured.url("/pipelines"), cookies=cookies).status_code == 200
+
+
+def test_eventsource_follows_a_reload_into_the_new_run(tmp_path: Path, page: Any) -> None:
+    """A page's EventSource, left to itself, follows a SIGHUP reload: the old run ends
+    with complete(reason=reload), the browser reconnects with its Last-Event-ID and gets
+    the `run_changed` notice, then the new run (new code) from seq 1, without a gap."""
+    from tests.server.test_reload import sighup, write_project
+
+    config = write_project(tmp_path)
+    with ServerProcess(config) as server:
+        page.goto(server.url("/healthz"))
+        page.evaluate(LISTEN, "/pipelines/a/events")
+        js_wait(page, "window.got.length > 3")
+        old = page.evaluate("window.got[0].env.run")
+        (tmp_path / "helpers.py").write_text("def label():\n    return 'v2'\n")
+        sighup(server)
+        js_wait(page, "window.got.some(g => g.env.data && g.env.data.label === 'v2')")
+        got = [g["env"] for g in page.evaluate("window.got")]
+    end = next(i for i, e in enumerate(got) if e["status"] == "complete")
+    assert (got[end]["run"], got[end]["reason"]) == (old, "reload")
+    notice, new = got[end + 1], got[end + 2]
+    assert (notice["status"], notice["reason"], notice["previous_run"]) == (
+        "lagged",
+        "run_changed",
+        old,
+    )
+    assert (new["status"], new["seq"], new["run"]) == ("starting", 1, notice["run"])
+    seqs = [e["seq"] for e in got[end + 2 :]]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert {e["data"]["label"] for e in got[end + 2 :] if "data" in e} == {"v2"}
+    assert {e["data"]["label"] for e in got[:end] if "data" in e} == {"v1"}
