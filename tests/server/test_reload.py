@@ -308,7 +308,7 @@ UNDER_LOAD = """
     server: {{shutdown_timeout: 10}}
     pipelines:
       {module}:
-        source: {{use: {module}:{source}, with: {{{params}}}}}
+        source: {{use: {source}, with: {{{params}}}}}
         transforms:
           - use: {module}:work
             concurrency: 8
@@ -319,8 +319,8 @@ UNDER_LOAD = """
 
 
 def under_load(root: Path, module: str, code: str, source: str, params: str, out: Path) -> Path:
-    """A project whose pipeline reads ``module:source`` (``code`` + `WORK`) and whose
-    transform `work` tags each chunk with the module's ``VERSION``, eight at a time."""
+    """A project whose pipeline reads ``source`` and whose transform `work` (in ``module``:
+    ``code`` + `WORK`) tags each chunk with the module's ``VERSION``, eight at a time."""
     (root / f"{module}.py").write_text(textwrap.dedent(code + WORK))
     config = root / "pipelines.yaml"
     text = UNDER_LOAD.format(module=module, source=source, params=params, out=out)
@@ -333,7 +333,7 @@ def test_acking_source_under_load_loses_nothing_across_ten_reloads(tmp_path: Pat
     and acked exactly once, each old run drains (nothing left for redelivery) and ends
     with complete(reason=reload), and each new run runs the new code."""
     state, out = tmp_path / "broker", tmp_path / "out.ndjson"
-    config = under_load(tmp_path, "broker", BROKER, "messages", f"state: {state}", out)
+    config = under_load(tmp_path, "broker", BROKER, "broker:messages", f"state: {state}", out)
     with ServerProcess(config) as server:
         reload_ten_times(server, tmp_path / "broker.py", out)
         wait_until(lambda: any(e.get("data", {}).get("version") == 10 for e in envelopes(out)))
@@ -436,55 +436,23 @@ def test_request_pipeline_streams_drain_and_new_requests_run_new_code(tmp_path: 
         assert {e["data"]["label"] for e in fresh[1:]} == {"v2"}
 
 
-REDIS_STAGES = """
-    import redis.asyncio as aioredis
-
-    from pipeline import Message
-
-    VERSION = 0
-
-
-    async def consume(stream: str, group: str, consumer: str = "reloader"):
-        \"\"\"XREADGROUP with XACK on ack; its own pending entries are read first.\"\"\"
-        client = aioredis.Redis()
-        try:
-            last = "0"  # first what is pending under our name, then new entries
-            while True:
-                got = await client.xreadgroup(
-                    group, consumer, {stream: last}, count=16, block=100
-                )
-                entries = got[0][1] if got else []
-                if last != ">" and not entries:
-                    last = ">"
-                    continue
-                for entry_id, fields in entries:
-                    if last != ">":
-                        last = entry_id
-                    yield Message(
-                        {"id": int(fields[b"id"])},
-                        ack=lambda e=entry_id: client.xack(stream, group, e),
-                    )
-        finally:
-            await client.aclose()
-"""
-
-
 def test_redis_stream_under_load_loses_nothing_across_ten_reloads(tmp_path: Path) -> None:
-    """A real Redis Streams consumer group fed steadily while the pipeline is reloaded ten
-    times: every entry is written, nothing is left pending (each drain acked its work)."""
+    """The built-in `redis_stream` source (a real consumer group) fed steadily while the
+    pipeline's code is reloaded ten times: every entry is written once, nothing is left
+    pending (each drain acked its work), and each run ran its own version of the code."""
     redis = pytest.importorskip("redis")
     stream, group = f"reload-{uuid.uuid4().hex}", "g"
     client = redis.Redis()
     client.xgroup_create(stream, group, id="0", mkstream=True)
     out = tmp_path / "out.ndjson"
-    params = f"stream: {stream}, group: {group}"
-    config = under_load(tmp_path, "rstages", REDIS_STAGES, "consume", params, out)
+    params = f"stream: {stream}, group: {group}, batch: 16, max_in_flight: 64"
+    config = under_load(tmp_path, "rstages", "    VERSION = 0\n", "redis_stream", params, out)
     stop = threading.Event()
     produced: list[int] = []
 
     def produce() -> None:
         while not stop.is_set() and len(produced) < 20_000:
-            client.xadd(stream, {"id": len(produced) + 1})
+            client.xadd(stream, {"data": orjson.dumps({"id": len(produced) + 1})})
             produced.append(len(produced) + 1)
             time.sleep(0.002)
 
@@ -509,6 +477,9 @@ def test_redis_stream_under_load_loses_nothing_across_ten_reloads(tmp_path: Path
         assert client.xpending(stream, group)["pending"] == 0
         reasons = [e["reason"] for e in envs if e["status"] == "complete"]
         assert reasons == ["reload"] * 10 + ["shutdown"]
+        for i, run in enumerate(runs_of(envs)):
+            versions = {e["data"]["version"] for e in envs if e["run"] == run and "data" in e}
+            assert versions == {i}
     finally:
         stop.set()
         client.delete(stream)
