@@ -184,13 +184,13 @@ def run_to_stdout(resolved: dict[str, Any], names: list[str], *, shutdown_timeou
 
 def leave(code: int) -> int:
     """Return ``code``; or exit at once with it when stage threads are stuck (the
-    interpreter would wait for them forever)."""
+    interpreter would wait for them forever) or a shutdown signal came (the exit is
+    bounded: the interpreter's teardown is skipped)."""
     stuck = deadline.stuck_threads()
     if stuck:
         logmod.get_logger().error("threads_abandoned", threads=stuck)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    if stuck or deadline.signalled():
+        deadline.leave(code)
     return code
 
 

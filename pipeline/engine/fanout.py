@@ -345,16 +345,23 @@ class Fanout:
     async def settle(self, timeout: float | None = None) -> bool:
         """Wait until every live confirming sink answered for every item it got.
 
-        Returns False when ``timeout`` passed first.
+        Returns False when ``timeout`` passed first, or the deadline set by `hurry`
+        (shutdown: a sink that never answers must not hold the run).
         """
+        waits = [
+            asyncio.ensure_future(w.settled.wait())
+            for w in self._workers
+            if w.confirm and not w.dead
+        ]
         try:
             async with asyncio.timeout(timeout):
-                for w in self._workers:
-                    if w.confirm and not w.dead:
-                        await w.settled.wait()
+                await self._race(waits, every=True)
         except TimeoutError:
             return False
-        return True
+        finally:
+            for wait in waits:
+                wait.cancel()
+        return all(w.done() and not w.cancelled() for w in waits)
 
     async def close(self, timeout: float | None = None) -> None:
         """End every sink's input, wait for them to flush and close, then stop them."""

@@ -162,7 +162,9 @@ class Run:
         try:
             async with asyncio.timeout(SETTLE_TIMEOUT):
                 while True:
-                    await self._fanout.settle()
+                    if not await self._fanout.settle():  # cut short: the run is aborted
+                        self.log.warning("sinks_unsettled", hint="given up at shutdown")
+                        return
                     task = self._reject_task
                     if task is None or task.done():
                         if not self._rejects:

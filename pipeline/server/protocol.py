@@ -52,6 +52,9 @@ HEAD_TIMEOUT = 10.0
 """Default ``server.head_timeout``: seconds for a complete request head."""
 LINGER = 1.0
 """Seconds a refused connection is read (and discarded) before it is closed."""
+SHUTDOWN_GRACE = 0.3
+"""Seconds a client gets, once the server shuts down, to take what it was sent; a
+connection still holding unsent bytes then is reset (the exit does not wait on it)."""
 
 
 class _TooLarge(Exception):
@@ -183,6 +186,17 @@ class LimitedHttpTools(HttpToolsProtocol):
             self._head_timer = None
         super().connection_lost(exc)
         self.connection._lost()
+
+    def shutdown(self) -> None:
+        """The server shuts down: uvicorn closes idle connections; a client that has not
+        taken what it was sent within `SHUTDOWN_GRACE` is reset, so its stream ends at
+        once instead of being cancelled at the end of uvicorn's grace."""
+        super().shutdown()
+        self.loop.call_later(SHUTDOWN_GRACE, self._reset_if_stuck)
+
+    def _reset_if_stuck(self) -> None:
+        if self.connection.unsent():
+            self.connection.abort()
 
     def on_message_begin(self) -> None:
         """A new request: its head starts now."""

@@ -21,6 +21,13 @@ SLACK = 6.0  # a loaded machine; before the fix each case took minutes or foreve
 STAGES = """
 import asyncio, time
 
+from pipeline import sink
+
+@sink(stream=True, confirm=True)
+async def mute(deliveries):
+    async for _ in deliveries:  # never answers for what it got
+        pass
+
 async def ticks():
     n = 0
     while True:
@@ -54,6 +61,7 @@ async def spinning(marker: str):
 PIPELINES = {
     "slow_sink": "source: {use: bstages:ticks}\n    sinks: [{use: bstages:slow_sink}]",
     "deaf": "source: {use: bstages:deaf}",
+    "mute": "source: {use: counter, with: {count: 3}}\n    sinks: [{use: bstages:mute}]",
     "stuck": "source: {use: bstages:stuck, blocking: true}",
     "spinning": "source: {use: bstages:spinning, with: {marker: spinning.marker}}",
 }
@@ -92,10 +100,11 @@ def stop(proc: subprocess.Popen[bytes]) -> tuple[int, list[dict[str, Any]], str]
     return proc.returncode, [orjson.loads(line) for line in out.splitlines()], err.decode()
 
 
-@pytest.mark.parametrize("name", ["slow_sink", "deaf", "stuck"])
+@pytest.mark.parametrize("name", ["slow_sink", "deaf", "stuck", "mute"])
 def test_sigterm_ends_a_run_whatever_its_stages_do(tmp_path: Path, name: str) -> None:
     """A slow sink, a source that swallows cancellation, a blocking source stuck in its
-    thread: SIGTERM still ends the run with `complete(reason=shutdown)` and exit 0."""
+    thread, a confirming sink that never answers: SIGTERM still ends the run with
+    `complete(reason=shutdown)` and exit 0."""
     proc = start(project(tmp_path), name)
     first_envelopes(proc, 2)
     code, envs, err = stop(proc)

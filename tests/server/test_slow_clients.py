@@ -81,3 +81,19 @@ def test_a_slow_reader_gets_the_lagged_notice_before_the_close(server: ServerPro
     assert envs[-1]["reason"] == "slow_client"
     assert envs[-1]["resume"] == f"{envs[-2]['run']}:{envs[-2]['seq']}"
     assert slow.clean_end
+
+
+def test_exit_does_not_wait_on_a_client_that_takes_nothing(server: ServerProcess) -> None:
+    """SIGTERM while a dropped client has not taken what it was sent: its connection is
+    reset at shutdown, so the process exits 0 without uvicorn cancelling the stream (no
+    `Exception in ASGI application`, no `Cancel ... running task(s)` in the log)."""
+    frozen = RawStream(server.port, "/pipelines/live/stream", rcvbuf=4096, timeout=30)
+    try:
+        assert frozen.read_head() == 200
+        wait_until(lambda: state(server)["dropped_clients"] >= 1, 60)
+        server.signal()
+        assert server.wait(30) == 0
+    finally:
+        frozen.close()
+    assert "Exception in ASGI application" not in server.log_text
+    assert "timeout graceful shutdown exceeded" not in server.log_text
