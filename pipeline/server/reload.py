@@ -37,7 +37,7 @@ from pipeline.config.models import ServerConfig
 from pipeline.config.snapshot import Snapshot
 from pipeline.errors import ConfigError, Problem
 from pipeline.hub.hub import Hub
-from pipeline.log import get_logger
+from pipeline.log import get_logger, mask
 from pipeline.server.app import ServerState, make_hub, retention
 from pipeline.server.reload_status import ReloadStatus
 
@@ -136,7 +136,7 @@ class Reloader:
 
     def _failed(self, trigger: str, step: str, exc: Exception) -> bool:
         """An unexpected exception: one log line saying what failed and where."""
-        error = f"{type(exc).__name__}: {exc}"
+        error = mask(f"{type(exc).__name__}: {exc}")  # /pipelines shows it too
         self.status.record("failed", error=error)
         self.log.error("reload_failed", trigger=trigger, step=step, error=error, where=_where(exc))
         return False
