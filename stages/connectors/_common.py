@@ -15,6 +15,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -37,6 +38,7 @@ __all__ = [
     "payload_of",
     "publish_all",
     "unique_consumer",
+    "url_check",
     "write_batches",
 ]
 
@@ -59,6 +61,27 @@ def mask_url(url: str) -> str:
         'postgresql://app:***@db:5432/prod'
     """
     return _USERINFO.sub(r"\g<scheme>\g<user>:***@", url)
+
+
+def url_check(shape: str, *schemes: str) -> Callable[[str], str]:
+    """A validator (for ``Annotated[str, AfterValidator(...)]``) of a URL's scheme and host.
+
+    ``pipeline validate`` reports a URL that fails it without showing the URL.
+
+    Example:
+        >>> url_check("mqtt://host[:port]", "mqtt")("http://x")
+        Traceback (most recent call last):
+        ValueError: must look like mqtt://host[:port]
+    """
+
+    def check(url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in schemes or not parts.hostname:
+            msg = f"must look like {shape}"
+            raise ValueError(msg)
+        return url
+
+    return check
 
 
 def missing_extra(connector: str, extra: str) -> str:

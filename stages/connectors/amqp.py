@@ -10,9 +10,9 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import PositiveInt
+from pydantic import AfterValidator, PositiveInt
 
 from pipeline import BadChunk, Delivery, Message, sink
 from stages.connectors._common import (
@@ -24,6 +24,7 @@ from stages.connectors._common import (
     mask_url,
     missing_extra,
     publish_all,
+    url_check,
 )
 
 try:
@@ -37,6 +38,10 @@ except ImportError:  # pragma: no cover - exercised by the missing-extra test in
 __all__ = ["MaxDeliveriesExceeded", "read", "write"]
 
 URL = "amqp://guest:guest@127.0.0.1:5672/"
+AmqpUrl = Annotated[
+    str, AfterValidator(url_check("amqp[s]://user:password@host[:port][/vhost]", "amqp", "amqps"))
+]
+"""An AMQP URL; its password is never printed."""
 
 
 async def _connect(url: str) -> aio_pika.abc.AbstractConnection:
@@ -109,7 +114,7 @@ def _deliveries(message: aio_pika.abc.AbstractIncomingMessage) -> int:
 
 async def read(
     *,
-    url: str = URL,
+    url: AmqpUrl = URL,
     queue: str,
     prefetch: PositiveInt = 100,
     format: Format = "json",
@@ -181,7 +186,7 @@ async def read(
 async def write(
     deliveries: AsyncIterator[Delivery],
     *,
-    url: str = URL,
+    url: AmqpUrl = URL,
     exchange: str = "",
     routing_key: str,
     receives: Receives = "envelopes",

@@ -14,16 +14,16 @@ import asyncio
 import random
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
 import orjson
 import structlog
-from pydantic import NonNegativeInt, PositiveFloat
+from pydantic import AfterValidator, NonNegativeInt, PositiveFloat
 
 from pipeline import BadChunk, Chunk
 from stages.blocks import LineSplitter
-from stages.connectors._common import mask_url
+from stages.connectors._common import mask_url, url_check
 
 __all__ = ["UpstreamLagged", "follow"]
 
@@ -37,13 +37,17 @@ class UpstreamLagged(Exception):
     """The upstream server no longer had envelopes this source asked for (a gap)."""
 
 
+HttpUrl = Annotated[str, AfterValidator(url_check("http[s]://host[:port]/path", "http", "https"))]
+"""The URL of an upstream stream."""
+
+
 class UpstreamRefused(Exception):
     """The upstream server refused the stream for good (a 4xx other than 408/425/429)."""
 
 
 async def follow(
     *,
-    url: str,
+    url: HttpUrl,
     format: Format = "auto",
     since: str | int | None = "0",
     token: str | None = None,

@@ -32,6 +32,7 @@ from stages.connectors._common import (
     mask_url,
     missing_extra,
     publish_all,
+    url_check,
 )
 
 try:
@@ -42,18 +43,9 @@ except ImportError:  # pragma: no cover - exercised by the missing-extra test in
 __all__ = ["read", "write"]
 
 URL = "mqtt://127.0.0.1:1883"
-
-
-def _mqtt_url(url: str) -> str:
-    """``url`` is ``mqtt://[user:password@]host[:port]`` (checked by ``pipeline validate``)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-        msg = "must look like mqtt://[user:password@]host[:port]"
-        raise ValueError(msg)
-    return url
-
-
-MqttUrl = Annotated[str, AfterValidator(_mqtt_url)]
+MqttUrl = Annotated[
+    str, AfterValidator(url_check("mqtt://[user:password@]host[:port]", "mqtt", "tcp"))
+]
 """``mqtt://[user:password@]host[:port]``; its password is never printed."""
 
 
