@@ -90,6 +90,8 @@ _DICT_TRACEBACKS = structlog.processors.ExceptionRenderer(
     structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
 )
 
+_TEXT_TRACEBACKS = structlog.processors.ExceptionRenderer()  # the plain text, as ``exception``
+
 
 class _Stderr:
     """Whatever ``sys.stderr`` is at each write, so a live display on the terminal (the
@@ -131,7 +133,9 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    tail: list[Any] = [_DICT_TRACEBACKS] if fmt == "json" else []
+    # Tracebacks become data (JSON) or text (console) *before* masking, so a secret in an
+    # exception's message is masked in the traceback too.
+    tail: list[Any] = [_DICT_TRACEBACKS if fmt == "json" else _TEXT_TRACEBACKS]
     tail.append(_mask_event)  # secrets masked in every line, uvicorn's included
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, *shared, *tail, renderer],

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.http_helpers import RawStream, ServerProcess
 
@@ -43,11 +44,13 @@ def project(tmp_path: Path) -> Path:
     return tmp_path / "pipelines.yaml"
 
 
-def test_canary_never_printed_by_run(tmp_path: Path) -> None:
-    """`pipeline run`: stdout envelopes, stderr logs (with tracebacks) and sink files."""
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_canary_never_printed_by_run(tmp_path: Path, log_format: str) -> None:
+    """`pipeline run`: stdout envelopes, stderr logs (with tracebacks, as JSON or as
+    console text) and sink files."""
     path = project(tmp_path)
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", "-c", str(path), "--log-format", "json"],
+        [sys.executable, "-m", "pipeline", "run", "-c", str(path), "--log-format", log_format],
         cwd=tmp_path,
         env={**os.environ, "CANARY": CANARY},
         capture_output=True,
@@ -58,7 +61,7 @@ def test_canary_never_printed_by_run(tmp_path: Path) -> None:
     assert '"status":"chunk_error"' in proc.stdout
     assert "cannot reach https://user:***@db.example" in proc.stdout
     assert "/nonexistent/***/in.ndjson" in proc.stdout
-    assert "Traceback" in proc.stderr or '"exception"' in proc.stderr
+    assert ("Traceback" if log_format == "console" else '"exception"') in proc.stderr
     files = [p.read_text() for p in (tmp_path / "out").iterdir()]
     assert len(files) == 3
     for text in (proc.stdout, proc.stderr, *files):
