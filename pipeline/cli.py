@@ -12,7 +12,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import click
 import orjson
@@ -124,6 +124,7 @@ def run(
 ) -> None:
     """Run pipelines: envelopes to stdout, or served over HTTP with --serve."""
     logmod.configure(log_format, log_level)
+    data = None if serve else data_stdout()  # before stage modules are imported
     cfg, resolved = load_pipelines(config_path, sets)
     unknown = [n for n in names if n not in resolved]
     if unknown:
@@ -154,18 +155,41 @@ def run(
         )
         sys.exit(leave(code))
     picked = list(names) or [n for n, p in resolved.items() if p.config.trigger == "start"]
-    sys.exit(run_to_stdout(resolved, picked, shutdown_timeout=cfg.server.shutdown_timeout))
+    timeout = cfg.server.shutdown_timeout
+    sys.exit(run_to_stdout(resolved, picked, shutdown_timeout=timeout, out=data))
 
 
-def run_to_stdout(resolved: dict[str, Any], names: list[str], *, shutdown_timeout: float) -> int:
-    """Run ``names`` to completion, every envelope to stdout; return the exit code."""
+def data_stdout() -> BinaryIO:
+    """Keep standard output for the envelopes alone; return it as a binary file.
+
+    Whatever else would reach stdout (a stage's ``print()``, a library writing to file
+    descriptor 1, a subprocess) goes to stderr instead: ``sys.stdout`` becomes
+    ``sys.stderr`` and descriptor 1 a copy of descriptor 2, so the NDJSON is never
+    corrupted.
+    """
+    sys.stdout.flush()
+    data = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return data
+
+
+def run_to_stdout(
+    resolved: dict[str, Any],
+    names: list[str],
+    *,
+    shutdown_timeout: float,
+    out: BinaryIO | None = None,
+) -> int:
+    """Run ``names`` to completion, every envelope to ``out`` (default: stdout); return
+    the exit code."""
     from pipeline.client import progress
     from pipeline.engine.fanout import stdout_stage
     from pipeline.engine.supervisor import Supervisor
 
     sup = Supervisor(
         {n: resolved[n] for n in names},
-        extra_sinks=[stdout_stage()],
+        extra_sinks=[stdout_stage(out)],
         shutdown_timeout=shutdown_timeout,
     )
 

@@ -419,3 +419,30 @@ def test_run_writes_long_runs_whole_and_in_order(project: Path) -> None:
     envs = envelopes(proc.stdout)
     assert [e["seq"] for e in envs] == list(range(1, 5003))
     assert sum(e["status"] == "processing" for e in envs) == 5000
+
+
+def test_what_a_stage_prints_goes_to_stderr_not_into_the_ndjson(tmp_path: Path) -> None:
+    """A stage printing at import and per chunk, and writing to file descriptor 1: stdout
+    holds only the envelopes (every line JSON), the printed text is on stderr."""
+    (tmp_path / "noisy.py").write_text(
+        "import os\n"
+        "print('imported noisy')\n"
+        "def shout(chunk):\n"
+        "    print('got', chunk)\n"
+        "    os.write(1, b'raw write\\n')\n"
+        "    return chunk\n"
+    )
+    (tmp_path / "pipelines.yaml").write_text(
+        "pipelines:\n  loud:\n    source: {use: counter, with: {count: 3}}\n"
+        "    transforms: [{use: noisy:shout}]\n"
+    )
+    proc = cli("run", "loud", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [e["status"] for e in envelopes(proc.stdout)] == [
+        "starting",
+        *["processing"] * 3,
+        "complete",
+    ]
+    assert "imported noisy" in proc.stderr
+    assert proc.stderr.count("raw write") == 3
+    assert proc.stderr.count("got {") == 3

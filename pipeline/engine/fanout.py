@@ -29,7 +29,7 @@ import inspect
 import sys
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 from pipeline.engine.acks import Ack, release_all, retain_all
 from pipeline.log import get_logger
@@ -429,7 +429,7 @@ class Fanout:
         it, then accepts those envelopes: a lone envelope is written at once, a burst in
         one call instead of one write and flush per line.
         """
-        queue = w.queue
+        queue, out = w.queue, w.stage.params.get("out")
         buf = bytearray()
         taken: list[_Pending] = []
         markers: list[_Flush] = []
@@ -450,7 +450,7 @@ class Fanout:
                     break
                 payload, pending = queue.get_nowait()
             if buf:
-                _write_stdout(buf)
+                _write_stdout(buf, out)
                 buf.clear()
             for p in taken:
                 p.accept()
@@ -493,17 +493,21 @@ STDOUT_BATCH = 256 * 1024
 """The most bytes the implicit stdout sink gathers before one write."""
 
 
-def _write_stdout(lines: bytes | bytearray) -> None:
-    out = sys.stdout.buffer
+def _write_stdout(lines: bytes | bytearray, out: BinaryIO | None = None) -> None:
+    out = sys.stdout.buffer if out is None else out
     out.write(lines)
     out.flush()
 
 
-def stdout_stage() -> ResolvedStage:
-    """The implicit sink of ``pipeline run``: every envelope to stdout.
+def stdout_stage(out: BinaryIO | None = None) -> ResolvedStage:
+    """The implicit sink of ``pipeline run``: every envelope to ``out`` (default: stdout).
 
     What is ready is written in one call and flushed at once (see `Fanout`).
     """
     return ResolvedStage(
-        id="stdout", kind="sink", fn=_write_stdout, meta=StageMeta("sink", receives="lines")
+        id="stdout",
+        kind="sink",
+        fn=_write_stdout,
+        meta=StageMeta("sink", receives="lines"),
+        params={} if out is None else {"out": out},
     )
