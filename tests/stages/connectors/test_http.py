@@ -213,13 +213,15 @@ def test_cut_connections_resume_with_no_gap_and_no_duplicate(tmp_path: Path, fmt
 def test_upstream_killed_and_restarted_mid_stream(tmp_path: Path) -> None:
     """SIGKILL of the upstream: its run is a gapless prefix; the next run comes whole."""
     count = 300
-    up = Upstream(upstream_config(tmp_path, count, 0.01), free_port()).start()
+    # The first run cannot end before the kill, however slow the machine; the second is short.
+    up = Upstream(upstream_config(tmp_path, 1_000_000, 0.01), free_port()).start()
     url = f"http://127.0.0.1:{up.port}/pipelines/numbers"
     proc, out = downstream(tmp_path, url, envelopes=True, until_complete=True)
     with finishing(proc):
         try:
             wait_until(lambda: len(envelopes(out)) >= 60, timeout=60)
             up.kill()
+            upstream_config(tmp_path, count, 0.01)
             up.start()
             assert proc.wait(90) == 0
         finally:
