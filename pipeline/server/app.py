@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -19,6 +20,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from pipeline.config.loader import TRANSPORT_KEYS, ResolvedPipeline, request_params
@@ -394,12 +396,13 @@ def create_app(streams: ServerState) -> Starlette:
         try:
             stream = WebSocketStream(*streams.open_stream(ws))
         except Refusal as exc:
-            if "websocket.http.response" in ws.scope.get("extensions", {}):
-                await ws.send_denial_response(error(exc.status, exc.kind, exc.message))
-            else:
-                await ws.close(code=1008, reason=exc.message[:120])
+            await _deny(ws, error(exc.status, exc.kind, exc.message))
             return
         await stream(ws.scope, ws.receive, ws.send)
+
+    async def no_websocket(ws: WebSocket) -> None:
+        path = ws.scope.get("path", "")
+        await _deny(ws, error(404, "not_found", f"no WebSocket endpoint at `{path}`"))
 
     async def session(request: Request) -> Response:
         try:
@@ -431,8 +434,9 @@ def create_app(streams: ServerState) -> Starlette:
         Route("/pipelines/{name}/ingest", ingest, methods=["POST"]),
         Route("/pipelines/{name}/ws", ws_over_http),
         WebSocketRoute("/pipelines/{name}/ws", websocket),
+        WebSocketRoute("/{path:path}", no_websocket),
     ]
-    middleware = []
+    middleware = [Middleware(_EncodedSlash)]
     if streams.settings.cors_origins:
         middleware.append(
             Middleware(
@@ -445,3 +449,34 @@ def create_app(streams: ServerState) -> Starlette:
         )
     handlers: dict[Any, Any] = {HTTPException: http_error, Exception: internal}
     return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
+
+
+async def _deny(ws: WebSocket, response: Response) -> None:
+    """Refuse a WebSocket upgrade with ``response`` (our JSON error), or close with 1008
+    when the server cannot send an HTTP answer to an upgrade."""
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        await ws.send_denial_response(response)
+    else:
+        message = orjson.loads(bytes(response.body))["error"]["message"]
+        await ws.close(code=1008, reason=message[:120])
+
+
+class _EncodedSlash:
+    """Refuse (404) a path with an encoded slash (``%2F``): it is part of a name, never a
+    separator, and no name has one; routing the decoded path would serve
+    ``/pipelines/done%2Fstream`` as ``/pipelines/done/stream``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = scope.get("raw_path") or b""
+        if scope["type"] == "lifespan" or b"%2f" not in raw.lower():
+            await self.app(scope, receive, send)
+            return
+        shown = raw.decode("latin-1")
+        answer = error(404, "not_found", f"no such path `{shown[:200]}` (an encoded `/`)")
+        if scope["type"] == "websocket":
+            await _deny(WebSocket(scope, receive, send), answer)
+        else:
+            await answer(scope, receive, send)

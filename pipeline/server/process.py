@@ -40,7 +40,7 @@ from pipeline.engine import deadline
 from pipeline.engine.supervisor import Supervisor
 from pipeline.log import get_logger, mask
 from pipeline.server.app import ServerState, create_app, make_hub
-from pipeline.server.protocol import limited
+from pipeline.server.protocol import JSONWebSockets, limited
 from pipeline.server.reload import Reloader
 from pipeline.server.streams import install_cut_filter
 
@@ -254,7 +254,7 @@ def build(
         create_app(streams),
         loop="auto",
         http=limited(settings.max_head_bytes, settings.max_headers, settings.head_timeout),
-        ws="auto",
+        ws=JSONWebSockets,
         lifespan="off",
         log_config=None,
         access_log=True,

@@ -9,6 +9,10 @@ and one per header: the parser keeps its speed (numbers in docs/http.md).
 
 A head is counted from the read in which it began, so with pipelined requests the tail
 of the previous body may be counted too: the limit is a bound, off by at most one read.
+
+Also here: an HTTP/1.0 client gets a close-delimited body (uvicorn would send it a
+chunked one); `JSONWebSockets`, uvicorn's WebSocket protocol whose refusals are JSON;
+at shutdown, a client that has not taken what it was sent is reset (`SHUTDOWN_GRACE`).
 """
 
 from __future__ import annotations
@@ -22,17 +26,24 @@ import struct
 import termios
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any, cast
 
 import httptools
 import orjson
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 __all__ = [
     "CONNECTION",
     "HEADERS",
     "HEAD_BYTES",
     "Connection",
+    "JSONWebSockets",
     "LimitedHttpTools",
     "limited",
     "refusal",
@@ -216,12 +227,15 @@ class LimitedHttpTools(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        """The head is complete: stop counting its bytes and timing it."""
+        """The head is complete: stop counting its bytes and timing it. An HTTP/1.0
+        request gets a close-delimited body (1.0 has no chunked encoding)."""
         self._in_head = False
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
         super().on_headers_complete()
+        if self.scope.get("http_version") == "1.0" and self.cycle is not None:
+            self.cycle.__class__ = _CloseDelimited
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser; refuse a head that grew past the limit (431, JSON)."""
@@ -269,6 +283,59 @@ class LimitedHttpTools(HttpToolsProtocol):
         """uvicorn's 400 for an unparsable request, as our JSON error."""
         self.transport.write(refusal(400, "bad_request", msg))
         self._linger()
+
+
+_UNTIL_CLOSE = 1 << 62
+"""``expected_content_length`` of a close-delimited body: larger than any body."""
+
+
+class _CloseDelimited(RequestResponseCycle):
+    """uvicorn's request cycle, with a close-delimited body when the response has no
+    ``Content-Length``: the body is written as it comes and the connection is closed
+    after it (uvicorn would answer an HTTP/1.0 client with a chunked body)."""
+
+    async def send(self, message: Any) -> None:
+        """Send one ASGI message; a response without a length is delimited by the close."""
+        if message["type"] == "http.response.start":
+            names = {name.lower() for name, _ in message.get("headers", [])}
+            if b"content-length" not in names and b"transfer-encoding" not in names:
+                self.chunked_encoding = False
+                self.expected_content_length = _UNTIL_CLOSE
+                self.keep_alive = False
+        elif (
+            message["type"] == "http.response.body"
+            and not message.get("more_body", False)
+            and self.expected_content_length >= _UNTIL_CLOSE >> 1
+        ):
+            self.expected_content_length = len(message.get("body", b""))  # the end: 0 left
+        await super().send(message)
+
+
+def _json_reject(reject: Callable[[int, str], Any]) -> Callable[[int, str], Any]:
+    """Wrap the websockets library's ``reject``: its refusals carry our JSON error."""
+
+    def json_reject(status: int, text: str) -> Any:
+        message = text.strip().removeprefix("Failed to open a WebSocket connection: ")
+        message = message.split("\n", 1)[0].rstrip(".") or HTTPStatus(status).phrase
+        kind = "bad_websocket_handshake" if status == 400 else HTTPStatus(status).name.lower()
+        response = reject(status, "")
+        response.body = orjson.dumps({"error": {"type": kind, "message": message}})
+        del response.headers["Content-Type"], response.headers["Content-Length"]
+        response.headers["Content-Type"] = "application/json"
+        response.headers["Content-Length"] = str(len(response.body))
+        return response
+
+    return json_reject
+
+
+class JSONWebSockets(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol whose refusals (a bad handshake: 400, 426, ...; an
+    upgrade closed before it was accepted: 403) have a JSON body, like every error."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Set the connection up; its handshake refusals are JSON."""
+        super().connection_made(transport)
+        self.conn.reject = _json_reject(self.conn.reject)  # type: ignore[method-assign,assignment]
 
 
 def limited(

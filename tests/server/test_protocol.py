@@ -125,3 +125,60 @@ def test_a_trickled_head_gets_408(server: ServerProcess) -> None:
     assert orjson.loads(body) == {
         "error": {"type": "head_timeout", "message": "no complete request head within 1 s"}
     }
+
+
+def ask(server: ServerProcess, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send one raw request and read the whole answer (the server closes)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        sock.sendall(request)
+        return answer(sock)
+
+
+def test_an_encoded_slash_is_not_a_path_separator(server: ServerProcess) -> None:
+    """`/pipelines/done%2Fstream` is a 404 (JSON), not the stream of `done`."""
+    status, headers, body = ask(
+        server, b"GET /pipelines/done%2Fstream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert (status, headers["content-type"]) == (404, "application/json")
+    assert orjson.loads(body)["error"]["type"] == "not_found"
+
+
+def test_an_http10_client_gets_a_close_delimited_body(server: ServerProcess) -> None:
+    """HTTP/1.0 has no chunked encoding: the stream comes as plain NDJSON lines ended by
+    the close; a JSON answer keeps its Content-Length."""
+    status, headers, body = ask(server, b"GET /pipelines/done/stream?since=0 HTTP/1.0\r\n\r\n")
+    assert status == 200
+    assert "transfer-encoding" not in headers
+    assert headers["connection"] == "close"
+    envs = [orjson.loads(line) for line in body.splitlines()]
+    assert [e["status"] for e in envs] == ["starting", *["processing"] * 3, "complete"]
+    status, headers, body = ask(server, b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert (status, headers["content-length"], orjson.loads(body)) == (
+        200,
+        str(len(body)),
+        {"status": "ok"},
+    )
+
+
+UPGRADE = (
+    b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Key: %s\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "key", "status", "kind"),
+    [
+        (b"/pipelines/done/stream", b"dGhlIHNhbXBsZSBub25jZQ==", 404, "not_found"),
+        (b"/nowhere", b"dGhlIHNhbXBsZSBub25jZQ==", 404, "not_found"),
+        (b"/pipelines/done/ws", b"bad", 400, "bad_websocket_handshake"),
+    ],
+)
+def test_websocket_refusals_are_json(
+    server: ServerProcess, path: bytes, key: bytes, status: int, kind: str
+) -> None:
+    """An upgrade where there is no WebSocket (was: a bare 403) and a bad handshake (was:
+    the library's plain text) get our JSON error."""
+    got, headers, body = ask(server, b"GET %s HTTP/1.1\r\nHost: x\r\n" % path + UPGRADE % key)
+    assert (got, headers["content-type"]) == (status, "application/json")
+    assert orjson.loads(body)["error"]["type"] == kind
