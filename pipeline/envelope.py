@@ -15,7 +15,10 @@ decimal.Decimal        a JSON string with the exact decimal text (``"1.10"``)
 bytes, bytearray       a string: UTF-8 text when it decodes, else ``"base64:..."``
 pydantic model         its ``model_dump(mode="json")``
 object with __json__   whatever ``obj.__json__()`` returns
-non-string dict keys   ``str`` of the key (ints, floats, bools, None, enums, dates)
+non-string dict keys   ``str`` of the key (ints, floats, bools, None, enums, dates);
+                       two keys of one dict with the same JSON text (``1`` and
+                       ``"1"``) raise `UnencodableError` naming them: no line ever
+                       has a duplicate key
 dataclass, datetime,   natively by orjson (datetimes in data drop a zero microsecond
 UUID, enum, numpy      part; the envelope ``timestamp`` never does)
 NaN / Infinity         ``null`` (orjson's behaviour; JSON has no such numbers)
@@ -53,7 +56,8 @@ __all__ = [
     "processing",
 ]
 
-_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+_STR_KEYS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
+_OPTIONS = _STR_KEYS | orjson.OPT_NON_STR_KEYS
 
 
 class UnencodableError(TypeError):
@@ -95,9 +99,46 @@ def encode(envelope: Envelope) -> bytes:
         b'{"status":"starting","seq":1}\\n'
     """
     try:
-        return orjson.dumps(envelope, default=_default, option=_OPTIONS)
+        return orjson.dumps(envelope, default=_default, option=_STR_KEYS)
+    except orjson.JSONEncodeError:
+        pass  # a non-string key, or no JSON form: try again with non-string keys
+    try:
+        line = orjson.dumps(envelope, default=_default, option=_OPTIONS)
     except orjson.JSONEncodeError as exc:
         raise UnencodableError(str(exc)) from exc
+    clash = _key_clash(envelope)
+    if clash is not None:
+        raise UnencodableError(clash)
+    return line
+
+
+def _key_text(key: Any) -> str:
+    """A dict key as JSON writes it (orjson's ``OPT_NON_STR_KEYS``)."""
+    if isinstance(key, str):
+        return key
+    return next(iter(orjson.loads(orjson.dumps({key: 0}, option=orjson.OPT_NON_STR_KEYS))))
+
+
+def _key_clash(value: Any) -> str | None:
+    """Describe the first dict in ``value`` with two keys of the same JSON text, or None.
+
+    Called once ``value`` encoded (so it holds no cycle), walking what orjson walked.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if not all(type(k) is str for k in item):
+                seen: dict[str, Any] = {}
+                for key in item:
+                    text = _key_text(key)
+                    if text in seen:
+                        return f"keys {seen[text]!r} and {key!r} would both be {text!r} in JSON"
+                    seen[text] = key
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return None
 
 
 encode_plain: Callable[[Envelope], bytes] = functools.partial(

@@ -66,6 +66,20 @@ def test_unencodable_raises_typed_error() -> None:
     assert jsonable({"a": {1, 2}})
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({1: "int", "1": "str"}, "keys 1 and '1' would both be '1' in JSON"),
+        ({"deep": [{"x": {True: 1, "true": 2}}]}, "keys True and 'true' would both be 'true'"),
+    ],
+)
+def test_colliding_keys_raise_instead_of_a_duplicate_key(value: object, message: str) -> None:
+    """Keys that become the same JSON text are an UnencodableError naming both."""
+    with pytest.raises(UnencodableError, match=re.escape(message)):
+        encode({"status": "processing", "data": value})
+    assert orjson.loads(encode({"data": {1: "a", "2": "b"}})) == {"data": {"1": "a", "2": "b"}}
+
+
 def test_timestamp_always_has_microseconds() -> None:
     """A timestamp keeps `.000000` at a whole second (orjson would drop it)."""
     ticks = iter([1_767_225_600_000_000_000, 1_767_225_600_000_123_456, 1_767_225_601_500_000_000])

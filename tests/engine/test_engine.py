@@ -420,6 +420,20 @@ async def test_unencodable_data_becomes_chunk_error() -> None:
     assert "chunk" not in envs[2]
 
 
+async def test_colliding_keys_become_a_chunk_error_naming_them() -> None:
+    """Data whose keys collide as JSON text (`1` and `"1"`) is a chunk_error, never a
+    line with a duplicate key."""
+
+    def clash(chunk: dict[str, int]) -> Any:
+        return {1: "int", "1": "str"} if chunk["n"] == 1 else chunk
+
+    envs = await run_pipeline(numbers, [clash], source_params={"count": 3})
+    assert_well_formed(envs)
+    assert envs[2]["status"] == "chunk_error"
+    assert envs[2]["error"]["type"] == "UnencodableError"
+    assert envs[2]["error"]["message"] == "keys 1 and '1' would both be '1' in JSON"
+
+
 async def test_dead_letter_gets_chunk_errors_only() -> None:
     """The dead-letter sink receives every chunk_error envelope and nothing else."""
     dead: list[dict[str, Any]] = []
