@@ -116,7 +116,8 @@ def _key_text(key: Any) -> str:
     """A dict key as JSON writes it (orjson's ``OPT_NON_STR_KEYS``)."""
     if isinstance(key, str):
         return key
-    return next(iter(orjson.loads(orjson.dumps({key: 0}, option=orjson.OPT_NON_STR_KEYS))))
+    decoded: dict[str, int] = orjson.loads(orjson.dumps({key: 0}, option=orjson.OPT_NON_STR_KEYS))
+    return next(iter(decoded))
 
 
 def _key_clash(value: Any) -> str | None:
