@@ -53,12 +53,17 @@ class StageMeta:
         confirm: for stream sinks: each item comes as a `pipeline.Delivery` the sink
             accepts once written (or rejects), instead of counting as accepted when the
             sink asks for the next one; for sinks that batch or write asynchronously.
+        batch: for stream sinks: the sink iterates over lists of items, each list
+            everything that was ready when it asked (one envelope when the stream is
+            quiet, up to the sink's buffer in a burst), so it can write a list in one
+            call; a list counts as accepted when the sink asks for the next one.
     """
 
     role: Literal["transform", "sink"]
     stream: bool = False
     receives: SinkReceives = "envelopes"
     confirm: bool = False
+    batch: bool = False
 
 
 _ATTR = "__pipeline_stage__"
@@ -82,12 +87,24 @@ def stream_transform(fn: F) -> F:
 
 
 @overload
-def sink(fn: F, *, stream: bool = ..., receives: SinkReceives = ..., confirm: bool = ...) -> F: ...
+def sink(
+    fn: F,
+    *,
+    stream: bool = ...,
+    receives: SinkReceives = ...,
+    confirm: bool = ...,
+    batch: bool = ...,
+) -> F: ...
 
 
 @overload
 def sink(
-    fn: None = None, *, stream: bool = ..., receives: SinkReceives = ..., confirm: bool = ...
+    fn: None = None,
+    *,
+    stream: bool = ...,
+    receives: SinkReceives = ...,
+    confirm: bool = ...,
+    batch: bool = ...,
 ) -> Callable[[F], F]: ...
 
 
@@ -97,6 +114,7 @@ def sink(
     stream: bool = False,
     receives: SinkReceives = "envelopes",
     confirm: bool = False,
+    batch: bool = False,
 ) -> F | Callable[[F], F]:
     """Mark ``fn`` as a sink, optionally with options.
 
@@ -108,10 +126,13 @@ def sink(
     is written, or rejects alone (a ``chunk_error`` for its chunk, the run goes on).
     Such a sink must answer within a bounded time when its input goes quiet (flush on
     an interval, not only on the next item): a run waits for those answers before its
-    ``complete`` (at most ``pipeline.engine.run.SETTLE_TIMEOUT`` seconds).
+    ``complete`` (at most ``pipeline.engine.run.SETTLE_TIMEOUT`` seconds). With
+    ``batch=True`` (stream sinks only) the sink iterates over lists: each list holds
+    what was ready when it asked, so it writes a burst in one call and a lone item at
+    once; a list counts as accepted when the sink asks for the next one.
 
     Raises:
-        TypeError: ``confirm=True`` without ``stream=True``.
+        TypeError: ``confirm=True`` or ``batch=True`` without ``stream=True``, or both.
 
     Example:
         >>> @sink(receives="data")
@@ -121,7 +142,10 @@ def sink(
     if confirm and not stream:
         msg = "`confirm=True` needs `stream=True`: only a stream sink sees deliveries"
         raise TypeError(msg)
-    meta = StageMeta(role="sink", stream=stream, receives=receives, confirm=confirm)
+    if batch and (confirm or not stream):
+        msg = "`batch=True` needs `stream=True` and no `confirm`"
+        raise TypeError(msg)
+    meta = StageMeta(role="sink", stream=stream, receives=receives, confirm=confirm, batch=batch)
 
     def mark(f: F) -> F:
         setattr(f, _ATTR, meta)

@@ -1,8 +1,10 @@
 r"""Built-in sinks: `stdout` and `file`, both writing envelopes as NDJSON lines.
 
-Both are stream sinks receiving each envelope already encoded by `pipeline.envelope`
-(one line of UTF-8 JSON ending in ``\n``), so the bytes they write are exactly the bytes
-HTTP clients get. Each line is flushed as soon as it is written.
+Both are batch stream sinks receiving the envelopes already encoded by
+`pipeline.envelope` (one line of UTF-8 JSON ending in ``\n`` each), so the bytes they
+write are exactly the bytes HTTP clients get. Each batch is what was ready when the sink
+asked: a burst is written in one call, a lone envelope at once; each batch is flushed
+as soon as it is written, so a reader never waits for a line that was produced.
 """
 
 from __future__ import annotations
@@ -23,15 +25,18 @@ __all__ = ["file", "stdout"]
 _NO_SYNC = (errno.EINVAL, errno.EOPNOTSUPP, errno.EROFS)
 
 
-@sink(stream=True, receives="lines")
-async def stdout(lines: AsyncIterator[bytes]) -> None:
+@sink(stream=True, receives="lines", batch=True)
+async def stdout(lines: AsyncIterator[list[bytes]]) -> None:
     """Write every envelope to standard output, one NDJSON line each, flushed at once.
+
+    What is ready is written in one call and flushed: a lone envelope at once, a burst
+    in one write.
 
     ``pipeline run`` already writes every envelope to stdout; list this sink only when
     running pipelines from your own code, or to make the output explicit.
 
     Args:
-        lines: The encoded envelopes (given by the engine).
+        lines: The encoded envelopes, in batches (given by the engine).
 
     Example:
         sinks:
@@ -39,16 +44,16 @@ async def stdout(lines: AsyncIterator[bytes]) -> None:
     """
     write, flush = _stdout_writer()
     try:
-        async for line in lines:
-            write(line)
+        async for batch in lines:
+            write(b"".join(batch))
             flush()
     finally:
         flush()
 
 
-@sink(stream=True, receives="lines")
+@sink(stream=True, receives="lines", batch=True)
 async def file(
-    lines: AsyncIterator[bytes],
+    lines: AsyncIterator[list[bytes]],
     *,
     path: Path,
     mode: Literal["append", "truncate"] = "append",
@@ -58,15 +63,15 @@ async def file(
 
     Missing parent folders are created. By default (``mode: append``) lines are added to
     the end of an existing file, so a restarted pipeline never destroys what an earlier
-    run wrote; ``mode: truncate`` empties the file when the run starts. Each line is
-    written whole to the operating system as soon as it comes, so ``tail -f`` sees it at
-    once; a write that fails part-way (a full disk) is cut back to the last whole line
-    and fails the run. When the run ends (normally, with an error, or cancelled) the file
-    is flushed, synced to disk and closed. Relative paths are relative to the working
-    directory.
+    run wrote; ``mode: truncate`` empties the file when the run starts. What is ready is
+    written whole to the operating system in one call as soon as it comes (a lone
+    envelope at once), so ``tail -f`` sees it at once; a write that fails part-way (a
+    full disk) is cut back to the last whole line and fails the run. When the run ends
+    (normally, with an error, or cancelled) the file is flushed, synced to disk and
+    closed. Relative paths are relative to the working directory.
 
     Args:
-        lines: The encoded envelopes (given by the engine).
+        lines: The encoded envelopes, in batches (given by the engine).
         path: The file to write.
         mode: ``append`` (the default) adds to an existing file; ``truncate`` replaces
             its content at the start of each run.
@@ -82,8 +87,8 @@ async def file(
     fh = await asyncio.to_thread(_open, target, mode)
     try:
         good = fh.seek(0, os.SEEK_END) if fh.seekable() else 0
-        async for line in lines:
-            good = _write_line(fh, line, good)
+        async for batch in lines:
+            good = _write_lines(fh, b"".join(batch), good)
     finally:
         # In a thread: the close runs to its end even if this task is cancelled again.
         await asyncio.to_thread(_finish, fh, fsync)
@@ -93,25 +98,27 @@ def _open(target: Path, mode: str) -> BinaryIO:
     if mode not in ("append", "truncate"):
         msg = f"`mode` must be 'append' or 'truncate', got {mode!r}"
         raise ValueError(msg)
-    # Unbuffered: each line is written whole by `_write_line`, nothing waits in a buffer.
+    # Unbuffered: each batch is written whole by `_write_lines`, nothing waits in a buffer.
     return target.open("ab" if mode == "append" else "wb", buffering=0)
 
 
-def _write_line(fh: BinaryIO, line: bytes, good: int) -> int:
-    """Write ``line`` whole at offset ``good``; return the new end.
+def _write_lines(fh: BinaryIO, lines: bytes, good: int) -> int:
+    """Write ``lines`` whole at offset ``good``; return the new end.
 
-    A write that fails part-way (a full disk) is cut back to ``good``, so the file never
-    ends in a torn line; the error is raised again (the sink fails, the run fails).
+    A write that fails part-way (a full disk) is cut back to the last whole line it
+    wrote, so the file never ends in a torn line; the error is raised again (the sink
+    fails, the run fails).
     """
-    view = memoryview(line)
+    view = memoryview(lines)
+    written = 0
     try:
-        while view:
-            view = view[fh.write(view) or 0 :]
+        while written < len(lines):
+            written += fh.write(view[written:]) or 0
     except OSError:
         with contextlib.suppress(OSError):
-            fh.truncate(good)
+            fh.truncate(good + lines.rfind(b"\n", 0, written) + 1)
         raise
-    return good + len(line)
+    return good + len(lines)
 
 
 def _finish(fh: BinaryIO, fsync: bool) -> None:

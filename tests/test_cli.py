@@ -411,6 +411,40 @@ def test_run_writes_a_lone_envelope_at_once(tmp_path: Path) -> None:
     assert [e["data"] for e in envs[1:3]] == [{"n": 1}, {"n": 2}]
 
 
+def test_run_file_sink_writes_a_lone_envelope_at_once(tmp_path: Path) -> None:
+    """The file sink gathers what is ready, but a lone envelope is in the file before
+    the source produces the next one (a live reader of the file sees it)."""
+    gate, out = tmp_path / "gate", tmp_path / "out.ndjson"
+    (tmp_path / "gated_stages.py").write_text(GATED)
+    (tmp_path / "pipelines.yaml").write_text(
+        f"pipelines:\n  p:\n    source: {{use: 'gated_stages:gated', with: {{gate: '{gate}'}}}}\n"
+        f"    sinks: [{{use: file, with: {{path: '{out}'}}}}]\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", "p"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            seen = ""
+            for _ in range(600):  # 30 s at most; the source gives up after as long
+                seen = out.read_text() if out.exists() else ""
+                if seen.count("\n") >= 2:
+                    break
+                time.sleep(0.05)
+            gate.touch()
+            proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0
+    assert [e["status"] for e in envelopes(seen)] == ["starting", "processing"]
+    envs = envelopes(out.read_text())
+    assert [e["status"] for e in envs] == ["starting", "processing", "processing", "complete"]
+    assert [e["data"] for e in envs[1:3]] == [{"n": 1}, {"n": 2}]
+
+
 def test_run_writes_long_runs_whole_and_in_order(project: Path) -> None:
     """Thousands of envelopes, written in batches, arrive complete and in order."""
     count = "pipelines.on_demand.source.with.count=5000"

@@ -113,7 +113,8 @@ def _kind(fn: Callable[..., Any], role: str) -> str:
     if role == "sink":
         stream = meta is not None and meta.stream
         receives = meta.receives if meta is not None else "envelopes"
-        return f"{'stream ' if stream else ''}sink, receives {receives}"
+        batches = " in batches" if meta is not None and meta.batch else ""
+        return f"{'stream ' if stream else ''}sink, receives {receives}{batches}"
     if meta is not None and meta.stream:
         return "stream transform"
     if calling_of(fn) in ("gen", "asyncgen"):

@@ -16,9 +16,9 @@ that chunk, and the chunk's acks are released once that ``chunk_error`` was deli
 a run's last rejections come before its ``complete``.
 
 Every sink gets envelopes in ``seq`` order, though two coroutines deliver (the run's
-driver, and the task that emits rejections): a delivery that has to wait for room in a
-full queue holds the turn, and a delivery that comes meanwhile waits for it
-(``_wait_turn``), instead of slipping into a queue that just got room ahead of it.
+driver, and the task that emits rejections): `Fanout.offer` queues an envelope at once,
+in the order of the calls, and only then waits for room when a queue is full, so a
+delivery can never slip in ahead of one that is waiting.
 """
 
 from __future__ import annotations
@@ -27,13 +27,12 @@ import asyncio
 import functools
 import inspect
 import sys
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, BinaryIO
 
 from pipeline.engine.acks import Ack, release_all, retain_all
 from pipeline.log import get_logger
-from pipeline.stage import ResolvedStage, StageMeta
+from pipeline.stage import ResolvedStage, StageMeta, meta_of, sink
 from pipeline.types import Envelope
 
 __all__ = ["Fanout", "stdout_stage"]
@@ -122,6 +121,17 @@ class _Delivery:
 
 
 class _Worker:
+    """One sink: its queue of payloads (in order, markers included) and its task.
+
+    The queue is a plain list the run appends to and the sink's task takes whole: what
+    is ready when the sink asks is one batch (`take`). ``held`` pairs an index in
+    ``items`` with the `_Pending` of an acknowledged envelope; ``marks`` are the
+    indexes of markers (`_Flush`, `_END`), so a batch sink splits a batch without
+    looking at every item. The bound (``limit``) counts what is queued and what the
+    sink took and has not finished (``inflight``), so the run is never more than the
+    buffer ahead of the sink.
+    """
+
     def __init__(
         self,
         stage: ResolvedStage,
@@ -134,15 +144,75 @@ class _Worker:
         meta = stage.meta or StageMeta(role="sink")
         self.receives = meta.receives
         self.stream = meta.stream
+        self.batch = meta.batch
         self.confirm = meta.confirm
         self.dead_letter = dead_letter
-        self.queue: asyncio.Queue[tuple[Any, _Pending | None]] = asyncio.Queue(buffer)
+        self.limit = max(1, buffer)
+        self.inflight = 0
+        self.items: list[Any] = []
+        self.held: list[tuple[int, _Pending]] = []
+        self.marks: list[int] = []
+        self.ready: asyncio.Future[None] | None = None
+        self.room: asyncio.Future[None] | None = None
         self.dead = False
         self.task: asyncio.Task[None] | None = None
         self.outstanding = 0
         self.settled = asyncio.Event()
         self.settled.set()
         self._on_reject = on_reject
+
+    def put(self, payload: Any, pending: _Pending | None) -> None:
+        """Queue one payload (never waits: the run waits for `room` when it is full)."""
+        if pending is not None:
+            self.held.append((len(self.items), pending))
+        self.items.append(payload)
+        ready = self.ready
+        if ready is not None:
+            self.ready = None
+            if not ready.done():
+                ready.set_result(None)
+
+    def mark(self, marker: Any) -> None:
+        """Queue a marker (`_Flush`, `_END`); markers do not count against the bound."""
+        self.marks.append(len(self.items))
+        self.put(marker, None)
+
+    @property
+    def full(self) -> bool:
+        return len(self.items) + self.inflight >= self.limit
+
+    async def take(self) -> tuple[list[Any], list[tuple[int, _Pending]], list[int]]:
+        """Wait until something is queued; take all of it (one batch)."""
+        while not self.items:
+            ready = self.ready = asyncio.get_running_loop().create_future()
+            try:
+                await ready
+            finally:
+                self.ready = None
+        batch = self.items, self.held, self.marks
+        self.items, self.held, self.marks = [], [], []
+        self.inflight += len(batch[0])
+        return batch
+
+    def finished(self, n: int) -> None:
+        """The sink is done with ``n`` items it took: wake the run once half is free."""
+        self.inflight -= n
+        if self.room is not None and len(self.items) + self.inflight <= self.limit // 2:
+            self.wake()
+
+    def wake(self) -> None:
+        """Wake the run if it waits for room in this queue."""
+        room = self.room
+        if room is not None:
+            self.room = None
+            if not room.done():
+                room.set_result(None)
+
+    def drop(self) -> None:
+        """Forget what is queued (the sink failed or was given up)."""
+        self.items, self.held, self.marks = [], [], []
+        self.inflight = 0
+        self.wake()
 
     def answered(self) -> None:
         self.outstanding -= 1
@@ -187,8 +257,6 @@ class Fanout:
         self.failures: list[tuple[str, BaseException]] = []
         self._deadline: float | None = None
         self._hurried = asyncio.Event()
-        self._waiting = False  # a delivery waits for room in a queue: it holds the turn
-        self._turns: deque[asyncio.Future[None]] = deque()  # deliveries after it, in order
         self._workers = [
             _Worker(s, dead_letter=False, buffer=buffer, on_reject=on_reject) for s in sinks
         ]
@@ -233,20 +301,24 @@ class Fanout:
     def _give_up(self, w: _Worker) -> None:
         if not w.dead:
             w.dead = True
+            w.wake()
             if w.task is not None:
                 w.task.cancel()
             log = get_logger()
             log.warning("sink_abandoned", stage=w.stage.id, hint="still busy at shutdown")
 
-    async def _put(self, w: _Worker, item: tuple[Any, Any]) -> None:
-        """Put ``item`` in a full queue; in a hurry, give the sink up if it takes too long."""
-        put = asyncio.ensure_future(w.queue.put(item))
-        try:
-            await self._race((put,))
-        finally:
-            if not put.done():
-                put.cancel()
-                self._give_up(w)
+    async def _room(self, full: list[_Worker]) -> None:
+        """Wait until each of ``full`` took its batch (or is gone); in a hurry, give a
+        sink up if it takes too long."""
+        loop = asyncio.get_running_loop()
+        for w in full:
+            while w.full and not w.dead and w.task is not None and not w.task.done():
+                room = w.room
+                if room is None:
+                    room = w.room = loop.create_future()
+                await self._race((room, w.task))
+                if not room.done() and not w.task.done():
+                    self._give_up(w)
 
     @property
     def direct(self) -> bool:
@@ -255,7 +327,7 @@ class Fanout:
 
     def queued(self) -> dict[str, int]:
         """Envelopes waiting per sink (the dead-letter sink included), by sink id."""
-        return {w.stage.id: w.queue.qsize() for w in self._workers}
+        return {w.stage.id: len(w.items) - len(w.marks) for w in self._workers}
 
     async def start(self) -> None:
         """Start one task per sink."""
@@ -263,60 +335,40 @@ class Fanout:
         for w in self._workers:
             w.task = loop.create_task(self._run(w), name=f"sink {w.stage.id}")
 
-    async def deliver(self, env: Envelope, line: bytes, acks: tuple[Ack, ...] = ()) -> None:
-        """Give one envelope to the hub and to each sink; waits while a sink's queue is full.
+    def offer(
+        self, env: Envelope, line: bytes, acks: tuple[Ack, ...] = ()
+    ) -> Awaitable[None] | None:
+        """Give one envelope to the hub and queue it for each sink that wants it.
 
-        Envelopes reach every sink in the order of the calls, also when a call waits.
+        Returns None, or what to await when a sink's queue is full (backpressure).
         """
-        if self._waiting:  # an earlier envelope waits for room: this one goes after it
-            await self._wait_turn()
-        try:
-            if self.publish is not None:
-                self.publish(env, line)
-            pending = _Pending(acks) if acks else None
-            status = env["status"]
-            for w in self._workers:
-                if w.dead or not w.wants(status):
-                    continue
-                if pending is not None:
-                    pending.left += 1
-                if w.confirm:
-                    w.outstanding += 1
-                    w.settled.clear()
-                    item = (_Delivery(w.payload(env, line), env, pending, w), pending)
-                else:
-                    item = (w.payload(env, line), pending)
-                if w.queue.full():
-                    self._waiting = True
-                    await self._put(w, item)
-                else:
-                    w.queue.put_nowait(item)
+        if self.publish is not None:
+            self.publish(env, line)
+        pending = _Pending(acks) if acks else None
+        status = env["status"]
+        full: list[_Worker] | None = None
+        for w in self._workers:
+            if w.dead or not w.wants(status):
+                continue
             if pending is not None:
-                pending.accept()
-        finally:
-            if self._waiting:  # only the delivery holding the turn gets here with it set
-                self._pass_turn()
-
-    async def _wait_turn(self) -> None:
-        """Wait until every delivery that came before this one has handed its envelope on."""
-        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._turns.append(turn)
-        try:
-            await turn
-        except BaseException:
-            if turn.done() and not turn.cancelled():
-                self._pass_turn()  # it was handed the turn, then cancelled: hand it on
+                pending.left += 1
+            if w.confirm:
+                w.outstanding += 1
+                w.settled.clear()
+                w.put(_Delivery(w.payload(env, line), env, pending, w), None)
             else:
-                self._turns.remove(turn)
-            raise
+                w.put(w.payload(env, line), pending)
+            if len(w.items) + w.inflight >= w.limit:
+                full = [w] if full is None else [*full, w]
+        if pending is not None:
+            pending.accept()
+        return None if full is None else self._room(full)
 
-    def _pass_turn(self) -> None:
-        while self._turns:
-            turn = self._turns.popleft()
-            if not turn.done():
-                turn.set_result(None)  # the next delivery holds the turn now
-                return
-        self._waiting = False
+    async def deliver(self, env: Envelope, line: bytes, acks: tuple[Ack, ...] = ()) -> None:
+        """Give one envelope to the hub and to each sink; waits while a sink's queue is full."""
+        waiting = self.offer(env, line, acks)
+        if waiting is not None:
+            await waiting
 
     async def flush(self) -> None:
         """Wait until every live sink accepted every envelope handed to it so far.
@@ -329,7 +381,7 @@ class Fanout:
             if w.dead or w.task is None or w.task.done():
                 continue
             marker = _Flush()
-            await self._put(w, (marker, None))
+            w.mark(marker)
             waits.append((w, marker))
         for w, marker in waits:
             if w.task is None or w.dead:
@@ -369,7 +421,7 @@ class Fanout:
             self.hurry(timeout)
         for w in self._workers:
             if not w.dead:
-                await self._put(w, (_END, None))
+                w.mark(_END)
         tasks = [w.task for w in self._workers if w.task is not None]
         if tasks:
             await self._race(tasks, every=True)
@@ -381,20 +433,21 @@ class Fanout:
 
     async def _run(self, w: _Worker) -> None:
         try:
-            if w.stream:
+            if w.batch:
+                await self._run_batches(w)
+            elif w.stream:
                 await self._run_stream(w)
-            elif w.stage.fn is _write_stdout:
-                await self._run_stdout(w)
             else:
                 await self._run_calls(w)
         except Exception as exc:
             self._fail(w, exc)
+        finally:
+            w.wake()
 
     def _fail(self, w: _Worker, exc: BaseException) -> None:
         w.dead = True
         w.settled.set()
-        while not w.queue.empty():
-            w.queue.get_nowait()
+        w.drop()
         self.failures.append((w.stage.id, exc))
         if self.on_failure is not None:
             self.on_failure(w.stage.id, exc)
@@ -403,63 +456,28 @@ class Fanout:
         stage = w.stage
         fn = functools.partial(stage.fn, **stage.params) if stage.params else stage.fn
         is_async = stage.calling == "async"
-        queue = w.queue
         while True:
-            payload, pending = await queue.get()
-            if payload is _END:
-                return
-            if type(payload) is _Flush:
-                payload.event.set()
-                continue
-            if stage.blocking:
-                await asyncio.to_thread(fn, payload)
-            elif is_async:
-                await fn(payload)
-            else:
-                result = fn(payload)
-                if inspect.isawaitable(result):
-                    await result
-            if pending is not None:
-                pending.accept()
-
-    async def _run_stdout(self, w: _Worker) -> None:
-        """The implicit stdout sink: the lines that are ready in one write, then one flush.
-
-        It takes what its queue holds (at most `STDOUT_BATCH` bytes), writes and flushes
-        it, then accepts those envelopes: a lone envelope is written at once, a burst in
-        one call instead of one write and flush per line.
-        """
-        queue, out = w.queue, w.stage.params.get("out")
-        buf = bytearray()
-        taken: list[_Pending] = []
-        markers: list[_Flush] = []
-        while True:
-            payload, pending = await queue.get()
-            done = False
-            while True:
+            items, held, _ = await w.take()
+            held.append((-1, None))  # type: ignore[arg-type]  # a sentinel: never matched
+            h = 0
+            for i, payload in enumerate(items):
+                w.finished(1)
                 if payload is _END:
-                    done = True
-                    break
+                    return
                 if type(payload) is _Flush:
-                    markers.append(payload)
+                    payload.event.set()
+                    continue
+                if stage.blocking:
+                    await asyncio.to_thread(fn, payload)
+                elif is_async:
+                    await fn(payload)
                 else:
-                    buf += payload
-                    if pending is not None:
-                        taken.append(pending)
-                if queue.empty() or len(buf) >= STDOUT_BATCH:
-                    break
-                payload, pending = queue.get_nowait()
-            if buf:
-                _write_stdout(buf, out)
-                buf.clear()
-            for p in taken:
-                p.accept()
-            taken.clear()
-            for m in markers:
-                m.event.set()
-            markers.clear()
-            if done:
-                return
+                    result = fn(payload)
+                    if inspect.isawaitable(result):
+                        await result
+                if held[h][0] == i:
+                    held[h][1].accept()
+                    h += 1
 
     async def _run_stream(self, w: _Worker) -> None:
         last: list[_Pending | None] = [None]
@@ -467,47 +485,99 @@ class Fanout:
 
         async def items() -> AsyncIterator[Any]:
             while True:
-                payload, pending = await w.queue.get()
-                if payload is _END:
-                    finished[0] = True
-                    return
-                if type(payload) is _Flush:
-                    payload.event.set()
-                    continue
-                keep = None if w.confirm else pending  # a confirming sink accepts itself
-                last[0] = keep
-                yield payload
-                if keep is not None:  # it asks for the next one: this one is accepted
-                    last[0] = None
-                    keep.accept()
+                batch, held, _ = await w.take()
+                held.append((-1, None))  # type: ignore[arg-type]  # a sentinel: never matched
+                h = 0
+                for i, payload in enumerate(batch):
+                    w.finished(1)
+                    if payload is _END:
+                        finished[0] = True
+                        return
+                    if type(payload) is _Flush:
+                        payload.event.set()
+                        continue
+                    keep = None
+                    if held[h][0] == i:
+                        keep = held[h][1]
+                        h += 1
+                    last[0] = keep
+                    yield payload
+                    if keep is not None:  # it asks for the next one: this one is accepted
+                        last[0] = None
+                        keep.accept()
 
         await w.stage.fn(items(), **w.stage.params)
-        if not finished[0]:
-            msg = "sink stopped reading before the end of the run"
-            raise RuntimeError(msg)
+        _check_finished(finished[0])
         if last[0] is not None:
             last[0].accept()
 
+    async def _run_batches(self, w: _Worker) -> None:
+        """A batch sink: each list of ready payloads at once, accepted when it asks for
+        the next list (or returns after the last)."""
+        last: list[list[_Pending]] = [[]]
+        finished = [False]
 
-STDOUT_BATCH = 256 * 1024
-"""The most bytes the implicit stdout sink gathers before one write."""
+        async def batches() -> AsyncIterator[list[Any]]:
+            while True:
+                items, held, marks = await w.take()
+                if not marks and not held:  # the common case: only payloads
+                    yield items
+                    w.finished(len(items))
+                    continue
+                marks.append(len(items))
+                start, h = 0, 0
+                for m in marks:
+                    if m > start:
+                        taken = []
+                        while h < len(held) and held[h][0] < m:
+                            taken.append(held[h][1])
+                            h += 1
+                        last[0] = taken
+                        yield items if start == 0 and m == len(items) else items[start:m]
+                        last[0] = []
+                        for p in taken:  # it asks for the next batch: these are accepted
+                            p.accept()
+                    w.finished(min(m + 1, len(items)) - start)
+                    if m == len(items):
+                        break
+                    marker = items[m]
+                    if marker is _END:
+                        finished[0] = True
+                        return
+                    marker.event.set()
+                    start = m + 1
+
+        await w.stage.fn(batches(), **w.stage.params)
+        _check_finished(finished[0])
+        for p in last[0]:
+            p.accept()
 
 
-def _write_stdout(lines: bytes | bytearray, out: BinaryIO | None = None) -> None:
-    out = sys.stdout.buffer if out is None else out
-    out.write(lines)
-    out.flush()
+def _check_finished(finished: bool) -> None:
+    if not finished:
+        msg = "sink stopped reading before the end of the run"
+        raise RuntimeError(msg)
+
+
+@sink(stream=True, receives="lines", batch=True)
+async def _stdout(batches: AsyncIterator[list[bytes]], *, out: BinaryIO | None = None) -> None:
+    """Write each batch of ready lines to ``out`` (default: stdout) in one call, then flush."""
+    async for lines in batches:
+        to = sys.stdout.buffer if out is None else out
+        to.write(b"".join(lines))
+        to.flush()
 
 
 def stdout_stage(out: BinaryIO | None = None) -> ResolvedStage:
     """The implicit sink of ``pipeline run``: every envelope to ``out`` (default: stdout).
 
-    What is ready is written in one call and flushed at once (see `Fanout`).
+    What is ready is written in one call and flushed at once (a batch sink): a lone
+    envelope is written at once, a burst in one write instead of one per line.
     """
     return ResolvedStage(
         id="stdout",
         kind="sink",
-        fn=_write_stdout,
-        meta=StageMeta("sink", receives="lines"),
+        fn=_stdout,
+        meta=meta_of(_stdout),
         params={} if out is None else {"out": out},
     )

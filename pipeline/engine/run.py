@@ -293,7 +293,7 @@ class Run:
         await. What it needs is bound once per run, so each chunk pays for no lookups.
         """
         name, run_id, special = self.name, self.id, SPECIAL
-        slow, direct, deliver = self._emit_item, self._direct, self._fanout.deliver
+        slow, direct, offer = self._emit_item, self._direct, self._fanout.offer
 
         def emit(item: Any) -> Awaitable[None] | None:
             if type(item) in special or self._abandoned:
@@ -309,7 +309,7 @@ class Run:
             if direct is not None:
                 direct(env, line)
                 return None
-            return deliver(env, line)
+            return offer(env, line)
 
         return emit
 

@@ -612,9 +612,10 @@ def _faulty_transform(stage: ResolvedStage, fault: Fault) -> ResolvedStage:
 def _faulty_sink(stage: ResolvedStage, fault: Fault) -> ResolvedStage:
     trigger, fn = _Trigger(fault), stage.fn
     if stage.meta is not None and stage.meta.stream:
+        each = stage.meta.batch  # a batch sink: the fault counts the items of each list
 
         async def stream(items: AsyncIterator[Any], /, **params: Any) -> None:
-            await fn(_counted(items, trigger), **params)
+            await fn(_counted(items, trigger, each=each), **params)
 
         return dataclasses.replace(stage, fn=_same_meta(stream, fn))
 
@@ -646,10 +647,22 @@ def _faulty_source(stage: ResolvedStage, fault: Fault) -> ResolvedStage:
     return dataclasses.replace(stage, fn=source, blocking=False)
 
 
-async def _counted(items: Any, trigger: _Trigger) -> AsyncGenerator[Any, None]:
+async def _counted(
+    items: Any, trigger: _Trigger, *, each: bool = False
+) -> AsyncGenerator[Any, None]:
     try:
         async for item in items:
-            trigger.check()
+            if not each:
+                trigger.check()
+                yield item
+                continue
+            for n in range(len(item)):  # a batch: what comes before the fault is written
+                try:
+                    trigger.check()
+                except Exception:
+                    if n:
+                        yield item[:n]
+                    raise
             yield item
     finally:
         close = getattr(items, "aclose", None)

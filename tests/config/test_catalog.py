@@ -42,7 +42,7 @@ def test_parameters_come_from_the_signature() -> None:
         "count", "NonNegativeInt | None", "10", "How many chunks to yield; ``null`` counts forever."
     )
     sink_file = by_name["sink", "file"]
-    assert sink_file.kind == "stream sink, receives lines"
+    assert sink_file.kind == "stream sink, receives lines in batches"
     assert [p.name for p in sink_file.params] == ["path", "mode", "fsync"]
     assert sink_file.params[0].required
     assert by_name["transform", "batch"].kind == "stream transform"

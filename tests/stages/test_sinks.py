@@ -21,9 +21,10 @@ LINES = [encode({"status": "processing", "seq": i, "data": {"n": i}}) for i in r
 
 async def feed(
     lines: list[bytes], *, then: Callable[[], object] | None = None
-) -> AsyncGenerator[bytes, None]:
+) -> AsyncGenerator[list[bytes], None]:
+    """The lines one batch each, as a quiet stream hands them over; then ``then()``."""
     for line in lines:
-        yield line
+        yield [line]
     if then is not None:
         result = then()
         if asyncio.iscoroutine(result):
@@ -31,11 +32,11 @@ async def feed(
 
 
 def test_markers() -> None:
-    """Both sinks are stream sinks receiving encoded lines."""
+    """Both sinks are batch stream sinks receiving encoded lines."""
     for fn in (sinks.stdout, sinks.file):
         meta = meta_of(fn)
         assert meta is not None
-        assert (meta.role, meta.stream, meta.receives) == ("sink", True, "lines")
+        assert (meta.role, meta.stream, meta.receives, meta.batch) == ("sink", True, "lines", True)
 
 
 # -- file ---------------------------------------------------------------------------------------
@@ -97,18 +98,19 @@ async def test_file_rejects_an_unknown_mode(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_file_flushes_each_line_before_the_next_arrives(tmp_path: Path) -> None:
-    """A line is on disk (visible to other readers) before the sink asks for the next one."""
+async def test_file_flushes_each_batch_before_the_next_arrives(tmp_path: Path) -> None:
+    """A batch is on disk (visible to other readers) before the sink asks for the next."""
     path = tmp_path / "run.ndjson"
     seen: list[bytes] = []
+    batches = [LINES[:1], LINES[1:]]
 
-    async def lines() -> AsyncGenerator[bytes, None]:
-        for line in LINES:
-            yield line
+    async def lines() -> AsyncGenerator[list[bytes], None]:
+        for batch in batches:
+            yield batch
             seen.append(path.read_bytes())
 
     await sinks.file(lines(), path=str(path), fsync=False)
-    assert seen == [b"".join(LINES[: i + 1]) for i in range(len(LINES))]
+    assert seen == [LINES[0], b"".join(LINES)]
 
 
 @pytest.mark.anyio
