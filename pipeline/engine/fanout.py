@@ -179,7 +179,8 @@ class _Worker:
 
     @property
     def full(self) -> bool:
-        return len(self.items) + self.inflight >= self.limit
+        """More than ``limit`` items queued or in the sink's hands: the run waits."""
+        return len(self.items) + self.inflight > self.limit
 
     async def take(self) -> tuple[list[Any], list[tuple[int, _Pending]], list[int]]:
         """Wait until something is queued; take all of it (one batch)."""
@@ -195,9 +196,9 @@ class _Worker:
         return batch
 
     def finished(self, n: int) -> None:
-        """The sink is done with ``n`` items it took: wake the run once half is free."""
+        """The sink is done with ``n`` items it took: wake the run if there is room."""
         self.inflight -= n
-        if self.room is not None and len(self.items) + self.inflight <= self.limit // 2:
+        if self.room is not None and len(self.items) + self.inflight <= self.limit:
             self.wake()
 
     def wake(self) -> None:
@@ -358,7 +359,7 @@ class Fanout:
                 w.put(_Delivery(w.payload(env, line), env, pending, w), None)
             else:
                 w.put(w.payload(env, line), pending)
-            if len(w.items) + w.inflight >= w.limit:
+            if len(w.items) + w.inflight > w.limit:
                 full = [w] if full is None else [*full, w]
         if pending is not None:
             pending.accept()

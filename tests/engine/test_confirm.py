@@ -205,8 +205,9 @@ async def test_every_sink_gets_envelopes_in_seq_order_when_rejections_meet_a_ful
     assert sum(1 for e in got if e["status"] == "chunk_error") == 200
 
 
-async def test_a_delivery_cancelled_while_waiting_its_turn_leaves_the_order_intact() -> None:
-    """A waits for room, B waits behind it and is cancelled, C comes after: the sink gets A, C."""
+async def test_a_delivery_cancelled_while_waiting_for_room_leaves_the_order_intact() -> None:
+    """A waits for room, B waits behind it and is cancelled, C comes after: each was queued
+    when it was offered (as the hub got it), so the sink gets A, B, C in order, no gap."""
     from pipeline.engine.fanout import Fanout
     from pipeline.testing import make_stage
 
@@ -225,8 +226,8 @@ async def test_a_delivery_cancelled_while_waiting_its_turn_leaves_the_order_inta
 
     await fanout.deliver(env(1), b"")  # taken by the sink, which waits at the gate
     await fanout.deliver(env(2), b"")  # fills the queue
-    a = asyncio.ensure_future(fanout.deliver(env(3), b""))  # waits for room: holds the turn
-    b = asyncio.ensure_future(fanout.deliver(env(4), b""))  # waits for its turn
+    a = asyncio.ensure_future(fanout.deliver(env(3), b""))  # queued, then waits for room
+    b = asyncio.ensure_future(fanout.deliver(env(4), b""))  # queued after it, waits too
     c = asyncio.ensure_future(fanout.deliver(env(5), b""))
     for _ in range(5):
         await asyncio.sleep(0)
@@ -235,5 +236,5 @@ async def test_a_delivery_cancelled_while_waiting_its_turn_leaves_the_order_inta
     gate.set()
     await asyncio.wait_for(asyncio.gather(a, c), 10)
     await fanout.close(10)
-    assert got == [1, 2, 3, 5]
+    assert got == [1, 2, 3, 4, 5]
     assert b.cancelled()
