@@ -240,34 +240,37 @@ class _Member:
                 self.log.warning("nats_fetch_failed", error=str(exc) or type(exc).__name__)
                 await asyncio.sleep(0.5)
                 continue
-            items = [self._item(m, max_deliveries, fmt) for m in msgs]
-            fresh = [(seq, item) for seq, item in items if item is not None]
+            fresh = self._items(msgs, max_deliveries, fmt)
             if fresh:
                 return fresh
 
-    def _item(
-        self, msg: Any, max_deliveries: int | None, fmt: Format
-    ) -> tuple[int, Message | BadChunk | None]:
-        meta = msg.metadata
-        seq = meta.sequence.stream
-        if seq in self.held:  # redelivered to us while still in flight: ack the newest reply
-            self.held[seq] = (msg, time.monotonic())
-            return seq, None
-        self.held[seq] = (msg, time.monotonic())
-        done = functools.partial(self._ack, seq)
-        seen = meta.num_delivered
-        if max_deliveries is not None and seen > max_deliveries:
-            text = f"message {seq} was delivered {seen} times (max {max_deliveries})"
-            chunk = msg.data.decode("utf-8", "replace")
-            return seq, BadChunk(chunk, MaxDeliveriesExceeded(text), done)
-        return seq, decode(msg.data, fmt, done)
+    def _items(
+        self, msgs: list[Any], max_deliveries: int | None, fmt: Format
+    ) -> list[tuple[int, Message | BadChunk]]:
+        """The chunks of fetched messages; one redelivered while we still hold it is none."""
+        held, now, ack = self.held, time.monotonic(), self._ack
+        out: list[tuple[int, Message | BadChunk]] = []
+        for msg in msgs:
+            seq, seen = _position(msg.reply)
+            fresh = seq not in held
+            held[seq] = (msg, now)  # a redelivery of what we hold: ack its newest reply
+            if not fresh:
+                continue
+            done = functools.partial(ack, seq)
+            if max_deliveries is not None and seen > max_deliveries:
+                text = f"message {seq} was delivered {seen} times (max {max_deliveries})"
+                chunk = msg.data.decode("utf-8", "replace")
+                out.append((seq, BadChunk(chunk, MaxDeliveriesExceeded(text), done)))
+            else:
+                out.append((seq, decode(msg.data, fmt, done)))
+        return out
 
     def _ack(self, seq: int) -> None:
         self.acked.append(seq)
         self.wake.set()
 
     async def ack_loop(self) -> None:
-        """Send due acks (flushed once per batch) and in-progress acks for slow messages."""
+        """Send due acks (many per write) and in-progress acks for slow messages."""
         every = max(self.ack_wait / 3, 0.1)
         next_touch = time.monotonic() + every
         while True:
@@ -285,21 +288,21 @@ class _Member:
                 await asyncio.sleep(0.5)
 
     async def _send_acks(self) -> None:
+        """Publish the due acks; the client's flusher sends them together, one write."""
         while self.acked:
             seqs, self.acked = self.acked, []
+            held = self.held
             try:
                 for seq in seqs:
-                    held = self.held.get(seq)
-                    if held is None:  # acked already (a redelivery of it was dropped)
+                    msg = held.get(seq)
+                    if msg is None:  # acked already (a redelivery of it was dropped)
                         continue
                     with contextlib.suppress(nerr.MsgAlreadyAckdError):  # sent before a failure
-                        await held[0].ack()
-                await self.nc.flush()  # one round trip for the whole batch
+                        await msg[0].ack()
+                    del held[seq]
             except BaseException:
-                self.acked[:0] = seqs  # sent again once the connection is back
+                self.acked[:0] = [seq for seq in seqs if seq in held]  # sent again later
                 raise
-            for seq in seqs:
-                self.held.pop(seq, None)
             self.room.set()
 
     async def _touch_slow(self, every: float) -> None:
@@ -331,6 +334,19 @@ class _Member:
                 await msg.nak()
             await self.nc.flush()
             await psub.unsubscribe()
+
+
+def _position(reply: str) -> tuple[int, int]:
+    """The stream sequence and delivery count of a JetStream message, from its ack subject.
+
+    What ``msg.metadata`` holds, without the timestamp nats-py converts for each message:
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...`` (9 tokens), or with
+    ``<domain>.<account>`` after ``ACK`` (11 or 12 tokens).
+    """
+    tokens = reply.split(".")
+    if len(tokens) == 9:
+        return int(tokens[5]), int(tokens[4])
+    return int(tokens[7]), int(tokens[6])
 
 
 async def _landed(fetch: asyncio.Future[Any]) -> list[Any]:

@@ -241,3 +241,16 @@ async def test_max_in_flight_bounds_unacked_messages(js: Any) -> None:
         await until(lambda: len(run.data()) >= 100)
         await run.stop()
     assert sorted(d["n"] for d in run.data()) == list(range(100))
+
+
+async def test_position_reads_both_ack_subject_formats() -> None:
+    """Stream sequence and delivery count, as nats-py reads them, from v1 and v2 subjects."""
+    from nats.aio.msg import Msg
+
+    from stages.connectors.nats import _position
+
+    v1 = "$JS.ACK.S.C.3.17.9.1700000000000000000.0"
+    v2 = "$JS.ACK._.HASH.S.C.3.17.9.1700000000000000000.0.token"
+    for reply in (v1, v2):
+        meta = Msg.Metadata._from_reply(reply)
+        assert _position(reply) == (meta.sequence.stream, meta.num_delivered) == (17, 3)
