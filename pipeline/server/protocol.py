@@ -63,6 +63,9 @@ HEAD_TIMEOUT = 10.0
 """Default ``server.head_timeout``: seconds for a complete request head."""
 LINGER = 1.0
 """Seconds a refused connection is read (and discarded) before it is closed."""
+_TCP_INFO_SIZE = 160
+_BYTES_ACKED = struct.Struct("Q")
+_BYTES_ACKED_AT = 120  # struct tcp_info: tcpi_bytes_acked (Linux 4.1+)
 SHUTDOWN_GRACE = 0.3
 """Seconds a client gets, once the server shuts down, to take what it was sent; a
 connection still holding unsent bytes then is reset (the exit does not wait on it)."""
@@ -127,6 +130,21 @@ class Connection:
         except OSError:
             return queued
         return queued + buf[0]
+
+    def acked(self) -> int | None:
+        """Bytes of ours the client has acknowledged so far (``TCP_INFO``), or None
+        where the kernel does not say."""
+        if self.closed:
+            return None
+        sock = self._protocol.transport.get_extra_info("socket")
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+        except (AttributeError, OSError):
+            return None
+        if len(info) < _BYTES_ACKED.size + _BYTES_ACKED_AT:
+            return None
+        acked: int = _BYTES_ACKED.unpack_from(info, _BYTES_ACKED_AT)[0]
+        return acked
 
     async def settled(self, grace: float) -> bool:
         """Wait up to ``grace`` s for the client to take everything; return whether it did."""

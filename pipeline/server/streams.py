@@ -12,7 +12,10 @@ Each stream is a small ASGI callable, not a ``StreamingResponse`` behind middlew
 - **gzip without holding back:** each write is compressed and ``Z_SYNC_FLUSH``-ed;
 - **a client that does not read is cut:** a write that has not completed after
   ``send_timeout`` seconds (or once the hub dropped the client for lagging) cancels the
-  pump and the connection is closed; it never holds envelopes in our memory.
+  pump and the connection is closed; it never holds envelopes in our memory. So is a
+  client that has acknowledged nothing for `STALL_BEATS` heartbeats (at least
+  `STALL_MIN` s) while bytes were waiting for it (``stalled``): its window stays
+  shut, whatever the pipeline's pace.
 
 Shutdown and ends of runs need nothing special here: when the hub ends a subscription
 (after ``complete``, or at `pipeline.hub.hub.Hub.close`), the body ends cleanly.
@@ -49,6 +52,10 @@ GZIP_LEVEL = 5
 DROP_GRACE = 1.0
 """Seconds a dropped (lagging) client gets to take its last ``lagged`` notice."""
 SSE_RETRY_MS = 2000
+STALL_BEATS = 2
+"""Heartbeat intervals a client may take nothing while bytes wait for it; then it is cut."""
+STALL_MIN = 5.0
+"""... but at least this many seconds (a tiny heartbeat must not cut a busy reader)."""
 
 _CUT: ContextVar[bool] = ContextVar("pipeline_stream_cut", default=False)
 _INCOMPLETE = "ASGI callable returned without completing response."
@@ -108,6 +115,7 @@ class _Stream(Response):
         self._dropped = False
         self.conn: Connection | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
         self.cut: str | None = None
         headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
         if options.gzip:
@@ -157,12 +165,38 @@ class _Stream(Response):
         loop = asyncio.get_running_loop()
         pump = self._pump_task = loop.create_task(self._pump(sub, send))
         watch = loop.create_task(self._watch(receive))
+        self._check_progress(None, loop.time())
         try:
             await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
         finally:
+            if self._stall_timer is not None:
+                self._stall_timer.cancel()
             for task in (pump, watch):
                 task.cancel()
             await asyncio.gather(pump, watch, return_exceptions=True)
+
+    def _check_progress(self, last: int | None, since: float) -> None:
+        """Every heartbeat: cut a client that has acknowledged nothing for `stall_after`
+        seconds while bytes were waiting for it (its receive window stays shut)."""
+        conn = self.conn
+        acked = None if conn is None else conn.acked()
+        if acked is None or self.cut is not None or self._dropped:
+            return  # not a TCP connection we can look into (WebSocket, tests), or over,
+            # or dropped for lagging: that has its own bounds (`DROP_GRACE`)
+        assert conn is not None
+        loop = asyncio.get_running_loop()
+        if acked != last or not conn.unsent():
+            since = loop.time()  # it took something, or nothing waits for it
+        elif loop.time() - since >= self.stall_after:
+            self._cut_now("stalled")
+            return
+        self._stall_timer = loop.call_later(self.opts.heartbeat, self._check_progress, acked, since)
+
+    @property
+    def stall_after(self) -> float:
+        """Seconds a client may take nothing while bytes wait for it: `STALL_BEATS`
+        heartbeats, at least `STALL_MIN`."""
+        return max(STALL_BEATS * self.opts.heartbeat, STALL_MIN)
 
     async def _start(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Send the response head; return whether a body follows (not for HEAD)."""

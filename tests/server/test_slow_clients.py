@@ -97,3 +97,33 @@ def test_exit_does_not_wait_on_a_client_that_takes_nothing(server: ServerProcess
         frozen.close()
     assert "Exception in ASGI application" not in server.log_text
     assert "timeout graceful shutdown exceeded" not in server.log_text
+
+
+def test_a_client_taking_nothing_is_cut_at_its_heartbeat_deadline(tmp_path: Path) -> None:
+    """A client that stops reading on a slow pipeline (never lapped: big buffers) is cut
+    as `stalled` once it has acknowledged nothing for two heartbeats while bytes waited
+    for it, long before the 30 s write timeout; its slot is freed."""
+    (tmp_path / "slowstages.py").write_text(STAGES)
+    (tmp_path / "pipelines.yaml").write_text(
+        """
+server:
+  client_buffer: 1000000
+  client_buffer_bytes: 500000000
+  max_clients: 1
+  heartbeat: 0.5
+pipelines:
+  live:
+    source: {use: slowstages:big, with: {size: 2000}}
+    retain: 10
+"""
+    )
+    with ServerProcess(tmp_path / "pipelines.yaml") as srv:
+        frozen = RawStream(srv.port, "/pipelines/live/stream", rcvbuf=4096, timeout=30)
+        try:
+            assert frozen.read_head() == 200
+            wait_until(lambda: '"reason":"stalled"' in srv.log_text, 60)
+            assert state(srv)["dropped_clients"] == 0  # cut for stalling, not for lagging
+            wait_until(lambda: _stream_opens(srv), 30)
+        finally:
+            frozen.close()
+    assert '"reason":"send_timeout"' not in srv.log_text
