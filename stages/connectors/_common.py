@@ -37,12 +37,16 @@ __all__ = [
     "missing_extra",
     "payload_of",
     "publish_all",
+    "raise_if_cancelled",
     "unique_consumer",
     "url_check",
     "write_batches",
 ]
 
 T = TypeVar("T")
+
+BACKLOG_EVERY = 1.0
+"""How often (seconds) a broker source asks its broker for its backlog (`report_backlog`)."""
 
 Format = Literal["json", "text", "raw"]
 Receives = Literal["envelopes", "data"]
@@ -303,6 +307,18 @@ class MaxDeliveriesExceeded(Exception):
 
 class MissingField(Exception):
     """A stream entry has no field holding the payload."""
+
+
+def raise_if_cancelled() -> None:
+    """Re-raise a cancellation a client library swallowed (nats-py and redis-py both can).
+
+    A cancel that lands just as a reply arrives can be lost inside the client (Python
+    3.11's ``wait_for`` returns the reply instead); the task is still marked as being
+    cancelled, so a loop that checks here ends as it was asked to.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def unique_consumer() -> str:

@@ -21,8 +21,9 @@ from typing import Any
 import structlog
 from pydantic import PositiveFloat, PositiveInt
 
-from pipeline import BadChunk, Delivery, Message, sink
+from pipeline import BadChunk, Delivery, Message, report_backlog, sink
 from stages.connectors._common import (
+    BACKLOG_EVERY,
     AuthenticationFailed,
     Backoff,
     Format,
@@ -31,6 +32,7 @@ from stages.connectors._common import (
     decode,
     mask_url,
     missing_extra,
+    raise_if_cancelled,
     write_batches,
 )
 
@@ -217,9 +219,7 @@ class _Member:
     ) -> list[tuple[int, Message | BadChunk]]:
         """Wait for room, then fetch the next messages (never empty)."""
         while True:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError  # a stop the client swallowed
+            raise_if_cancelled()  # a stop the client swallowed
             room = self.max_in_flight - len(self.held)
             if room <= 0:
                 self.room.clear()
@@ -270,22 +270,34 @@ class _Member:
         self.wake.set()
 
     async def ack_loop(self) -> None:
-        """Send due acks (many per write) and in-progress acks for slow messages."""
-        every = max(self.ack_wait / 3, 0.1)
-        next_touch = time.monotonic() + every
+        """Send due acks (many per write); now and then send in-progress acks for slow
+        messages and report the consumer's backlog."""
+        touch = max(self.ack_wait / 3, 0.1)
+        every = min(touch, BACKLOG_EVERY)
+        next_tick = time.monotonic() + every
         while True:
+            raise_if_cancelled()  # close() cancels us: a swallowed cancel must end us too
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(next_touch - time.monotonic(), 0)):
+                async with asyncio.timeout(max(next_tick - time.monotonic(), 0)):
                     await self.wake.wait()
             self.wake.clear()
             try:
                 await self._send_acks()
-                if time.monotonic() >= next_touch:
-                    next_touch = time.monotonic() + every
-                    await self._touch_slow(every)
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + every
+                    await self._touch_slow(touch)
+                    await self._report_backlog()
             except Exception as exc:  # the acker must outlive any one failure
                 self.log.warning("nats_ack_failed", error=str(exc) or type(exc).__name__)
                 await asyncio.sleep(0.5)
+
+    async def _report_backlog(self) -> None:
+        """Report the messages not yet delivered to the consumer (its ``num_pending``)."""
+        try:
+            info = await self.js.consumer_info(self.stream, self.durable, timeout=1.0)
+        except (nerr.Error, TimeoutError, OSError):  # unknown for now: told next time
+            return
+        report_backlog(info.num_pending)
 
     async def _send_acks(self) -> None:
         """Publish the due acks; the client's flusher sends them together, one write."""

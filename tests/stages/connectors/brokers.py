@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import redis
 
 from pipeline.engine.run import Run
 from pipeline.testing import make_stage
@@ -180,11 +181,12 @@ class RedisServer:
             cmd += ["--requirepass", self.password]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline:  # up, and done loading its data (no LOADING)
             try:
-                with socket.create_connection(("127.0.0.1", self.port), 0.2):
-                    return self
-            except OSError:
+                with redis.Redis.from_url(self.url, socket_timeout=1) as client:
+                    client.ping()
+                return self
+            except redis.exceptions.ConnectionError:  # refused, or BusyLoadingError
                 time.sleep(0.05)
         raise AssertionError("redis-server did not start")
 
