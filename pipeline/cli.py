@@ -267,7 +267,8 @@ def validate(
     for problem in missing_files(cfg, resolved):
         click.echo(f"warning: {problem}", err=True)
     shown = _shown(config_path, tuple(shown_sets(cfg)))
-    click.echo(f"{shown}: ok ({len(resolved)} pipelines: {', '.join(resolved)})")
+    noun = "pipeline" if len(resolved) == 1 else "pipelines"
+    click.echo(f"{shown}: ok ({len(resolved)} {noun}: {', '.join(resolved)})")
 
 
 @main.command(name="list")

@@ -160,6 +160,9 @@ def test_validate_and_list(project: Path) -> None:
     assert "my_stages:picky" in proc.stdout
     as_json = json.loads(cli("list", "--json", cwd=project).stdout)
     assert list(as_json["pipelines"]) == ["counting", "failing", "on_demand"]
+    one = project / "one.yaml"
+    one.write_text("pipelines:\n  a:\n    source: {use: counter}\n")
+    assert cli("validate", "-c", str(one), cwd=project).stdout == f"{one}: ok (1 pipeline: a)\n"
 
 
 def test_list_shows_every_option(tmp_path: Path) -> None:
