@@ -6,14 +6,16 @@ Private to `stages.connectors`: the names here are not part of the stage library
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import os
 import random
 import re
 import socket
+import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sized
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -39,7 +41,9 @@ __all__ = [
     "publish_all",
     "raise_if_cancelled",
     "unique_consumer",
+    "until_empty",
     "url_check",
+    "wake_or_tick",
     "write_batches",
 ]
 
@@ -319,6 +323,30 @@ def raise_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+async def wake_or_tick(wake: asyncio.Event, until: float) -> None:
+    """An acker's wait: until ``wake`` is set or the monotonic clock reaches ``until``.
+
+    A cancellation a client library swallowed in the acker's last round is raised first.
+    """
+    raise_if_cancelled()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(until - time.monotonic(), 0)):
+            await wake.wait()
+    wake.clear()
+
+
+async def until_empty(held: Sized, room: asyncio.Event, timeout: float = 10.0) -> bool:
+    """Wait until ``held`` is empty (``room`` is set at each ack); False after ``timeout``."""
+    try:
+        async with asyncio.timeout(timeout):
+            while held:
+                room.clear()
+                await room.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 def unique_consumer() -> str:

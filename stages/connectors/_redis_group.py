@@ -10,7 +10,6 @@ own slow entries from being claimed (``XCLAIM ... JUSTID``), acknowledges many i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
 from collections import deque
@@ -32,6 +31,8 @@ from stages.connectors._common import (
     decode,
     mask_url,
     raise_if_cancelled,
+    until_empty,
+    wake_or_tick,
 )
 
 __all__ = ["NETWORK", "Consumer", "GroupParams", "auth_error", "open_client"]
@@ -268,11 +269,7 @@ class Consumer:
         every = max(min(self.p.claim_idle / 3, BACKLOG_EVERY), 0.1)
         next_keep = time.monotonic() + every
         while True:
-            raise_if_cancelled()  # close() cancels us: a swallowed cancel must end us too
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(next_keep - time.monotonic(), 0)):
-                    await self.wake.wait()
-            self.wake.clear()
+            await wake_or_tick(self.wake, next_keep)
             while self.acked:
                 ids = self.acked
                 self.acked = []
@@ -319,12 +316,7 @@ class Consumer:
             await self.client.aclose()
 
     async def _drain(self) -> None:
-        try:
-            async with asyncio.timeout(DRAIN_SECONDS):
-                while self.held:
-                    self.room.clear()
-                    await self.room.wait()
-        except TimeoutError:
+        if not await until_empty(self.held, self.room, DRAIN_SECONDS):
             self.log.warning("redis_drain_timeout", held=len(self.held))
 
     async def _hand_back(self) -> None:

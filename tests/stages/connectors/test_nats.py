@@ -14,7 +14,7 @@ from nats.js import api as jsapi
 from nats.js.errors import NotFoundError
 
 from pipeline import sink
-from stages.connectors import nats as nats_connector
+from stages.connectors import _nats_member
 from stages.connectors.nats import read as nats_source, write as nats_sink
 from tests.stages.connectors.brokers import Running, unique, until
 
@@ -173,7 +173,7 @@ async def test_a_stop_during_a_fetch_finishes_what_the_fetch_brings(
     js: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Stopped while its fetch waits, the source takes, writes and acks what it brings."""
-    monkeypatch.setattr(nats_connector, "FETCH_WAIT", 5.0)  # the fetch outlives the stop
+    monkeypatch.setattr(_nats_member, "FETCH_WAIT", 5.0)  # the fetch outlives the stop
     stream, subject = await new_stream(js)
     written: list[Any] = []
 
@@ -247,7 +247,7 @@ async def test_position_reads_both_ack_subject_formats() -> None:
     """Stream sequence and delivery count, as nats-py reads them, from v1 and v2 subjects."""
     from nats.aio.msg import Msg
 
-    from stages.connectors.nats import _position
+    from stages.connectors._nats_member import _position
 
     v1 = "$JS.ACK.S.C.3.17.9.1700000000000000000.0"
     v2 = "$JS.ACK._.HASH.S.C.3.17.9.1700000000000000000.0.token"
