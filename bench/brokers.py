@@ -9,9 +9,8 @@
 - ``redis-workers-1``, ``redis-workers-2``: that pipeline as 1 or 2 ``pipeline run``
   worker processes sharing one group; the rate is N over the span of the output stream's
   entry ids (Redis's own clock), so process start-up is not counted.
-- ``nats-loop``: nats-py by hand: ``fetch(500)``, parse, transform, dump,
-  ``publish_async`` of the batch to a JetStream subject, wait for its acks, ack the batch.
-- ``nats-engine``: `nats` source -> 1 transform -> `nats` sink (``jetstream: true``).
+- ``nats-loop``, ``nats-engine``, ``nats-workers-1``, ``nats-workers-2``,
+  ``ack-latency-nats``: the same for NATS JetStream (`bench.brokers_nats`).
 - ``ack-latency``: an idle Redis stream: one entry every 20 ms; the time from ``XADD``
   to the entry being acknowledged (read, transformed, written by a `file` sink, acked),
   polled on the group's ``entries-read`` and pending count.
@@ -23,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import statistics
 import subprocess
@@ -32,13 +30,13 @@ import tempfile
 import textwrap
 import time
 import uuid
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 REDIS = "redis://127.0.0.1:6379"
-NATS = "nats://127.0.0.1:4222"
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 500
 PAYLOAD = {"id": 0, "sensor": "s-17", "celsius": 21.5, "tags": ["a", "b"], "note": "x" * 40}
@@ -174,14 +172,7 @@ async def redis_workers(n: int, workers: int) -> dict[str, Any]:
         cfg.write_text(textwrap.dedent(WORKER.format(url=REDIS, src=src, out=out)))
         try:
             await _redis_fill(r, src, n)
-            cmd = [sys.executable, "-m", "pipeline", "run", "-c", str(cfg)]
-            env = {**os.environ, "PYTHONPATH": str(ROOT)}
-            for _ in range(workers):
-                procs.append(
-                    subprocess.Popen(  # noqa: ASYNC220 - started once, before timing
-                        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-                    )
-                )
+            procs += spawn_workers(cfg, workers)
             deadline = time.monotonic() + 300
             while await r.xlen(out) < n and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
@@ -191,10 +182,7 @@ async def redis_workers(n: int, workers: int) -> dict[str, Any]:
             ok = await r.xlen(out) == n
             return {"ok": ok, "rate": n / max(span, 0.001), "elapsed": span}
         finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait(30)
+            stop_workers(procs)
             await r.delete(src, out)
             await r.aclose()
 
@@ -237,7 +225,12 @@ async def ack_latency(n: int) -> dict[str, Any]:
             await asyncio.wait_for(task, 30)
             await r.delete(src)
             await r.aclose()
-    samples.sort()
+    return latency_summary(samples, n)
+
+
+def latency_summary(samples: list[float], n: int) -> dict[str, Any]:
+    """p50, p99 and max of ``samples`` (ms); ok when all ``n`` were measured."""
+    samples = sorted(samples)
     return {
         "ok": len(samples) == n,
         "p50_ms": statistics.median(samples),
@@ -247,128 +240,53 @@ async def ack_latency(n: int) -> dict[str, Any]:
     }
 
 
-# -- NATS --------------------------------------------------------------------------------
-
-
-async def _nats_fill(js: Any, stream: str, n: int) -> None:
-    await js.add_stream(name=stream, subjects=[f"{stream}.>"])
-    payloads = _payloads(n)
-    for start in range(0, n, 2000):
-        futures = [
-            await js.publish_async(f"{stream}.in", p) for p in payloads[start : start + 2000]
-        ]
-        await asyncio.gather(*futures)
-
-
-async def _nats_out_count(js: Any, stream: str) -> int:
-    info = await js.stream_info(stream, subjects_filter=f"{stream}.out")
-    return int((info.state.subjects or {}).get(f"{stream}.out", 0))
-
-
-async def nats_loop(n: int) -> dict[str, Any]:
-    """The hand-rolled loop."""
-    import nats
-    from nats.js import api
-
-    nc = await nats.connect(NATS)
-    js = nc.jetstream(publish_async_max_pending=10_000)
-    stream = f"BENCH_{uuid.uuid4().hex}"
-    try:
-        await _nats_fill(js, stream, n)
-        config = api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, ack_wait=30)
-        psub = await js.pull_subscribe(f"{stream}.in", durable="d", config=config)
-        t0 = time.perf_counter()
-        c0 = time.process_time()
-        done = 0
-        while done < n:
-            try:
-                msgs = await psub.fetch(BATCH, timeout=1)
-            except nats.errors.TimeoutError:
-                continue
-            futures = [
-                await js.publish_async(f"{stream}.out", orjson.dumps(work(orjson.loads(m.data))))
-                for m in msgs
-            ]
-            await asyncio.gather(*futures)
-            for m in msgs:
-                await m.ack()
-            done += len(msgs)
-        await nc.flush()
-        elapsed = time.perf_counter() - t0
-        cpu = time.process_time() - c0
-        ok = await _nats_out_count(js, stream) == n
-        return {"ok": ok, "rate": n / elapsed, "elapsed": elapsed, "cpu_s": cpu}
-    finally:
-        with contextlib.suppress(Exception):
-            await js.delete_stream(stream)
-        await nc.close()
-
-
-async def nats_engine(n: int) -> dict[str, Any]:
-    """The framework, in-process."""
-    import nats
-
-    from pipeline.engine.run import Run
-    from pipeline.testing import make_stage
-    from stages.connectors.nats import read as nats_source, write as nats_sink
-
-    nc = await nats.connect(NATS)
-    js = nc.jetstream(publish_async_max_pending=10_000)
-    stream = f"BENCH_{uuid.uuid4().hex}"
-    try:
-        await _nats_fill(js, stream, n)
-        params = {"url": NATS, "subject": f"{stream}.in", "stream": stream, "batch": BATCH}
-        params["max_in_flight"] = 4 * BATCH
-        sink_params = {"url": NATS, "subject": f"{stream}.out", "jetstream": True}
-        sink_params["receives"] = "data"
-        run = Run(
-            "bench",
-            make_stage(nats_source, "source", params=params),
-            [make_stage(work)],
-            [make_stage(nats_sink, "sink", params=sink_params)],
+def spawn_workers(cfg: Path, workers: int) -> list[subprocess.Popen[bytes]]:
+    """``workers`` ``pipeline run -c CFG`` processes (output and logs discarded)."""
+    cmd = [sys.executable, "-m", "pipeline", "run", "-c", str(cfg)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return [
+        subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        t0 = time.perf_counter()
-        c0 = time.process_time()
-        task = asyncio.create_task(run.execute())
-        await _until_released(run, n)
-
-        async def acked() -> bool:
-            info = await js.consumer_info(stream, "pipeline")
-            return bool(info.num_pending == 0 and info.num_ack_pending == 0)
-
-        while not await acked():  # noqa: ASYNC110 - the acks in flight: a few polls
-            await asyncio.sleep(0.002)
-        elapsed = time.perf_counter() - t0
-        cpu = time.process_time() - c0
-        run.stop()
-        await asyncio.wait_for(task, 30)
-        ok = await _nats_out_count(js, stream) == n
-        return {"ok": ok, "rate": n / elapsed, "elapsed": elapsed, "cpu_s": cpu}
-    finally:
-        with contextlib.suppress(Exception):
-            await js.delete_stream(stream)
-        await nc.close()
+        for _ in range(workers)
+    ]
 
 
-CASES = {
-    "redis-loop": redis_loop,
-    "redis-engine": redis_engine,
-    "redis-workers-1": lambda n: redis_workers(n, 1),
-    "redis-workers-2": lambda n: redis_workers(n, 2),
-    "nats-loop": nats_loop,
-    "nats-engine": nats_engine,
-    "ack-latency": ack_latency,
-}
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each worker, then wait for all (bounded)."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(30)
+
+
+def cases() -> dict[str, Callable[[int], Coroutine[Any, Any, dict[str, Any]]]]:
+    """Every case by name (the NATS ones live in `bench.brokers_nats`)."""
+    from bench import brokers_nats as nats_cases
+
+    return {
+        "redis-loop": redis_loop,
+        "redis-engine": redis_engine,
+        "redis-workers-1": lambda n: redis_workers(n, 1),
+        "redis-workers-2": lambda n: redis_workers(n, 2),
+        "ack-latency": ack_latency,
+        "nats-loop": nats_cases.nats_loop,
+        "nats-engine": nats_cases.nats_engine,
+        "nats-workers-1": lambda n: nats_cases.nats_workers(n, 1),
+        "nats-workers-2": lambda n: nats_cases.nats_workers(n, 2),
+        "ack-latency-nats": nats_cases.ack_latency,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     """Measure one case; print its JSON result."""
     ap = argparse.ArgumentParser(prog="python -m bench.brokers")
-    ap.add_argument("case", choices=sorted(CASES))
+    known = cases()
+    ap.add_argument("case", choices=sorted(known))
     ap.add_argument("--n", type=int, default=100_000)
     args = ap.parse_args(argv)
     try:
-        result = asyncio.run(CASES[args.case](args.n))
+        result = asyncio.run(known[args.case](args.n))
     except Exception as exc:  # a missing service: reported, not a traceback
         result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     sys.stdout.write(orjson.dumps(result).decode() + "\n")

@@ -168,25 +168,7 @@ def render(results: dict[str, Any]) -> str:
         "",
     ]
     for name, group in results["groups"].items():
-        p = group["params"]
-        lines += [
-            f"## {group['title']}",
-            "",
-            f"Command: `{reproduce(name, group, meta)}` "
-            f"(per connection: {p['n']} envelopes"
-            + (f", one every {p['interval'] * 1000:g} ms" if p["interval"] else "")
-            + (f", {p['clients']} connections" if p["clients"] > 1 else "")
-            + f"; {group['reps']} repetitions).",
-            "",
-            *table(group),
-            "",
-            *pairs_lines(group),
-        ]
-        if group.get("reading"):
-            lines += [group["reading"], ""]
-        png = PLOTS / f"{name}.png"
-        if png.exists():
-            lines += [f"![{name}](perf/{name}.png)", ""]
+        lines += group_section(name, group, meta)
     for name, sweep in results.get("sweeps", {}).items():
         lines += sweep_section(name, sweep, meta)
     if results.get("memory"):
@@ -204,6 +186,8 @@ def render(results: dict[str, Any]) -> str:
         "  in-process curves and the memory run are measured by `bench/scaling.py`.",
         "- Opt-in pieces (not in the default run) are folded in from their latest saved",
         "  results: `python -m bench --sweep fanout-clients --docs` (K = 1 to 1000).",
+        "- `python -m bench --only GROUP --docs` measures some groups and replaces their",
+        "  sections here (each says when it was measured), leaving the rest as it is.",
         "- Not yet: the transforms and concurrency curves over HTTP (the framework server).",
         "",
     ]
@@ -594,6 +578,68 @@ def plot_memory(mem: dict[str, Any]) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def group_section(name: str, group: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    """The markdown section of one group: command, table, ratios, reading, plot."""
+    p = group["params"]
+    lines = [
+        f"## {group['title']}",
+        "",
+        f"Command: `{reproduce(name, group, meta)}` "
+        f"(per connection: {p['n']} envelopes"
+        + (f", one every {p['interval'] * 1000:g} ms" if p["interval"] else "")
+        + (f", {p['clients']} connections" if p["clients"] > 1 else "")
+        + f"; {group['reps']} repetitions).",
+        "",
+    ]
+    if "measured" in group:  # folded in from a run of its own
+        lines += [
+            f"Measured {group['measured']} (load average before "
+            f"{', '.join(f'{x:.2f}' for x in group['load_avg_before'])}).",
+            "",
+        ]
+    lines += [*table(group), "", *pairs_lines(group)]
+    if group.get("reading"):
+        lines += [group["reading"], ""]
+    if (PLOTS / f"{name}.png").exists():
+        lines += [f"![{name}](perf/{name}.png)", ""]
+    return lines
+
+
+def update_sections(results: dict[str, Any]) -> None:
+    """Fold the groups of a partial run (``--only ... --docs``) into the existing document.
+
+    Each group's section replaces the one with the same title, or goes before the
+    hand-written notes (or the plug points) when the document has none yet.
+    """
+    meta = results["meta"]
+    text = DOC.read_text()
+    for name, group in results["groups"].items():
+        command = reproduce(name, group, meta)
+        plot_group(name, group, PLOTS / f"{name}.png", command)
+        dated = group | {"measured": meta["date"], "load_avg_before": meta["load_avg_before"]}
+        section = "\n".join(group_section(name, dated, meta))
+        head = f"## {group['title']}\n"
+        start = text.find(head)
+        if start < 0:
+            start = end = _insertion_point(text)
+        else:
+            nxt = text.find("\n## ", start + len(head))
+            end = len(text) if nxt < 0 else nxt + 1
+        text = text[:start] + section + "\n" + text[end:]
+    DOC.write_text(text)
+
+
+def _insertion_point(text: str) -> int:
+    """Where a new section goes: before the notes' first heading, or the plug points."""
+    notes = NOTES.read_text().splitlines() if NOTES.exists() else []
+    marks = [*[ln for ln in notes if ln.startswith("## ")][:1], "## Plug points"]
+    for mark in marks:
+        at = text.find("\n" + mark)
+        if at >= 0:
+            return at + 1
+    return len(text)
 
 
 def write(results: dict[str, Any]) -> None:

@@ -378,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         "--docs",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="write docs/performance.md (default: only for a full, non-quick run)",
+        help="write docs/performance.md (default: only for a full, non-quick run; with "
+        "--only, the sections of those groups are replaced in place)",
     )
     ap.add_argument("--report", type=Path, default=None, help="rebuild docs from a JSON file")
     args = ap.parse_args(argv)
@@ -480,7 +481,10 @@ def main(argv: list[str] | None = None) -> int:
     print_fanout_memory(results)
     log(f"\nresults: {path.relative_to(ROOT)}")
     write_docs = args.docs if args.docs is not None else not (only or args.quick)
-    if write_docs:
+    if write_docs and only:  # a partial run: its groups' sections, in place
+        report.update_sections(results)
+        log("docs: the sections of " + ", ".join(results["groups"]) + " in docs/performance.md")
+    elif write_docs:
         report.write(report.with_opt_in(results))
         log("docs: docs/performance.md, docs/perf/*.png")
     return 0

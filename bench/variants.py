@@ -395,13 +395,31 @@ GROUPS: tuple[Group, ...] = (
         "process start-up is not counted. Redis, the workers and the client share 2 cores.",
     ),
     Group(
+        name="nats-workers",
+        title="Scale-out: `pipeline run` workers sharing one NATS durable consumer",
+        variants=(
+            broker("nats-workers-1", "1 worker process"),
+            broker("nats-workers-2", "2 worker processes, same durable"),
+        ),
+        base="nats-workers-1",
+        params=lambda n: Params(n=min(n, BROKER_N // 2)),
+        reading="Rate over the span of the output messages' stream timestamps (the "
+        "server's clock), so start-up is not counted. The server, the workers and the "
+        "client share 2 cores.",
+    ),
+    Group(
         name="ack-latency",
-        title="Ack latency on an idle Redis stream (XADD to XACK, `file` sink)",
-        variants=(broker("ack-latency", "one entry every 20 ms, read, written, acked"),),
+        title="Ack latency on an idle stream (publish to ack, `file` sink)",
+        variants=(
+            broker("ack-latency", "Redis: one entry every 20 ms, read, written, XACKed"),
+            broker("ack-latency-nats", "NATS: one message every 20 ms, read, written, acked"),
+        ),
         kind="latency",
         params=lambda n: Params(n=ACK_LATENCY_N),
-        reading="From XADD to the entry read, transformed, written by a stream sink and "
-        "acknowledged, polled on XINFO GROUPS (resolution ~0.1 ms).",
+        reading="From the publish (XADD; JetStream publish, acknowledged by the stream) to "
+        "the message read, transformed, written by a `file` sink and acknowledged, polled "
+        "on XINFO GROUPS (Redis) or the consumer's ack floor (NATS), each poll one round "
+        "trip (~0.1-1 ms).",
     ),
     Group(
         name="latency",
