@@ -9,6 +9,7 @@ Everything is bounded (timeouts on every wait) and stays on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -18,12 +19,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from bench import parsers
 from bench.common import free_port
 
 PY = sys.executable
@@ -55,6 +57,17 @@ def boom(chunk, secret: str):
 def sleepy(chunk):
     time.sleep(1.0)
     return chunk
+
+def huge(count: int = 10, size: int = 50_000_000):
+    for n in range(count):
+        yield {"n": n, "pad": "x" * size}
+
+def loud(chunk):
+    print("a stage prints", chunk)
+    return chunk
+
+def clash(chunk):
+    return {1: "int", "1": "str", "n": chunk}
 """
 CONFIG = """
 server: {shutdown_timeout: 2, client_buffer: 64, max_clients: 100}
@@ -71,14 +84,29 @@ pipelines:
   stall:
     source: {use: counter, with: {count: 2}}
     transforms: [{use: astages:sleepy}]
+  huge: {source: {use: astages:huge}}
+  loud:
+    source: {use: counter, with: {count: 100}}
+    transforms: [{use: astages:loud}]
+  clash:
+    source: {use: counter, with: {count: 10}}
+    transforms: [{use: astages:clash}]
+  done: {source: {use: counter, with: {count: 3}}}
+"""
+SLOW_CONFIG = """
+server: {heartbeat: 1, client_buffer: 1000000, client_buffer_bytes: 1000000000}
+pipelines:
+  slow: {source: {use: astages:ticks, with: {size: 2000, interval: 0.002}}, retain: 10}
 """
 
 
 @contextmanager
-def server(folder: Path, *names: str) -> Iterator[tuple[subprocess.Popen[bytes], int, list[str]]]:
+def server(
+    folder: Path, *names: str, config: str = "pipelines.yaml"
+) -> Iterator[tuple[subprocess.Popen[bytes], int, list[str]]]:
     """``pipeline run NAMES --serve`` on a free port; yields (process, port, log lines)."""
     port = free_port()
-    cmd = [PY, "-m", "pipeline", "run", *names, "--serve", "--port", str(port)]
+    cmd = [PY, "-m", "pipeline", "run", *names, "-c", config, "--serve", "--port", str(port)]
     env = {**os.environ, "CANARY": CANARY}
     proc = subprocess.Popen(
         [*cmd, "--log-format", "json"], cwd=folder, env=env, stderr=subprocess.PIPE
@@ -112,62 +140,42 @@ def _wait(predicate: Callable[[], Any], timeout: float) -> bool:
     return False
 
 
-def _get(port: int, path: str) -> bytes:
+def _get(port: int, path: str, version: str = "1.1") -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := s.recv(65536):
+        s.sendall(f"GET {path} HTTP/{version}\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        data = bytearray()
+        while chunk := s.recv(1 << 20):
             data += chunk
-        return data
+        return bytes(data)
 
 
 def huge_header(folder: Path) -> dict[str, Any]:
     """A 128 MiB header on one connection; /healthz probed meanwhile."""
     with server(folder, "live") as (_, port, _log):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-        worst = [0.0]
-        stop = threading.Event()
-
-        def probe() -> None:
-            while not stop.is_set():
-                t = time.perf_counter()
-                _get(port, "/healthz")
-                worst[0] = max(worst[0], time.perf_counter() - t)
-                time.sleep(0.05)
-
-        def attack() -> None:
-            with suppress(OSError):
-                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (128 << 20))
-
-        t0 = time.perf_counter()
-        threads = [threading.Thread(target=probe), threading.Thread(target=attack, daemon=True)]
-        for t in threads:
-            t.start()
-        answer = sock.recv(64)
-        took = time.perf_counter() - t0
-        stop.set()
-        threads[0].join(30)
-        sock.close()
-    status = int(answer.split()[1]) if answer else 0
+        got = parsers.huge_header(port, 128 << 20)
     return {
         "tried": "1 connection, 128 MiB header",
-        "survived": status == 431 and worst[0] < 1.0,
+        "survived": got["status"] == 431 and got["healthz_worst_s"] < 1.0,
         "lost": 0,
-        "figure": f"431 after {took:.2f} s; worst /healthz {worst[0] * 1000:.0f} ms",
+        "figure": f"{got['status']} after {got['answer_s']:.2f} s; "
+        f"worst /healthz {got['healthz_worst_s'] * 1000:.0f} ms",
     }
+
+
+def frozen(port: int, name: str) -> socket.socket:
+    """A stream client of pipeline ``name`` that will never read (4 KiB receive buffer)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    s.sendall(f"GET /pipelines/{name}/stream HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return s
 
 
 def frozen_clients(folder: Path, clients: int = 50) -> dict[str, Any]:
     """``clients`` streams that never read: are they dropped *and* closed?"""
     with server(folder, "live") as (proc, port, _log):
         base = len(os.listdir(f"/proc/{proc.pid}/fd"))
-        socks = []
-        for _ in range(clients):
-            s = socket.socket()
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            s.connect(("127.0.0.1", port))
-            s.sendall(b"GET /pipelines/live/stream HTTP/1.1\r\nHost: x\r\n\r\n")
-            socks.append(s)
+        socks = [frozen(port, "live") for _ in range(clients)]
 
         def fds() -> int:
             return len(os.listdir(f"/proc/{proc.pid}/fd"))
@@ -211,11 +219,20 @@ def sigterm(folder: Path, name: str) -> dict[str, Any]:
     }
 
 
+def _run(folder: Path, name: str, log_format: str = "json") -> subprocess.CompletedProcess[bytes]:
+    """``pipeline run NAME`` to its end, output captured."""
+    return subprocess.run(
+        [PY, "-m", "pipeline", "run", name, "--log-format", log_format],
+        cwd=folder,
+        env={**os.environ, "CANARY": CANARY},
+        capture_output=True,
+        timeout=60,
+    )
+
+
 def full_disk(folder: Path) -> dict[str, Any]:
     """A file sink on /dev/full: the run must say error (exit 1)."""
-    proc = subprocess.run(
-        [PY, "-m", "pipeline", "run", "full"], cwd=folder, capture_output=True, timeout=60
-    )
+    proc = _run(folder, "full")
     last = orjson.loads(proc.stdout.splitlines()[-1])
     return {
         "tried": "file sink on /dev/full, 102 envelopes",
@@ -225,18 +242,12 @@ def full_disk(folder: Path) -> dict[str, Any]:
     }
 
 
-def canary(folder: Path) -> dict[str, Any]:
-    """A secret from ${CANARY} in a stage's error: never printed."""
-    proc = subprocess.run(
-        [PY, "-m", "pipeline", "run", "leak", "--log-format", "json"],
-        cwd=folder,
-        env={**os.environ, "CANARY": CANARY},
-        capture_output=True,
-        timeout=60,
-    )
+def canary(folder: Path, log_format: str = "json") -> dict[str, Any]:
+    """A secret from ${CANARY} in a stage's error (and its traceback): never printed."""
+    proc = _run(folder, "leak", log_format)
     leaks = (proc.stdout + proc.stderr).count(CANARY.encode())
     return {
-        "tried": "secret in chunk_error messages and logs",
+        "tried": f"secret in chunk_error messages and logs ({log_format} logs)",
         "survived": leaks == 0,
         "lost": leaks,
         "figure": f"{leaks} occurrences printed",
@@ -245,18 +256,150 @@ def canary(folder: Path) -> dict[str, Any]:
 
 def stall(folder: Path) -> dict[str, Any]:
     """A sync transform sleeping 1 s on the loop: is it named?"""
-    proc = subprocess.run(
-        [PY, "-m", "pipeline", "run", "stall", "--log-format", "json"],
-        cwd=folder,
-        capture_output=True,
-        timeout=60,
-    )
+    proc = _run(folder, "stall")
     named = proc.stderr.count(b'"stage":"transforms[0]:sleepy"')
     return {
         "tried": "sync transform sleeping 1 s per chunk",
         "survived": named > 0,
         "lost": 0,
         "figure": f"{named} loop_blocked lines name the stage",
+    }
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def big_retention(folder: Path) -> dict[str, Any]:
+    """Ten 50 MB chunks: what the hub holds after the run, and a late client's replay."""
+    with server(folder, "huge") as (proc, port, _log):
+        done = _wait(lambda: b'"state":"completed"' in _get(port, "/pipelines/huge"), 120)
+        state = orjson.loads(_get(port, "/pipelines/huge").partition(b"\r\n\r\n")[2])
+        held = state.get("held_bytes", 0) / (1 << 20)
+        rss = _rss_mib(proc.pid)
+        body = _get(port, "/pipelines/huge/stream?since=0", "1.0").partition(b"\r\n\r\n")[2]
+    first = body.partition(b"\n")[0]
+    missed = orjson.loads(first).get("missed") if first.startswith(b"{") else None
+    bound = 64 + 16 + 48  # retain_bytes + client_buffer_bytes + one envelope (MiB)
+    return {
+        "tried": "ten 50 MB chunks, default retain_bytes (64 MiB)",
+        "survived": done and held <= bound and missed is not None,
+        "lost": 0,
+        "figure": f"hub holds {held:.0f} MiB after the run, server RSS {rss:.0f} MiB; "
+        f"a late client gets lagged(missed={missed}) then the newest (was: 549 MiB held)",
+    }
+
+
+def stalled_client(folder: Path) -> dict[str, Any]:
+    """A client that stops reading on a slow pipeline (never lapped): is it closed?"""
+    (folder / "slow.yaml").write_text(SLOW_CONFIG)
+    with server(folder, "slow", config="slow.yaml") as (proc, port, _log):
+        base = len(os.listdir(f"/proc/{proc.pid}/fd"))
+        s = frozen(port, "slow")
+        t0 = time.monotonic()
+        _wait(lambda: len(os.listdir(f"/proc/{proc.pid}/fd")) > base, 10)
+        closed = _wait(lambda: len(os.listdir(f"/proc/{proc.pid}/fd")) <= base, 60)
+        took = time.monotonic() - t0
+        s.close()
+    return {
+        "tried": "1 frozen client of a slow pipeline (heartbeat 1 s, never lapped)",
+        "survived": closed,
+        "lost": 0 if closed else 1,
+        "figure": f"cut as stalled and reset {took:.1f} s after connecting "
+        "(was: not cut within 60 s)",
+    }
+
+
+def stage_print(folder: Path) -> dict[str, Any]:
+    """A stage that prints: is stdout still NDJSON?"""
+    proc = _run(folder, "loud")
+    lines = proc.stdout.splitlines()
+    bad = sum(not line.startswith(b'{"status"') for line in lines)
+    return {
+        "tried": "100 chunks through a stage calling print()",
+        "survived": bad == 0 and len(lines) == 102,
+        "lost": bad,
+        "figure": f"{bad} non-envelope lines on stdout of {len(lines)}",
+    }
+
+
+def key_clash(folder: Path) -> dict[str, Any]:
+    """Data with keys 1 and "1": any line with a duplicate key?"""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in items]
+        dupes[0] += len(keys) - len(set(keys))
+        return dict(items)
+
+    dupes = [0]
+    proc = _run(folder, "clash")
+    for line in proc.stdout.splitlines():
+        json.loads(line, object_pairs_hook=pairs)
+    errors = proc.stdout.count(b'"status":"chunk_error"')
+    return {
+        "tried": '10 chunks with keys 1 and "1" in one dict',
+        "survived": dupes[0] == 0 and errors == 10,
+        "lost": dupes[0],
+        "figure": f"{dupes[0]} duplicate keys; {errors} chunk_errors naming the keys",
+    }
+
+
+def http_edges(folder: Path) -> dict[str, Any]:
+    """Encoded slash, HTTP/1.0, WebSocket refusals: right status, JSON, no chunked 1.0."""
+    upgrade = (
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: %s\r\n"
+    )
+    probes = {
+        "encoded slash -> 404 JSON": (b"GET /pipelines/done%2Fstream HTTP/1.1\r\nHost: x\r\n"),
+        "HTTP/1.0 stream, not chunked": b"GET /pipelines/done/stream?since=0 HTTP/1.0\r\n",
+        "WS upgrade of /stream -> JSON": b"GET /pipelines/done/stream HTTP/1.1\r\nHost: x\r\n"
+        + upgrade % b"dGhlIHNhbXBsZSBub25jZQ==",
+        "bad WS key -> JSON": b"GET /pipelines/done/ws HTTP/1.1\r\nHost: x\r\n" + upgrade % b"bad",
+    }
+    failed = []
+    with server(folder, "done") as (_, port, _log):
+        for name, head in probes.items():
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                close = b"" if b"Upgrade" in head else b"Connection: close\r\n"
+                s.sendall(head + close + b"\r\n")
+                answer = b""
+                while chunk := s.recv(65536):
+                    answer += chunk
+            top = answer.partition(b"\r\n\r\n")[0].lower()
+            ok = b"transfer-encoding" not in top if "1.0" in name else b"application/json" in top
+            if not ok:
+                failed.append(name)
+    return {
+        "tried": f"{len(probes)} edge requests",
+        "survived": not failed,
+        "lost": len(failed),
+        "figure": "all answered as documented" if not failed else "wrong: " + ", ".join(failed),
+    }
+
+
+def sigterm_dropped(folder: Path, clients: int = 5) -> dict[str, Any]:
+    """SIGTERM while dropped clients have not taken what they were sent: exit time."""
+    with server(folder, "live") as (proc, port, log):
+        socks = [frozen(port, "live") for _ in range(clients)]
+        _wait(lambda: b'"dropped_clients":0' not in _get(port, "/pipelines/live"), 30)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        took = time.monotonic() - t0
+        for s in socks:
+            s.close()
+        cancelled = sum("Exception in ASGI application" in line for line in log)
+    return {
+        "tried": f"SIGTERM with {clients} dropped clients not reading",
+        "survived": proc.returncode == 0 and cancelled == 0 and took < 1.0,
+        "lost": cancelled,
+        "figure": f"exit {proc.returncode} in {took:.2f} s, {cancelled} streams cancelled "
+        "with a traceback (was: 1.4 s, tracebacks)",
     }
 
 
@@ -268,6 +411,13 @@ PROBES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "full-disk": full_disk,
     "canary": canary,
     "stall": stall,
+    "big-retention": big_retention,
+    "stalled-client": stalled_client,
+    "sigterm-dropped-clients": sigterm_dropped,
+    "stage-print": stage_print,
+    "key-clash": key_clash,
+    "http-edges": http_edges,
+    "canary-console": lambda f: canary(f, "console"),
 }
 
 
