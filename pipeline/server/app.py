@@ -34,6 +34,7 @@ from pipeline.server.auth import Auth, Refusal
 from pipeline.server.ingest import IngestRefused, receive
 from pipeline.server.metrics import (
     TRANSPORTS,
+    LoopCollector,
     PipelineCollector,
     ReloadCollector,
     metrics_text,
@@ -167,7 +168,9 @@ class ServerState:
                 self.transports.__getitem__,
                 self.dropped,
             )
-            self._registry = registry_for(collector, ReloadCollector(self.reloads))
+            watchdog = sup.watchdog
+            loop = LoopCollector(lambda: (watchdog.lag_s, watchdog.max_lag_s))
+            self._registry = registry_for(collector, ReloadCollector(self.reloads), loop)
         return metrics_text(self._registry)
 
     def state(self, name: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TRANSPORTS",
+    "LoopCollector",
     "PipelineCollector",
     "ReloadCollector",
     "metrics_text",
@@ -229,6 +230,27 @@ class ReloadCollector:
 def _buckets(hist: Histogram) -> tuple[list[tuple[str, float]], float]:
     out = [("+Inf" if b == float("inf") else repr(b), float(n)) for b, n in hist.cumulative()]
     return out, hist.sum
+
+
+class LoopCollector:
+    """The event loop's lag, read per scrape from ``lags() -> (last, max since start)``."""
+
+    def __init__(self, lags: Callable[[], tuple[float, float]]) -> None:
+        self.lags = lags
+
+    def collect(self) -> Iterator[Any]:
+        """Yield ``pipeline_event_loop_lag_seconds`` and its maximum."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        last, most = self.lags()
+        yield GaugeMetricFamily(
+            "pipeline_event_loop_lag_seconds",
+            "How late the event loop last ran a timer (a sync stage holding it shows here)",
+            value=last,
+        )
+        yield GaugeMetricFamily(
+            "pipeline_event_loop_lag_max_seconds", "The largest loop lag since start", value=most
+        )
 
 
 def registry_for(*collectors: Collector) -> CollectorRegistry:

@@ -114,6 +114,11 @@ def test_metrics_families_and_labels(server: ServerProcess) -> None:
     assert value(got, "pipeline_state", pipeline="done", state="completed") == 1
     assert value(got, "pipeline_state", pipeline="live", state="running") == 1
     assert not any(name == "pipeline_source_backlog" for name, _ in got)  # counter: no broker
+    lag, most = (
+        value(got, "pipeline_event_loop_lag_seconds"),
+        value(got, "pipeline_event_loop_lag_max_seconds"),
+    )
+    assert 0 <= lag <= most
 
 
 def test_sink_queue_is_listed_per_sink(server: ServerProcess) -> None:
