@@ -31,7 +31,7 @@ def test_a_blocking_sync_transform_is_named_with_its_stall(tmp_path: Path) -> No
         cwd=tmp_path,
         env=os.environ,
         capture_output=True,
-        timeout=60,
+        timeout=180,  # seconds of a loaded machine under coverage; the run itself takes ~3
     )
     assert proc.returncode == 0, proc.stderr
     events = [orjson.loads(line) for line in proc.stderr.splitlines() if line.startswith(b"{")]
@@ -58,7 +58,7 @@ def test_a_blocking_stage_marked_blocking_is_not_reported(tmp_path: Path) -> Non
         cwd=tmp_path,
         env=os.environ,
         capture_output=True,
-        timeout=60,
+        timeout=180,  # seconds of a loaded machine under coverage; the run itself takes ~3
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count(b'"status":"processing"') == 2
