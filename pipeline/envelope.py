@@ -54,6 +54,7 @@ __all__ = [
     "now",
     "numbered",
     "processing",
+    "processing_maker",
 ]
 
 _STR_KEYS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
@@ -192,23 +193,37 @@ def encode_sse(line: bytes, run: str, seq: int | None) -> bytes:
     return head + b"data: " + line + b"\n"
 
 
+_MILLIS = tuple(f"{ms:03d}" for ms in range(1000))
+_TAILS = tuple(f"{us:03d}Z" for us in range(1000))
+"""The last three digits of the microseconds and the ``Z``, formatted once."""
+
+
 def make_clock(time_ns: Callable[[], int] = time.time_ns) -> Callable[[], str]:
     """Make a clock of RFC 3339 UTC timestamps with microseconds and ``Z``.
 
-    The formatted seconds are cached; only the microseconds are formatted per call.
+    The text up to the millisecond is cached while the millisecond lasts (and the text
+    up to the second while the second lasts); a call only reads the clock and joins the
+    cached text with one of 1,000 prepared endings: no number is formatted per call.
     """
-    state: list[Any] = [-(10**18), ""]  # first microsecond of the cached second, its text
+    # first microsecond of the cached millisecond, its text; the cached second, its text
+    state: list[Any] = [-(10**18), "", -1, ""]
+    tails: tuple[str, ...] = _TAILS
 
     def now() -> str:
         us = time_ns() // 1000
         offset = us - state[0]
-        if not 0 <= offset < 1_000_000:
-            second = us // 1_000_000
-            state[0] = second * 1_000_000
-            state[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        if not 0 <= offset < 1000:
+            ms = us // 1000
+            second, millis = divmod(ms, 1000)
+            if second != state[2]:
+                state[2] = second
+                state[3] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+            state[0] = ms * 1000
+            state[1] = state[3] + _MILLIS[millis]
             offset = us - state[0]
         prefix: str = state[1]
-        return prefix + ("%06dZ" % offset)  # noqa: UP031 - measured faster than f-string
+        tail: str = tails[offset]
+        return prefix + tail
 
     return now
 
@@ -247,6 +262,31 @@ def processing(pipeline: str, run: str, seq: int, data: Any) -> Envelope:
         "timestamp": now(),
         "data": data,
     }
+
+
+def processing_maker(pipeline: str, run: str) -> Callable[[int, Any], tuple[Envelope, bytes]]:
+    """Return ``make(seq, data) -> (envelope, line)``: `processing` and `encode_plain` in
+    one call, for the engine's hot path (raises `TypeError` where `encode_plain` does).
+
+    Example:
+        >>> env, line = processing_maker("p", "r1")(7, {"n": 1})
+        >>> (env["seq"], env["data"], line.endswith(b'"data":{"n":1}}\\n'))
+        (7, {'n': 1}, True)
+    """
+    dumps, option, clock = orjson.dumps, orjson.OPT_APPEND_NEWLINE, now
+
+    def make(seq: int, data: Any) -> tuple[Envelope, bytes]:
+        env: Envelope = {
+            "status": "processing",
+            "pipeline": pipeline,
+            "run": run,
+            "seq": seq,
+            "timestamp": clock(),
+            "data": data,
+        }
+        return env, dumps(env, option=option)
+
+    return make
 
 
 def heartbeat(pipeline: str) -> Envelope:

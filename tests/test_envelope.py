@@ -82,11 +82,25 @@ def test_colliding_keys_raise_instead_of_a_duplicate_key(value: object, message:
 
 def test_timestamp_always_has_microseconds() -> None:
     """A timestamp keeps `.000000` at a whole second (orjson would drop it)."""
-    ticks = iter([1_767_225_600_000_000_000, 1_767_225_600_000_123_456, 1_767_225_601_500_000_000])
+    ticks = iter(
+        [
+            1_767_225_600_000_000_000,
+            1_767_225_600_000_123_456,
+            1_767_225_600_000_999_999,
+            1_767_225_600_001_000_000,
+            1_767_225_600_999_999_000,
+            1_767_225_601_500_000_000,
+            1_767_225_600_000_000_001,  # the clock went back
+        ]
+    )
     clock = envelope.make_clock(lambda: next(ticks))
     assert clock() == "2026-01-01T00:00:00.000000Z"
     assert clock() == "2026-01-01T00:00:00.000123Z"
+    assert clock() == "2026-01-01T00:00:00.000999Z"
+    assert clock() == "2026-01-01T00:00:00.001000Z"
+    assert clock() == "2026-01-01T00:00:00.999999Z"
     assert clock() == "2026-01-01T00:00:01.500000Z"
+    assert clock() == "2026-01-01T00:00:00.000000Z"
 
 
 def test_now_matches_rfc3339() -> None:

@@ -18,11 +18,11 @@ from typing import Any
 
 from pipeline.engine.acks import Ack, release_all, retain_all
 from pipeline.engine.isolate import (
-    apply_steps,
     apply_timed,
     call_sync,
     failed,
     flat_caller,
+    fuse,
     is_fast,
     map_caller,
     steps_of,
@@ -52,6 +52,7 @@ async def _maps_fast(
 ) -> AsyncIterator[Any]:
     """Consecutive sync maps without timeout, retry or thread: direct calls, one hop."""
     steps = steps_of(stages, meter)
+    apply = fuse(steps)
     first = steps[0][2]
     for (_, _, m), (_, _, after) in itertools.pairwise(steps):
         after.upstream = m  # calls after the first are derived
@@ -64,7 +65,7 @@ async def _maps_fast(
                     if item is not None:
                         yield item
                     continue
-            item = apply_steps(item, steps)
+            item = apply(item)
             if item is not None:
                 yield item
 

@@ -166,6 +166,11 @@ class _Worker:
         if pending is not None:
             self.held.append((len(self.items), pending))
         self.items.append(payload)
+        if self.ready is not None:
+            self.put_done()
+
+    def put_done(self) -> None:
+        """Wake the sink waiting in `take`."""
         ready = self.ready
         if ready is not None:
             self.ready = None
@@ -226,18 +231,6 @@ class _Worker:
             self._on_reject(self.stage.id, error, chunk, acks)
         elif acks:
             release_all(acks)
-
-    def wants(self, status: str) -> bool:
-        if self.dead_letter:
-            return status == "chunk_error"
-        return self.receives != "data" or status == "processing"
-
-    def payload(self, env: Envelope, line: bytes) -> Any:
-        if self.receives == "lines":
-            return line
-        if self.receives == "data":
-            return env["data"]
-        return env
 
 
 class Fanout:
@@ -341,24 +334,37 @@ class Fanout:
     ) -> Awaitable[None] | None:
         """Give one envelope to the hub and queue it for each sink that wants it.
 
-        Returns None, or what to await when a sink's queue is full (backpressure).
+        Returns None, or what to await when a sink's queue is full (backpressure). The
+        envelope is queued before this returns, so envelopes reach each sink in the
+        order of the calls.
         """
         if self.publish is not None:
             self.publish(env, line)
         pending = _Pending(acks) if acks else None
         status = env["status"]
         full: list[_Worker] | None = None
-        for w in self._workers:
-            if w.dead or not w.wants(status):
+        for w in self._workers:  # `_Worker.wants`, `payload` and `put`, inlined: per chunk
+            if w.dead:
                 continue
+            receives = w.receives
+            if w.dead_letter:
+                if status != "chunk_error":
+                    continue
+            elif receives == "data" and status != "processing":
+                continue
+            payload = line if receives == "lines" else env["data"] if receives == "data" else env
             if pending is not None:
                 pending.left += 1
             if w.confirm:
                 w.outstanding += 1
                 w.settled.clear()
-                w.put(_Delivery(w.payload(env, line), env, pending, w), None)
+                w.put(_Delivery(payload, env, pending, w), None)
             else:
-                w.put(w.payload(env, line), pending)
+                if pending is not None:
+                    w.held.append((len(w.items), pending))
+                w.items.append(payload)
+                if w.ready is not None:
+                    w.put_done()
             if len(w.items) + w.inflight > w.limit:
                 full = [w] if full is None else [*full, w]
         if pending is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
@@ -32,6 +33,7 @@ __all__ = [
     "call_sync",
     "failed",
     "flat_caller",
+    "fuse",
     "is_fast",
     "map_caller",
     "special_map",
@@ -40,7 +42,21 @@ __all__ = [
 
 
 def _bind(stage: ResolvedStage) -> Callable[..., Any]:
-    return functools.partial(stage.fn, **stage.params) if stage.params else stage.fn
+    """``stage.fn`` with its parameters bound; those that are the very default objects of
+    its signature are left to Python, so a stage called with its defaults is a plain call
+    (a `functools.partial` with keywords costs a dictionary per call)."""
+    params = stage.params
+    if params:
+        try:
+            defaults = {
+                name: p.default
+                for name, p in inspect.signature(stage.fn).parameters.items()
+                if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD
+            }
+        except (TypeError, ValueError):  # no signature to read: bind them all
+            defaults = {}
+        params = {k: v for k, v in params.items() if k not in defaults or defaults[k] is not v}
+    return functools.partial(stage.fn, **params) if params else stage.fn
 
 
 def _delay(policy: RetryPolicy, attempt: int) -> float:
@@ -183,10 +199,7 @@ Step = tuple[Callable[[Any], Any], str, StageMeter]
 
 def steps_of(stages: Iterable[ResolvedStage], meter: PipelineMeter) -> list[Step]:
     """Bind each plain sync map to its parameters, with its stage id and its meter."""
-    return [
-        (functools.partial(s.fn, **s.params) if s.params else s.fn, s.id, meter.stage(s.id))
-        for s in stages
-    ]
+    return [(_bind(s), s.id, meter.stage(s.id)) for s in stages]
 
 
 def apply_steps(item: Any, steps: list[Step]) -> Any:
@@ -211,6 +224,43 @@ def apply_steps(item: Any, steps: list[Step]) -> Any:
             return None
         item = result
     return item
+
+
+def fuse(steps: list[Step]) -> Callable[[Any], Any]:
+    """Return ``apply(item)``: `apply_steps` for these ``steps``, as straight-line code.
+
+    The calls are written out one after the other in a function made for this chain
+    (no loop, no tuple unpacking per step): measured at about 60% of `apply_steps`'s
+    own cost per chunk for three maps. A `Carry` or `Failure` goes to `apply_steps`.
+    """
+    names: dict[str, Any] = {"SPECIAL": SPECIAL, "slow": apply_steps, "steps": steps}
+    lines = ["def apply(item):", "    if type(item) in SPECIAL:"]
+    lines.append("        return slow(item, steps)")
+    for i, (fn, _, _) in enumerate(steps):
+        names[f"f{i}"] = fn
+        lines += [
+            "    try:",
+            f"        result = f{i}(item)",
+            "    except Exception as exc:",
+            f"        return fail({i}, exc, item)",
+            "    if result is None:",
+            f"        return drop({i})",
+            "    item = result",
+        ]
+    lines.append("    return item")
+
+    def fail(i: int, exc: Exception, item: Any) -> Failure:
+        _, sid, m = steps[i]
+        m.errors += 1
+        return failure(sid, exc, item)
+
+    def drop(i: int) -> None:
+        steps[i][2].dropped += 1
+
+    names.update(fail=fail, drop=drop)
+    exec(compile("\n".join(lines), f"<maps {len(steps)}>", "exec"), names)
+    apply: Callable[[Any], Any] = names["apply"]
+    return apply
 
 
 def failed(item: Any) -> bool:

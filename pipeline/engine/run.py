@@ -31,10 +31,10 @@ from pipeline.engine.source import SourceReader
 from pipeline.envelope import (
     UnencodableError,
     encode,
-    encode_plain,
     encode_without,
     numbered,
     processing,
+    processing_maker,
 )
 from pipeline.log import get_logger, mask
 from pipeline.meter import PipelineMeter
@@ -292,16 +292,15 @@ class Run:
         The emitter returns None when the hand-off is done (the hub only), else what to
         await. What it needs is bound once per run, so each chunk pays for no lookups.
         """
-        name, run_id, special = self.name, self.id, SPECIAL
+        make, special = processing_maker(self.name, self.id), SPECIAL
         slow, direct, offer = self._emit_item, self._direct, self._fanout.offer
 
         def emit(item: Any) -> Awaitable[None] | None:
             if type(item) in special or self._abandoned:
                 return slow(item)
             seq = self.seq + 1
-            env = processing(name, run_id, seq, item)
             try:
-                line = encode_plain(env)
+                env, line = make(seq, item)
             except TypeError:
                 return slow(item)  # the slow path tries the fallback encoding
             self.seq = seq

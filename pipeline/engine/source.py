@@ -16,7 +16,7 @@ from contextlib import aclosing
 from typing import Any, Literal
 
 from pipeline.engine.acks import Ack, AckRunner, Probe
-from pipeline.engine.isolate import Step, apply_steps, apply_timed, failed, steps_of
+from pipeline.engine.isolate import Step, apply_timed, failed, fuse, steps_of
 from pipeline.engine.items import Carry, Item, failure
 from pipeline.meter import LATENCY_INTERVAL, PipelineMeter, current_source
 from pipeline.stage import ResolvedStage
@@ -133,6 +133,7 @@ class SourceReader:
         at all beyond the source's own.
         """
         steps = steps_of(maps, self.meter)
+        apply = fuse(steps) if steps else None
         counts = self.counts
         upstream: Any = counts
         for _, _, m in steps:  # their calls are derived, not counted one by one
@@ -151,9 +152,13 @@ class SourceReader:
         budget, since_yield, last_yield = _CHECK_EVERY, 0, clock()
         async with aclosing(source):  # type: ignore[type-var]
             while True:
-                pull = self._pull(source, step, task)
-                if pull is None:
-                    return
+                if self.stopping:
+                    pull = self._pull(source, step, task)
+                    if pull is None:
+                        return
+                else:  # `_pull`'s common case, inlined: per chunk
+                    self._waiting = task
+                    pull = step()
                 try:
                     raw = await pull
                 except StopAsyncIteration:
@@ -168,7 +173,7 @@ class SourceReader:
                 finally:
                     self._waiting = None
                 counts.read += 1
-                if self._told == "cancel" and task is not None:
+                if self.stopping and self._told == "cancel" and task is not None:
                     task.uncancel()  # the source caught the stop: tell it again at its yield
                     self._told = ""
                 item = self._item(raw) if type(raw) in wrapped else raw
@@ -176,8 +181,8 @@ class SourceReader:
                     item = self._sampled(item, steps)
                     if item is None and self._probe_tries:
                         budget += 1  # dropped while a probe is due: the next one is sampled
-                elif steps:
-                    item = apply_steps(item, steps)
+                elif apply is not None:
+                    item = apply(item)
                 if item is not None:
                     if emit is None:
                         yield item

@@ -737,3 +737,52 @@ async def test_no_ack_when_sink_fails() -> None:
     envs = await run_pipeline(broker, [], [breaks_at_two])
     assert envs[-1]["reason"] == "error"
     assert 2 not in acked and acked == [0, 1]
+
+
+DEFAULT_UNIT = "celsius-default"
+
+
+def scaled(chunk: dict[str, Any], *, factor: float = 2.0, unit: str = DEFAULT_UNIT) -> Any:
+    return {**chunk, "v": chunk["v"] * factor, "unit": unit}
+
+
+def test_bound_maps_leave_their_defaults_to_python() -> None:
+    """Parameters that are the signature's own default objects are not bound (a plain
+    call); any other value is, also one equal to the default but not the same object."""
+    from pipeline.engine.isolate import fuse, steps_of
+    from pipeline.meter import PipelineMeter
+
+    given = "".join(["cel", "sius-default"])  # equal to the default, another object
+    stages = [
+        make_stage(scaled, params={"factor": 2.0, "unit": DEFAULT_UNIT}, id="a"),
+        make_stage(scaled, params={"factor": 3.0, "unit": given}, id="b"),
+    ]
+    (fa, _, _), (fb, _, _) = steps_of(stages, PipelineMeter("p"))
+    assert fa is scaled
+    assert fb.keywords == {"factor": 3.0, "unit": given}  # type: ignore[attr-defined]
+    apply = fuse(steps_of(stages, PipelineMeter("p")))
+    assert apply({"v": 1}) == {"v": 6.0, "unit": given}
+
+
+async def test_fused_maps_count_drops_and_errors_per_stage() -> None:
+    """The straight-line maps: a drop and an error are counted on the stage that did it."""
+
+    def half(chunk: int) -> int | None:
+        return chunk if chunk % 2 else None
+
+    def picky(chunk: int) -> int:
+        if chunk == 3:
+            raise ValueError("no 3")
+        return chunk
+
+    run = Run(
+        "p",
+        make_stage(lambda: iter(range(1, 7)), "source"),
+        [make_stage(half, id="half"), make_stage(picky, id="picky")],
+        publish=lambda env, line: None,
+    )
+    assert await run.execute() == "finished"
+    assert (run.processed, run.chunk_errors) == (2, 1)
+    half_m, picky_m = run.meter.stage("half"), run.meter.stage("picky")
+    assert (half_m.dropped, half_m.errors) == (3, 0)
+    assert (picky_m.dropped, picky_m.errors) == (0, 1)
