@@ -483,3 +483,12 @@ def test_what_a_stage_prints_goes_to_stderr_not_into_the_ndjson(tmp_path: Path) 
     assert "imported noisy" in proc.stderr
     assert proc.stderr.count("raw write") == 3
     assert proc.stderr.count("got {") == 3
+
+
+def test_run_off_a_terminal_never_imports_rich(project: Path) -> None:
+    """Progress lines are for terminals: a piped `pipeline run` does not load rich."""
+    proc = cli("run", "counting", cwd=project, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert proc.returncode in (0, 1), proc.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "pipeline.engine.run" in imported  # the import report is there
+    assert not {m for m in imported if m.startswith(("rich.", "pygments"))}

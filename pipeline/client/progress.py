@@ -12,13 +12,14 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TextIO
-
-from rich.console import Console, Group
-from rich.live import Live
-from rich.text import Text
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pipeline.meter import PipelineMeter
+
+if TYPE_CHECKING:  # rich is imported only when progress is shown (a terminal)
+    from rich.console import Group
+    from rich.live import Live
+    from rich.text import Text
 
 __all__ = ["REFRESH", "Progress", "wanted"]
 
@@ -48,6 +49,8 @@ class Progress:
     ) -> None:
         self.meters = dict(meters)
         self.state = state
+        from rich.console import Console
+
         self.console = Console(file=stream or sys.stderr)
         self.started = time.monotonic()
         self._last: dict[str, tuple[float, int]] = {}
@@ -57,6 +60,8 @@ class Progress:
 
     def line(self, name: str, now: float) -> Text:
         """One pipeline's line: state, chunks in and out, rate, errors, elapsed."""
+        from rich.text import Text
+
         meter = self.meters[name]
         totals = meter.envelope_totals()
         out, errors = totals.get("processing", 0), totals.get("chunk_error", 0)
@@ -77,6 +82,8 @@ class Progress:
 
     def render(self) -> Group:
         """Every pipeline's line, as one renderable."""
+        from rich.console import Group
+
         now = time.monotonic()
         return Group(*(self.line(name, now) for name in self.meters))
 
@@ -87,6 +94,8 @@ class Progress:
                 self._live.update(self.render(), refresh=True)
 
     async def __aenter__(self) -> Progress:
+        from rich.live import Live
+
         self._live = Live(
             self.render(),
             console=self.console,
