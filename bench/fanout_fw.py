@@ -12,9 +12,15 @@ object (the `bench.harness.run_json` protocol)::
     python -m bench.fanout_fw throughput --clients 100 --n 20000
     python -m bench.fanout_fw throughput --clients 100 --n 20000 --frozen 1
     python -m bench.fanout_fw memory --seconds 60 --rate 10000
+    python -m bench.fanout_fw latency --clients 100 --rate 10000 --n 20000
 
 - ``--frozen F``: F more connections that send the request and never read (a 4 KiB
   ``SO_RCVBUF``). They are not counted; the hub must drop them (``dropped_clients``).
+- ``latency``: the source paced at ``--rate`` envelopes/s to K clients; the first
+  ``--sample`` clients decode every line and take, per ``processing`` envelope, the time
+  from the reading's production in the source (its ``t``, `time.monotonic`, the same
+  clock in both processes) to the line's read here: p50/p99/max in ms over every
+  sampled envelope after the first ``--skip`` of each client.
 - ``memory``: the source paced at ``--rate`` envelopes/s for ``--seconds``; one frozen
   client and one healthy one; server RSS sampled every ``--sample`` seconds.
 
@@ -89,7 +95,7 @@ def _request(port: int) -> bytes:
 class Clients:
     """K reading connections in one selector loop, plus F frozen ones that never read."""
 
-    def __init__(self, port: int, k: int, frozen: int) -> None:
+    def __init__(self, port: int, k: int, frozen: int, keep: int = 0) -> None:
         self.sel = selectors.DefaultSelector()
         self.socks: list[socket.socket] = []
         self.frozen: list[socket.socket] = []
@@ -112,9 +118,10 @@ class Clients:
             s.sendall(req)
             s.setblocking(False)
             self.sel.register(s, selectors.EVENT_READ, i)
-            self.decs.append(StreamDecoder())
+            self.decs.append(StreamDecoder(keep=i < keep))
             self.done_at.append(float("nan"))
         self.open = k
+        self.on_lines: Callable[[int, list[bytes]], None] | None = None
 
     def close(self) -> None:
         """Close every socket (idempotent)."""
@@ -161,6 +168,8 @@ class Clients:
                         dec.feed(buf, n)
                     except ValueError as exc:
                         return f"connection {i}: {exc}"
+                    if dec.payload is not None and self.on_lines is not None:
+                        self.on_lines(i, dec.take_lines())
                 elif not dec.done:
                     return f"connection {i} closed before the end of the stream"
                 if dec.done:
@@ -294,6 +303,69 @@ def _throughput_result(
     }
 
 
+def latency(k: int, n: int, rate: float, sample: int, skip: int, timeout: float) -> Result:
+    """``n`` envelopes paced at ``rate``/s to ``k`` readers; latency on ``sample`` of them."""
+    _raise_nofile(2 * k + 256)
+    sample = min(sample, k)
+    with tempfile.TemporaryDirectory(prefix="bench-fanout-lat-") as tmp:
+        gate = Path(tmp) / "gate"
+        env = {"BENCH_N": str(n), "BENCH_GATE": str(gate), "BENCH_RATE": str(rate)}
+        try:
+            server, client_cpu = _start(env, f"fanout-lat-k{k}")
+        except StartError as exc:
+            return {"ok": False, "skipped": str(exc)}
+        clients: Clients | None = None
+        lat: list[float] = []
+        seen = [0] * sample
+
+        def on_lines(i: int, lines: list[bytes]) -> None:
+            now = time.monotonic()
+            for line in lines:
+                env = orjson.loads(line)
+                data = env.get("data")
+                if env.get("status") != "processing" or not isinstance(data, dict):
+                    continue
+                seen[i] += 1
+                if seen[i] > skip and "t" in data:
+                    lat.append((now - data["t"]) * 1000.0)
+
+        try:
+            if client_cpu is not None:
+                os.sched_setaffinity(0, {client_cpu})
+            clients = Clients(server.port, k, 0, keep=sample)
+            error = _wait_subscribed(server.port, clients, k, server)
+            if error is not None:
+                return {"ok": False, "error": error}
+            clients.on_lines = on_lines
+            gate.touch()
+            t0 = time.perf_counter()
+            error = clients.pump(lambda: False, deadline=t0 + timeout)
+            elapsed = time.perf_counter() - t0
+            state = pipeline_state(server.port)
+            res = _throughput_result(clients, k, n, 0, elapsed, error, state)
+        except (OSError, ValueError) as exc:
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            if clients is not None:
+                clients.close()
+            server.stop()
+    if res["ok"] and not lat:
+        res |= {"ok": False, "error": "no latency samples"}
+    lat.sort()
+
+    def pct(q: float) -> float:
+        return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else 0.0
+
+    return res | {
+        "rate": n / elapsed if elapsed > 0 else 0.0,
+        "target_rate": rate,
+        "samples": len(lat),
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "max_ms": lat[-1] if lat else 0.0,
+    }
+
+
 def memory(seconds: float, rate: float, sample: float) -> Result:
     """A paced run with one frozen and one healthy client; RSS every ``sample`` s."""
     n = int(seconds * rate)
@@ -389,6 +461,13 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--n", type=int, default=20_000, help="envelopes per client")
     t.add_argument("--frozen", type=int, default=0, help="connections that never read")
     t.add_argument("--timeout", type=float, default=240.0, help="the read, seconds")
+    lt = sub.add_parser("latency")
+    lt.add_argument("--clients", type=int, default=100)
+    lt.add_argument("--n", type=int, default=20_000, help="envelopes per client")
+    lt.add_argument("--rate", type=float, default=10_000.0, help="envelopes/s")
+    lt.add_argument("--sample", type=int, default=5, help="clients whose lines are timed")
+    lt.add_argument("--skip", type=int, default=100, help="first envelopes not timed")
+    lt.add_argument("--timeout", type=float, default=240.0, help="the read, seconds")
     m = sub.add_parser("memory")
     m.add_argument("--seconds", type=float, default=60.0)
     m.add_argument("--rate", type=float, default=10_000.0, help="envelopes/s")
@@ -396,6 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.what == "throughput":
         res = throughput(max(1, args.clients), max(1, args.n), max(0, args.frozen), args.timeout)
+    elif args.what == "latency":
+        k, n = max(1, args.clients), max(1, args.n)
+        res = latency(k, n, max(1.0, args.rate), max(1, args.sample), args.skip, args.timeout)
     else:
         res = memory(max(1.0, args.seconds), max(1.0, args.rate), max(0.5, args.sample))
     sys.stdout.write(orjson.dumps(res).decode() + "\n")

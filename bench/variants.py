@@ -270,6 +270,10 @@ BROKER_N = 100_000
 ACK_LATENCY_N = 200
 
 LATENCY_N = 500
+LOAD_RATE = 10_000
+LOAD_N = 30_000
+"""Envelopes of the latency-under-load run: 3 s at `LOAD_RATE`."""
+LOAD_SAMPLE = 5
 CONCURRENCY = 64
 CONCURRENCY_N = 6400
 """Chunks of the ``concurrency`` group: 1 s at the ideal 6,400/s."""
@@ -433,6 +437,28 @@ GROUPS: tuple[Group, ...] = (
         base="B",
         params=lambda n: Params(n=LATENCY_N, interval=0.01),
         client_args=("--latency", "--skip", "5"),
+    ),
+    Group(
+        name="latency-load",
+        title=f"Latency under load: {LOAD_RATE:,} envelopes/s to K={FANOUT_CLIENTS} clients",
+        variants=(
+            ProcVariant(
+                name="framework-load",
+                label=f"framework: paced source, hub ring, K={FANOUT_CLIENTS}, "
+                f"{LOAD_SAMPLE} clients timed",
+                command=lambda p: [
+                    *(PY, "-m", "bench.fanout_fw", "latency", "--clients", str(FANOUT_CLIENTS)),
+                    *("--rate", str(LOAD_RATE), "--n", str(p.n), "--sample", str(LOAD_SAMPLE)),
+                ],
+                note="t set by the source at production; fresh server per rep",
+            ),
+        ),
+        kind="latency",
+        params=lambda n: Params(n=LOAD_N),
+        reading="From the reading's production in the source (its `t`, `time.monotonic`) to "
+        f"the line read by one of {LOAD_SAMPLE} timed clients, while every one of the "
+        f"{FANOUT_CLIENTS} clients reads the stream (`bench/fanout_fw.py latency`). "
+        "Target: p99 <= 2 ms.",
     ),
 )
 
