@@ -63,28 +63,50 @@ class _Acks:
     """
 
     def __init__(self) -> None:
-        self.order: deque[list[Any]] = deque()  # [tag, message, accepted], delivery order
+        self.order: deque[list[Any]] = deque()  # [tag, message, settled, rejected], in order
         self.due: tuple[int, aio_pika.abc.AbstractIncomingMessage] | None = None  # highest
         self.sent = 0  # every tag up to this one is acknowledged
         self.failed: BaseException | None = None
         self.changed = asyncio.Condition()
         self.sender: asyncio.Task[None] | None = None
 
-    def track(self, message: aio_pika.abc.AbstractIncomingMessage) -> Callable[[], Awaitable[None]]:
-        """Hold ``message``; return its ack function."""
-        tag = message.delivery_tag or 0  # a consumer with manual acks: always a tag
-        entry = [tag, message, False]
-        self.order.append(entry)
+    def track(
+        self, message: aio_pika.abc.AbstractIncomingMessage, *, reject: bool = False
+    ) -> Callable[[], Awaitable[None]]:
+        """Hold ``message``; return its ack function.
 
-        def ack() -> Awaitable[None]:
+        With ``reject``, the function rejects the message instead (``basic.nack`` without
+        requeue, so the broker dead-letters it); later acks with ``multiple`` skip it.
+        """
+        tag = message.delivery_tag or 0  # a consumer with manual acks: always a tag
+        entry = [tag, message, False, reject]
+
+        def settle() -> None:
             entry[2] = True
             while self.order and self.order[0][2]:
                 done = self.order.popleft()
-                self.due = (done[0], done[1])
+                if not done[3]:  # a rejected tag is settled already: never acked
+                    self.due = (done[0], done[1])
             if self.sender is None or self.sender.done():
                 self.sender = asyncio.get_running_loop().create_task(self._send())
+
+        async def rejected() -> None:
+            try:
+                await message.nack(requeue=False)
+            except Exception as exc:  # the channel is gone: the broker requeues the rest
+                self.failed = exc
+                async with self.changed:
+                    self.changed.notify_all()
+                raise
+            settle()
+
+        def ack() -> Awaitable[None]:
+            if reject:  # under way at once: the acks of later messages wait for it
+                return asyncio.get_running_loop().create_task(rejected())
+            settle()
             return self._sent(tag)
 
+        self.order.append(entry)
         return ack
 
     async def _send(self) -> None:
@@ -119,6 +141,7 @@ async def read(
     prefetch: PositiveInt = 100,
     format: Format = "json",
     max_deliveries: PositiveInt | None = None,
+    dead_letter_exchange: str | None = None,
     declare: bool = True,
 ) -> AsyncIterator[Message | BadChunk]:
     """Consume a RabbitMQ queue; each message is acknowledged after every sink accepted it.
@@ -135,7 +158,10 @@ async def read(
     the queue is a quorum queue (only those count deliveries, header
     ``x-delivery-count``): a message delivered more often than that becomes a
     ``chunk_error`` with ``error.type: MaxDeliveriesExceeded`` and is then acked, so a
-    message that kills its worker cannot loop forever. On shutdown the source stops
+    message that kills its worker cannot loop forever; with ``dead_letter_exchange``
+    it is rejected instead (``basic.nack``, no requeue) once the pipeline's dead-letter
+    sink has its ``chunk_error``, and RabbitMQ moves the original message to that
+    exchange. On shutdown the source stops
     consuming (prefetched messages not yet read go back to the queue) and waits, at most
     10 s, for the acks of what it delivered.
 
@@ -146,6 +172,9 @@ async def read(
         format: ``json`` (one JSON value per message; undecodable -> ``chunk_error``),
             ``text`` (UTF-8) or ``raw`` (bytes).
         max_deliveries: Deliveries of one message, at most (needs a quorum queue).
+        dead_letter_exchange: RabbitMQ's dead-letter exchange of the queue (declared
+            with the queue as ``x-dead-letter-exchange``): a message over
+            ``max_deliveries`` is rejected there instead of acked.
         declare: Declare the queue (durable) if it does not exist; ``false`` uses it
             as it is.
 
@@ -160,20 +189,22 @@ async def read(
         stack.push_async_callback(conn.close)
         channel = await conn.channel()
         await channel.set_qos(prefetch_count=prefetch)
-        args: dict[str, Any] | None = (
-            {"x-queue-type": "quorum"} if max_deliveries is not None else None
-        )
+        args: dict[str, Any] = {"x-queue-type": "quorum"} if max_deliveries is not None else {}
+        if dead_letter_exchange is not None:
+            args["x-dead-letter-exchange"] = dead_letter_exchange
         if declare:
-            q = await channel.declare_queue(queue, durable=True, arguments=args)
+            q = await channel.declare_queue(queue, durable=True, arguments=args or None)
         else:
             q = await channel.get_queue(queue, ensure=True)
         # runs before the connection closes: the acks of what was handed on go out first
         stack.push_async_callback(inflight.drain)
         async with q.iterator() as messages:
             async for message in messages:
-                ack = inflight.track(acks.track(message))
                 seen = _deliveries(message)
-                if max_deliveries is not None and seen >= max_deliveries:
+                poison = max_deliveries is not None and seen >= max_deliveries
+                reject = poison and dead_letter_exchange is not None
+                ack = inflight.track(acks.track(message, reject=reject))
+                if poison:
                     err = MaxDeliveriesExceeded(
                         f"delivered {seen + 1} times (max_deliveries: {max_deliveries})"
                     )

@@ -22,12 +22,16 @@ pytestmark = pytest.mark.anyio
 URL = amqp.URL
 
 
-async def publish(queue: str, bodies: list[bytes], *, quorum: bool = False) -> None:
+async def publish(
+    queue: str, bodies: list[bytes], *, quorum: bool = False, dlx: str | None = None
+) -> None:
     conn = await aio_pika.connect(URL)
     async with conn:
         ch = await conn.channel()
-        args = {"x-queue-type": "quorum"} if quorum else None
-        await ch.declare_queue(queue, durable=True, arguments=args)
+        args: dict[str, Any] = {"x-queue-type": "quorum"} if quorum else {}
+        if dlx is not None:
+            args["x-dead-letter-exchange"] = dlx
+        await ch.declare_queue(queue, durable=True, arguments=args or None)
         for body in bodies:
             await ch.default_exchange.publish(aio_pika.Message(body), queue)
 
@@ -189,6 +193,32 @@ async def test_an_ack_on_a_closed_channel_fails_and_the_messages_stay_queued(que
     assert await depth(queue) == 2
 
 
+async def test_a_reject_on_a_closed_channel_fails_and_so_do_the_acks_behind_it(
+    queue: str,
+) -> None:
+    """A rejection that cannot go out raises, and the acks waiting behind it raise too."""
+    await publish(queue, [b"1", b"2"])
+    conn = await aio_pika.connect(URL)
+    async with conn:
+        channel = await conn.channel()
+        q = await channel.declare_queue(queue, passive=True)
+        acks = amqp._Acks()
+        tracked = []
+        async with q.iterator() as messages:
+            async for message in messages:
+                tracked.append(acks.track(message, reject=not tracked))
+                if len(tracked) == 2:
+                    break
+        await channel.close()
+        second = tracked[1]()  # waits behind the first
+        first = tracked[0]()
+        with pytest.raises(aio_pika.exceptions.ChannelInvalidStateError):
+            await first
+        with pytest.raises(aio_pika.exceptions.ChannelInvalidStateError):
+            await second
+    assert await depth(queue) == 2
+
+
 async def test_max_deliveries_turns_a_poison_message_into_a_chunk_error(queue: str) -> None:
     """A message delivered too often is a MaxDeliveriesExceeded chunk_error, then acked."""
     await publish(queue, [b'"poison"'], quorum=True)
@@ -215,6 +245,53 @@ async def test_max_deliveries_turns_a_poison_message_into_a_chunk_error(queue: s
     assert errors[0]["error"]["message"] == "delivered 3 times (max_deliveries: 2)"
     assert dead == errors
     assert await depth(queue) == 0
+
+
+async def _deliver_twice_unacked(queue: str) -> None:
+    conn = await aio_pika.connect(URL)
+    async with conn:  # two deliveries that die without an ack
+        for _ in range(2):
+            ch = await conn.channel()
+            q = await ch.declare_queue(queue, passive=True)
+            msg = await q.get(no_ack=False, timeout=5)
+            assert msg is not None
+            await msg.nack(requeue=True)
+            await ch.close()
+
+
+async def test_max_deliveries_with_a_dead_letter_exchange_rejects_it_there(queue: str) -> None:
+    """With `dead_letter_exchange`, the poison message is rejected (RabbitMQ moves it to
+    that exchange) after its chunk_error; the messages around it are acked as usual."""
+    dlx, dead = f"{queue}-dlx", f"{queue}-dead"
+    conn = await aio_pika.connect(URL)
+    async with conn:
+        ch = await conn.channel()
+        exchange = await ch.declare_exchange(dlx, aio_pika.ExchangeType.FANOUT, auto_delete=True)
+        bound = await ch.declare_queue(dead, durable=True)
+        await bound.bind(exchange)
+    try:
+        await publish(queue, [b'"poison"'], quorum=True, dlx=dlx)
+        await _deliver_twice_unacked(queue)
+        await publish(queue, [b"1", b"2"], quorum=True, dlx=dlx)
+        got = await run_until(
+            amqp.read,
+            {"queue": queue, "max_deliveries": 2, "dead_letter_exchange": dlx},
+            lambda e: len([x for x in e if x["status"] in ("processing", "chunk_error")]) == 3,
+            dead_letter=lambda env: None,
+        )
+        errors = [(e["error"]["type"], e["chunk"]) for e in got if e["status"] == "chunk_error"]
+        assert errors == [("MaxDeliveriesExceeded", '"poison"')]
+        assert sorted(data_of(got)) == [1, 2]
+        assert await depth(queue) == 0
+        conn = await aio_pika.connect(URL)
+        async with conn:
+            ch = await conn.channel()
+            q = await ch.declare_queue(dead, passive=True)
+            msg = await q.get(no_ack=True, timeout=5)
+            assert msg is not None and msg.body == b'"poison"'
+            assert await q.get(no_ack=True, fail=False) is None
+    finally:
+        await delete(dead)
 
 
 async def test_connection_failure_never_shows_the_password(
