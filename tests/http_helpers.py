@@ -29,6 +29,17 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def ndjson_file(path: Path) -> list[Any]:
+    """The whole lines of an NDJSON file another process may be writing, decoded.
+
+    A sink writes many lines in one call, so a reader can see the last one half-written:
+    only what ends in a newline counts.
+    """
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().split(b"\n")[:-1] if line]
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, every: float = 0.02) -> Any:
     """Return the first truthy value of ``predicate()``; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -177,7 +177,8 @@ def test_config_validates(config: Path, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     names = yaml.safe_load(config.read_text())["pipelines"]
-    assert proc.stdout.strip().endswith(f"({len(names)} pipelines: {', '.join(names)})")
+    noun = "pipeline" if len(names) == 1 else "pipelines"
+    assert proc.stdout.strip().endswith(f"({len(names)} {noun}: {', '.join(names)})")
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.http_helpers import ROOT, ServerProcess, wait_until
+from tests.http_helpers import ROOT, ServerProcess, ndjson_file, wait_until
 
 TOKEN = "ingest-t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -84,7 +84,7 @@ def post(srv: ServerProcess, name: str, body: bytes, **headers: str) -> httpx.Re
 
 
 def envelopes(path: Path) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+    return ndjson_file(path)
 
 
 def test_ndjson_body_answers_once_every_chunk_reached_the_sink(server: Any) -> None:

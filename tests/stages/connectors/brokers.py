@@ -24,6 +24,7 @@ import redis
 
 from pipeline.engine.run import Run
 from pipeline.testing import make_stage
+from tests.http_helpers import ndjson_file
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -136,7 +137,7 @@ class Worker:
         return found
 
     def envelopes(self) -> list[dict[str, Any]]:
-        return [orjson.loads(x) for x in self.stdout_path.read_bytes().splitlines() if x]
+        return ndjson_file(self.stdout_path)
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

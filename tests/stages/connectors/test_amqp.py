@@ -13,7 +13,7 @@ import pytest
 from pipeline import Delivery, sink
 from pipeline.testing import make_stage, run_pipeline
 from stages.connectors import amqp
-from tests.http_helpers import wait_until
+from tests.http_helpers import ndjson_file, wait_until
 from tests.stages.connectors.brokers import Running, until
 from tests.stages.connectors.helpers import Worker, data_of, run_until, write_config
 
@@ -353,7 +353,7 @@ def test_sigkill_loses_nothing_and_competing_workers_share(queue: str, tmp_path:
 
     def read(name: str) -> list[int]:
         path = seen[name]
-        return [orjson.loads(x) for x in path.read_bytes().splitlines()] if path.exists() else []
+        return ndjson_file(path)
 
     with Worker(configs["victim"], "work", tmp_path / "victim.out") as victim:
         wait_until(lambda: len(read("victim")) == 6, timeout=60)  # 5 accepted, 1 held

@@ -16,7 +16,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.http_helpers import ROOT, wait_until
+from tests.http_helpers import ROOT, ndjson_file, wait_until
 
 TOKEN = "up-t0ken-secret"
 
@@ -162,9 +162,7 @@ def downstream(tmp: Path, url: str, **with_: Any) -> tuple[subprocess.Popen[byte
 
 
 def envelopes(out: Path) -> list[dict[str, Any]]:
-    if not out.exists():
-        return []
-    return [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    return ndjson_file(out)
 
 
 def data(out: Path) -> list[Any]:

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.testing import make_stage, run_pipeline
 from stages.connectors import mqtt
-from tests.http_helpers import wait_until
+from tests.http_helpers import ndjson_file, wait_until
 from tests.stages.connectors.helpers import Worker, data_of, run_until, write_config
 
 aiomqtt = pytest.importorskip("aiomqtt")
@@ -146,7 +146,7 @@ def test_sigkill_then_restart_with_the_same_client_id_loses_nothing(
 
     def read(name: str) -> list[int]:
         path = seen[name]
-        return [orjson.loads(x) for x in path.read_bytes().splitlines()] if path.exists() else []
+        return ndjson_file(path)
 
     with Worker(config("victim", 5), "work", tmp_path / "victim.out") as victim:
         wait_until(lambda: len(read("victim")) == 6, timeout=60)
@@ -168,7 +168,7 @@ def test_sigterm_pubacks_what_it_took_before_leaving(unique: str, tmp_path: Path
 
     def read(name: str) -> list[int]:
         path = seen[name]
-        return [orjson.loads(x) for x in path.read_bytes().splitlines()] if path.exists() else []
+        return ndjson_file(path)
 
     def config(name: str) -> Path:
         text = WORKER.format(topic=topic, cid=cid, seen=seen[name], accept=10**9)

@@ -8,11 +8,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from stages.connectors.postgres_source import CHECKPOINTS, dump_cursor, load_cursor, read
-from tests.http_helpers import wait_until
+from tests.http_helpers import ndjson_file, wait_until
 from tests.stages.connectors.conftest import PG_DSN
 from tests.stages.connectors.helpers import Worker, data_of, run_until, write_config
 
@@ -128,8 +127,7 @@ async def test_sigkill_then_restart_resumes_after_the_saved_cursor(
 
     def values(name: str) -> list[int]:
         path = seen[name]
-        lines = path.read_bytes().splitlines() if path.exists() else []
-        return [orjson.loads(x)["v"] for x in lines]
+        return [x["v"] for x in ndjson_file(path)]
 
     async def saved() -> Any:
         return await pg.fetchval(f"SELECT value FROM {CHECKPOINTS} WHERE name = $1", f"{events}.id")
