@@ -103,7 +103,7 @@ def table(group: dict[str, Any]) -> list[str]:
     out: list[str] = []
     latency = group["kind"] == "latency"
     if latency:
-        out.append(f"| variant | p50 ms | p99 ms | max ms | p50 x ({base}) |")
+        out.append(f"| variant | p50 ms | p99 ms | max ms | p50 x ({base or '-'}) |")
         out.append("| --- | ---: | ---: | ---: | ---: |")
     else:
         rt = f"x ({base})" if base else "x"
@@ -580,7 +580,9 @@ def plot_memory(mem: dict[str, Any]) -> Path | None:
     return path
 
 
-def group_section(name: str, group: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+def group_section(
+    name: str, group: dict[str, Any], meta: dict[str, Any], *, plot: bool = True
+) -> list[str]:
     """The markdown section of one group: command, table, ratios, reading, plot."""
     p = group["params"]
     lines = [
@@ -602,7 +604,7 @@ def group_section(name: str, group: dict[str, Any], meta: dict[str, Any]) -> lis
     lines += [*table(group), "", *pairs_lines(group)]
     if group.get("reading"):
         lines += [group["reading"], ""]
-    if (PLOTS / f"{name}.png").exists():
+    if plot and (PLOTS / f"{name}.png").exists():
         lines += [f"![{name}](perf/{name}.png)", ""]
     return lines
 
@@ -611,15 +613,14 @@ def update_sections(results: dict[str, Any]) -> None:
     """Fold the groups of a partial run (``--only ... --docs``) into the existing document.
 
     Each group's section replaces the one with the same title, or goes before the
-    hand-written notes (or the plug points) when the document has none yet.
+    hand-written notes (or the plug points) when the document has none yet. No plot is
+    drawn: the pictures in docs/perf/ come from full runs.
     """
     meta = results["meta"]
     text = DOC.read_text()
     for name, group in results["groups"].items():
-        command = reproduce(name, group, meta)
-        plot_group(name, group, PLOTS / f"{name}.png", command)
         dated = group | {"measured": meta["date"], "load_avg_before": meta["load_avg_before"]}
-        section = "\n".join(group_section(name, dated, meta))
+        section = "\n".join(group_section(name, dated, meta, plot=False))
         head = f"## {group['title']}\n"
         start = text.find(head)
         if start < 0:
