@@ -320,19 +320,24 @@ class Consumer:
             self.log.warning("redis_drain_timeout", held=len(self.held))
 
     async def _hand_back(self) -> None:
-        """Give entries still pending under our name to a live consumer, or leave them."""
+        """Give entries still pending under our name to a live consumer, or leave them
+        claimable at once (a read cut short by the stop leaves such entries: Redis
+        delivered them, the reply was never taken)."""
         p = self.p
         rows = await self.client.xpending_range(
             p.stream, p.group, "-", "+", p.max_in_flight + p.batch, consumername=p.consumer
         )
         ids = [r["message_id"] for r in rows]
         peer = await self._live_peer() if ids else None
+        idle_ms = int(p.claim_idle * 1000)  # as if idle for claim_idle: the next claim takes them
         if ids and peer is not None:
-            idle_ms = int(p.claim_idle * 1000)
             await self.client.xclaim(p.stream, p.group, peer, 0, ids, idle=idle_ms, justid=True)
             self.log.info("redis_handed_back", count=len(ids), to=peer)
         elif ids:
-            self.log.warning("redis_left_pending", count=len(ids))
+            await self.client.xclaim(
+                p.stream, p.group, p.consumer, 0, ids, idle=idle_ms, justid=True
+            )
+            self.log.warning("redis_left_pending", count=len(ids), claimable="at once")
             return
         if not p.named:
             await self.client.xgroup_delconsumer(p.stream, p.group, p.consumer)
