@@ -121,6 +121,8 @@ def table(group: dict[str, Any]) -> list[str]:
             continue
         r = res.get("ratio")
         ratio = fmt_range(r, _ratio) if r else ("1.00" if name == base else "")
+        if res.get("status") == "partial":  # inside the table (was appended after the last `|`)
+            ratio += " (partial: time budget)"
         if latency:
             out.append(
                 f"| {label} | {fmt_range(s['p50_ms'], _ms)} | {fmt_range(s['p99_ms'], _ms)} "
@@ -132,8 +134,6 @@ def table(group: dict[str, Any]) -> list[str]:
                 f"| {label} | {fmt_range(s['rate'])} | {mb} | {ratio} "
                 f"| {_pct(s.get('server_cpu_frac'))} | {_pct(s.get('client_cpu_frac'))} |"
             )
-        if res.get("status") == "partial":
-            out[-1] += " (partial: time budget)"
     return out
 
 
