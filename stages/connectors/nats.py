@@ -62,7 +62,11 @@ async def _connect(url: str, log: Any) -> Any:
         else:
             log.warning("nats_unavailable", url=mask_url(url), error=text)
 
+    client: list[Any] = []
+
     async def on_disconnected() -> None:
+        if client and client[0].is_closed:  # our own close: nothing to warn about
+            return
         log.warning("nats_disconnected", url=mask_url(url))
 
     async def on_reconnected() -> None:
@@ -93,7 +97,8 @@ async def _connect(url: str, log: Any) -> Any:
         msg = f"NATS at `{mask_url(url)}` refused the credentials"
         raise AuthenticationFailed(msg)
     connected[0] = True
-    return connecting.result()
+    client.append(connecting.result())
+    return client[0]
 
 
 async def read(

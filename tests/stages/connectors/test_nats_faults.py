@@ -174,6 +174,7 @@ def test_sigterm_drains_and_leaves_nothing_unacked(tmp_path: Path, stream: str) 
     assert info.num_ack_pending == 0
     assert info.num_pending + info.num_redelivered + len(got) >= 2000  # the rest waits
     assert worker.envelopes()[-1]["reason"] == "shutdown"
+    assert not worker.events("nats_disconnected")  # its own close is no warning
 
 
 def test_refused_start_then_restart_lose_nothing(tmp_path: Path) -> None:
