@@ -170,33 +170,12 @@ async def test_acks_go_out_in_order_many_per_frame(
     assert await depth(queue) == 0  # the broker took every one of them as acknowledged
 
 
-async def test_an_ack_on_a_closed_channel_fails_and_the_messages_stay_queued(queue: str) -> None:
-    """An ack that cannot go out raises for each message it covers; nothing is lost."""
-    await publish(queue, [b"1", b"2"])
-    conn = await aio_pika.connect(URL)
-    async with conn:
-        channel = await conn.channel()
-        q = await channel.declare_queue(queue, passive=True)
-        acks = amqp._Acks()
-        tracked = []
-        async with q.iterator() as messages:
-            async for message in messages:
-                tracked.append(acks.track(message))
-                if len(tracked) == 2:
-                    break
-        await channel.close()
-        first, second = tracked[0](), tracked[1]()
-        with pytest.raises(aio_pika.exceptions.ChannelInvalidStateError):
-            await first
-        with pytest.raises(aio_pika.exceptions.ChannelInvalidStateError):
-            await second
-    assert await depth(queue) == 2
-
-
-async def test_a_reject_on_a_closed_channel_fails_and_so_do_the_acks_behind_it(
-    queue: str,
+@pytest.mark.parametrize("reject_first", [False, True], ids=["ack", "reject"])
+async def test_settling_on_a_closed_channel_fails_and_the_messages_stay_queued(
+    queue: str, reject_first: bool
 ) -> None:
-    """A rejection that cannot go out raises, and the acks waiting behind it raise too."""
+    """An ack (or a rejection, with the ack waiting behind it) that cannot go out raises
+    for each message it covers; nothing is lost."""
     await publish(queue, [b"1", b"2"])
     conn = await aio_pika.connect(URL)
     async with conn:
@@ -206,7 +185,7 @@ async def test_a_reject_on_a_closed_channel_fails_and_so_do_the_acks_behind_it(
         tracked = []
         async with q.iterator() as messages:
             async for message in messages:
-                tracked.append(acks.track(message, reject=not tracked))
+                tracked.append(acks.track(message, reject=reject_first and not tracked))
                 if len(tracked) == 2:
                     break
         await channel.close()
