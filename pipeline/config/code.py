@@ -96,8 +96,8 @@ def purge_user_modules(roots: Iterable[Path | str]) -> list[str]:
         sys.modules.pop(name, None)
         try:
             cached = importlib.util.cache_from_source(file)
-        except (NotImplementedError, ValueError):
-            continue
+        except (NotImplementedError, ValueError):  # no bytecode cache here (cache_tag None,
+            continue  # or not a .py file): nothing stale to remove
         with contextlib.suppress(OSError):
             os.unlink(cached)
     importlib.invalidate_caches()

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -18,13 +19,13 @@ def sleepy(chunk):
 """
 
 
-def test_a_blocking_sync_transform_is_named_with_its_stall(tmp_path: Path) -> None:
-    """`time.sleep` in a sync transform: `loop_blocked` names it, while it lasts and after,
-    with the seconds held and the hint to set `blocking: true`."""
+def run_sleepy(tmp_path: Path, blocking: bool) -> tuple[bytes, list[dict[str, Any]]]:
+    """`pipeline run` of two chunks through `sleepy`; its stdout and its JSON log events."""
     (tmp_path / "wstages.py").write_text(STAGES)
+    option = ", blocking: true" if blocking else ""
     (tmp_path / "pipelines.yaml").write_text(
         "pipelines:\n  p:\n    source: {use: counter, with: {count: 2}}\n"
-        "    transforms: [{use: wstages:sleepy}]\n"
+        f"    transforms: [{{use: wstages:sleepy{option}}}]\n"
     )
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline", "run", "--log-format", "json"],
@@ -34,7 +35,14 @@ def test_a_blocking_sync_transform_is_named_with_its_stall(tmp_path: Path) -> No
         timeout=180,  # seconds of a loaded machine under coverage; the run itself takes ~3
     )
     assert proc.returncode == 0, proc.stderr
-    events = [orjson.loads(line) for line in proc.stderr.splitlines() if line.startswith(b"{")]
+    lines = proc.stderr.splitlines()
+    return proc.stdout, [orjson.loads(line) for line in lines if line.startswith(b"{")]
+
+
+def test_a_blocking_sync_transform_is_named_with_its_stall(tmp_path: Path) -> None:
+    """`time.sleep` in a sync transform: `loop_blocked` names it, while it lasts and after,
+    with the seconds held and the hint to set `blocking: true`."""
+    _, events = run_sleepy(tmp_path, blocking=False)
     blocked = [e for e in events if e.get("event") == "loop_blocked"]
     ongoing = [e for e in blocked if e["ongoing"]]
     ended = [e for e in blocked if not e["ongoing"]]
@@ -48,20 +56,7 @@ def test_a_blocking_sync_transform_is_named_with_its_stall(tmp_path: Path) -> No
 def test_a_blocking_stage_marked_blocking_is_not_reported(tmp_path: Path) -> None:
     """The same transform with `blocking: true` runs in a thread: it is never named (a
     loaded machine may still stall the loop now and then)."""
-    (tmp_path / "wstages.py").write_text(STAGES)
-    (tmp_path / "pipelines.yaml").write_text(
-        "pipelines:\n  p:\n    source: {use: counter, with: {count: 2}}\n"
-        "    transforms: [{use: wstages:sleepy, blocking: true}]\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", "--log-format", "json"],
-        cwd=tmp_path,
-        env=os.environ,
-        capture_output=True,
-        timeout=180,  # seconds of a loaded machine under coverage; the run itself takes ~3
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count(b'"status":"processing"') == 2
-    events = [orjson.loads(line) for line in proc.stderr.splitlines() if line.startswith(b"{")]
+    stdout, events = run_sleepy(tmp_path, blocking=True)
+    assert stdout.count(b'"status":"processing"') == 2
     named = [e for e in events if e.get("event") == "loop_blocked" and e.get("stage")]
     assert all(e["stage"] != "transforms[0]:sleepy" for e in named)
