@@ -154,7 +154,9 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
     logging.basicConfig(handlers=[handler], level=level.upper(), force=True)
     logging.captureWarnings(True)
     quiet = logging.DEBUG if level.lower() == "debug" else logging.WARNING
-    for name in ("httpx", "httpcore"):
+    # Chatty libraries: their info lines repeat ours (`reload` already says what changed,
+    # where watchfiles logs "1 change detected" for every save).
+    for name in ("httpx", "httpcore", "watchfiles"):
         logging.getLogger(name).setLevel(quiet)
 
 

@@ -217,6 +217,7 @@ def test_watch_reloads_a_changed_definition_and_old_tokens_get_the_new_run(
         new_a = state(server, "a")["run"]
         assert new_a != old["a"]
         assert '"trigger":"watch"' in server.log_text
+        assert "change detected" not in server.log_text  # watchfiles' own line is quiet
         with httpx.stream(
             "GET", server.url(f"/pipelines/a/stream?since={old['a']}:3"), timeout=10
         ) as response:
