@@ -596,8 +596,10 @@ def _wait_event(events: queue.Queue[dict[str, Any]], name: str) -> dict[str, Any
     raise AssertionError(f"no `{name}` log event within 30 s")
 
 
-def test_end_to_end_with_real_server(tmp_path: Path) -> None:
-    """`pipeline tail NAME -c config --raw` against `run --serve`: starting..complete, exit 0."""
+@contextmanager
+def _served(tmp_path: Path) -> Iterator[int]:
+    """A real ``pipeline run --serve`` of the ``count`` pipeline, its run completed; yields
+    its port and stops it with SIGINT (killed if it does not stop)."""
     served = tmp_path / "served.yaml"
     served.write_text(REAL_CONFIG.format(port=0))
     cmd = [sys.executable, "-m", "pipeline", "run", "--serve", "--port", "0", "-c", str(served)]
@@ -612,13 +614,19 @@ def test_end_to_end_with_real_server(tmp_path: Path) -> None:
             events = _log_events(server)
             port = _wait_event(events, "listening")["port"]
             _wait_event(events, "run_completed")
-            config = tmp_path / "pipelines.yaml"
-            config.write_text(REAL_CONFIG.format(port=port))
-            proc = run_tail("count", "-c", str(config), "--raw")
+            yield port
             server.send_signal(signal.SIGINT)
             server.wait(timeout=30)
         finally:
             server.kill()
+
+
+def test_end_to_end_with_real_server(tmp_path: Path) -> None:
+    """`pipeline tail NAME -c config --raw` against `run --serve`: starting..complete, exit 0."""
+    with _served(tmp_path) as port:
+        config = tmp_path / "pipelines.yaml"
+        config.write_text(REAL_CONFIG.format(port=port))
+        proc = run_tail("count", "-c", str(config), "--raw")
     assert proc.returncode == 0, proc.stderr
     envs = [orjson.loads(line) for line in proc.stdout.splitlines()]
     assert [e["status"] for e in envs] == ["starting", *["processing"] * 5, "complete"]
@@ -631,27 +639,10 @@ def test_end_to_end_with_real_server(tmp_path: Path) -> None:
 def test_resume_into_another_run_is_announced(tmp_path: Path) -> None:
     """A resume token of a run that is gone (a restart): the real server says so with a
     `lagged` notice (`run_changed`), and `pipeline tail` prints it before the new run."""
-    served = tmp_path / "served.yaml"
-    served.write_text(REAL_CONFIG.format(port=0))
-    cmd = [sys.executable, "-m", "pipeline", "run", "--serve", "--port", "0", "-c", str(served)]
-    with subprocess.Popen(
-        [*cmd, "--log-format", "json"],
-        cwd=tmp_path,
-        env=clean_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    ) as server:
-        try:
-            events = _log_events(server)
-            port = _wait_event(events, "listening")["port"]
-            _wait_event(events, "run_completed")
-            stream = f"http://127.0.0.1:{port}/pipelines/count/stream"
-            raw = run_tail(stream, "--since", "deadbeef:654", "--raw", "--token", "s3cret-t0ken")
-            pretty = run_tail(stream, "--since", "deadbeef:654", "--token", "s3cret-t0ken")
-            server.send_signal(signal.SIGINT)
-            server.wait(timeout=30)
-        finally:
-            server.kill()
+    with _served(tmp_path) as port:
+        stream = f"http://127.0.0.1:{port}/pipelines/count/stream"
+        raw = run_tail(stream, "--since", "deadbeef:654", "--raw", "--token", "s3cret-t0ken")
+        pretty = run_tail(stream, "--since", "deadbeef:654", "--token", "s3cret-t0ken")
     assert raw.returncode == 0, raw.stderr
     envs = [orjson.loads(line) for line in raw.stdout.splitlines()]
     notice = envs[0]
