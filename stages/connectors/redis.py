@@ -131,11 +131,13 @@ async def write(
 
     Each entry carries the encoded envelope in ``field`` (with ``receives: data``, only the
     ``data`` of ``processing`` envelopes), so a `redis_stream` source with the same
-    ``field`` reads back exactly what was written. What arrives while one pipelined
-    ``XADD`` round trip is under way goes in the next one; an envelope counts as accepted
-    once Redis answered, so a source upstream acknowledges its message only then. While
-    Redis cannot be reached the sink retries with backoff (the pipeline waits; nothing is
-    dropped; an entry whose answer was lost may be written twice).
+    ``field`` reads back exactly what was written. What arrives while one round trip is
+    under way goes in the next one, appended in order by one script call (a server-side
+    loop of ``XADD``; a pipeline of ``XADD`` where the server refuses scripts). An
+    envelope counts as accepted once Redis answered, so a source upstream acknowledges
+    its message only then. While Redis cannot be reached the sink retries with backoff
+    (the pipeline waits; nothing is dropped; an entry whose answer was lost may be
+    written twice).
 
     Args:
         deliveries: The envelopes (given by the engine).
@@ -152,11 +154,11 @@ async def write(
     """
     client = open_client(url)
     log = structlog.get_logger("pipeline").bind(stage="redis_stream", stream=stream)
-    key = field.encode()
+    append = _Appender(client, url, stream, field.encode(), maxlen, log)
 
     async def xadd(payloads: list[bytes]) -> None:
         backoff = Backoff()
-        while not await _xadd(client, url, stream, key, payloads, maxlen, log):
+        while not await append(payloads):
             await backoff.wait()
 
     try:
@@ -165,24 +167,63 @@ async def write(
         await client.aclose()
 
 
-async def _xadd(
-    client: Any,
-    url: str,
-    stream: str,
-    key: bytes,
-    payloads: list[bytes],
-    maxlen: int | None,
-    log: Any,
-) -> bool:
-    """Append ``payloads`` in one round trip; False (logged) when Redis is unreachable."""
-    try:
-        pipe = client.pipeline(transaction=False)
-        for payload in payloads:
-            pipe.xadd(stream, {key: payload}, maxlen=maxlen, approximate=True)
-        await pipe.execute()
-    except rex.AuthenticationError as exc:
-        raise auth_error(url, exc) from None
-    except NETWORK as exc:
-        log.warning("redis_unavailable", url=mask_url(url), error=str(exc))
-        return False
-    return True
+_APPEND = """
+local key, field, maxlen = KEYS[1], ARGV[1], ARGV[2]
+if maxlen == '' then
+  for i = 3, #ARGV do redis.call('XADD', key, '*', field, ARGV[i]) end
+else
+  for i = 3, #ARGV do redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', field, ARGV[i]) end
+end
+return #ARGV - 2
+"""
+"""``XADD`` of every payload (``ARGV[3..]``) to the stream ``KEYS[1]``, in order, under the
+field ``ARGV[1]``, trimmed to ``MAXLEN ~ ARGV[2]`` unless it is empty."""
+
+
+class _Appender:
+    """Appends a batch of payloads to a stream in one round trip and one reply.
+
+    A batch is one ``EVALSHA`` of `_APPEND` (a server-side loop of ``XADD``): a client
+    packs one command and parses one reply instead of one per entry (a pipeline of 500
+    ``XADD`` costs redis-py about 8 us of CPU per entry, the script about 0.5). Where
+    scripts are refused (an ACL without ``EVALSHA``, a renamed command), it falls back to
+    a pipeline of ``XADD``, logged once.
+    """
+
+    def __init__(
+        self, client: Any, url: str, stream: str, key: bytes, maxlen: int | None, log: Any
+    ) -> None:
+        self.client, self.url, self.stream, self.key, self.maxlen = client, url, stream, key, maxlen
+        self.log = log
+        self.script = client.register_script(_APPEND)
+        self.head = [key, b"" if maxlen is None else str(maxlen).encode()]
+        self.scripted = True
+
+    async def __call__(self, payloads: list[bytes]) -> bool:
+        """Append ``payloads``; False (logged) when Redis is unreachable."""
+        try:
+            if self.scripted:
+                try:
+                    await self.script(keys=[self.stream], args=[*self.head, *payloads])
+                    return True
+                except rex.ResponseError as exc:
+                    if not _refused(exc):
+                        raise
+                    self.scripted = False
+                    self.log.warning("redis_script_refused", error=str(exc), using="XADD pipeline")
+            pipe = self.client.pipeline(transaction=False)
+            for payload in payloads:
+                pipe.xadd(self.stream, {self.key: payload}, maxlen=self.maxlen, approximate=True)
+            await pipe.execute()
+        except rex.AuthenticationError as exc:
+            raise auth_error(self.url, exc) from None
+        except NETWORK as exc:
+            self.log.warning("redis_unavailable", url=mask_url(self.url), error=str(exc))
+            return False
+        return True
+
+
+def _refused(exc: rex.ResponseError) -> bool:
+    """Whether Redis refused to run a script at all (not an error inside one)."""
+    text = str(exc).lower()
+    return isinstance(exc, rex.NoPermissionError) or "unknown command" in text

@@ -244,3 +244,34 @@ def test_wrong_password_is_a_clear_error_without_the_password(tmp_path: Path) ->
     everything = worker.log + worker.stdout_path.read_text() + listed.stdout + listed.stderr
     assert "wrong-pw-456" not in everything
     assert f"redis://:***@127.0.0.1:{server.port}" in listed.stdout
+
+
+def test_sink_without_script_rights_falls_back_to_pipelined_xadd(tmp_path: Path) -> None:
+    """A user whose ACL refuses scripts still gets every entry written, in order (logged once)."""
+    server = RedisServer(tmp_path).start()
+    admin = redis.Redis.from_url(server.url)
+    admin.acl_setuser(
+        "worker",
+        enabled=True,
+        passwords=["+worker-pw"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-@scripting"],
+    )
+    url = f"redis://worker:worker-pw@127.0.0.1:{server.port}"
+    worker = Worker(config(tmp_path, url, "in", "out", batch=50)).start()
+    try:
+        produce(admin, "in", 0, 300)
+        wait_until(lambda: admin.xlen("out") >= 300, timeout=60)
+        wait_until(lambda: pending(admin, "in") == 0, timeout=30)
+        got = written(admin, "out")
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    finally:
+        worker.stop()
+        admin.close()
+        server.stop()
+    assert got == list(range(300))
+    refused = worker.events("redis_script_refused")
+    assert len(refused) == 1
+    assert "worker-pw" not in worker.log
