@@ -202,11 +202,11 @@ async def write(
     """
     log = structlog.get_logger("pipeline").bind(stage="nats", subject=subject)
     nc = await _connect(url, log)
-    js = nc.jetstream(publish_async_max_pending=10_000) if jetstream else None
+    acked = await _Acked(nc, subject, log).start() if jetstream else None
 
     async def publish(payloads: list[bytes]) -> None:
-        if js is not None:
-            await _publish_acked(js, subject, payloads, log)
+        if acked is not None:
+            await acked.publish(payloads)
             return
         for payload in payloads:
             await nc.publish(subject, payload)
@@ -221,18 +221,55 @@ async def write(
             await nc.close()
 
 
-async def _publish_acked(js: Any, subject: str, payloads: list[bytes], log: Any) -> None:
-    """Publish until JetStream acknowledged every payload (bounded wait per attempt)."""
-    backoff = Backoff()
-    while payloads:
-        futures = [await js.publish_async(subject, p) for p in payloads]
-        done, _ = await asyncio.wait(futures, timeout=PUBLISH_TIMEOUT)
-        pairs = zip(payloads, futures, strict=True)
-        failed = [p for p, f in pairs if f not in done or f.cancelled() or f.exception()]
-        for f in futures:
-            if f not in done:
-                f.cancel()
-        if failed:
-            log.warning("nats_publish_retry", count=len(failed))
-            await backoff.wait()
-        payloads = failed
+class _Acked:
+    """Publishes to a JetStream subject; waits for the stream to acknowledge each message.
+
+    Every reply comes to one subscription of this sink (``INBOX.*``) and is checked in
+    place: nats-py's ``publish_async`` makes a future per message and parses each reply
+    into a ``PubAck``. A message not acknowledged (an error reply, or none within
+    ``PUBLISH_TIMEOUT``) is published again, with backoff.
+    """
+
+    def __init__(self, nc: Any, subject: str, log: Any) -> None:
+        self.nc, self.subject, self.log = nc, subject, log
+        self.prefix = nc.new_inbox() + "."
+        self.sent = 0  # replies are numbered: a late reply to an earlier attempt is ignored
+        self.waiting: dict[str, int] = {}  # reply subject -> index in the batch
+        self.failed: list[int] = []
+        self.done = asyncio.Event()
+
+    async def start(self) -> _Acked:
+        await self.nc.subscribe(self.prefix + "*", cb=self._reply)
+        return self
+
+    async def _reply(self, msg: Any) -> None:
+        index = self.waiting.pop(msg.subject, None)
+        if index is None:
+            return
+        if b'"seq"' not in msg.data:  # an error (or a no-responders status): not stored
+            self.failed.append(index)
+        if not self.waiting:
+            self.done.set()
+
+    async def publish(self, payloads: list[bytes]) -> None:
+        """Publish until JetStream acknowledged every payload (bounded wait per attempt)."""
+        backoff = Backoff()
+        publish, subject = self.nc.publish, self.subject
+        while payloads:
+            first, prefix = self.sent, self.prefix
+            self.sent += len(payloads)
+            replies = [f"{prefix}{first + i}" for i in range(len(payloads))]
+            self.waiting = dict(zip(replies, range(len(payloads)), strict=True))
+            self.failed = []
+            self.done.clear()
+            for payload, reply in zip(payloads, replies, strict=True):
+                await publish(subject, payload, reply=reply)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PUBLISH_TIMEOUT):
+                    await self.done.wait()
+            failed = sorted([*self.failed, *self.waiting.values()])
+            self.waiting = {}
+            if failed:
+                self.log.warning("nats_publish_retry", count=len(failed))
+                await backoff.wait()
+            payloads = [payloads[i] for i in failed]

@@ -12,6 +12,7 @@ import orjson
 import pytest
 from nats.js import api as jsapi
 from nats.js.errors import NotFoundError
+from structlog.testing import capture_logs
 
 from pipeline import sink
 from stages.connectors import _nats_member
@@ -254,3 +255,29 @@ async def test_position_reads_both_ack_subject_formats() -> None:
     for reply in (v1, v2):
         meta = Msg.Metadata._from_reply(reply)
         assert _position(reply) == (meta.sequence.stream, meta.num_delivered) == (17, 3)
+
+
+async def test_jetstream_sink_publishes_again_until_a_stream_takes_it(js: Any) -> None:
+    """Published where no stream listens yet: refused, published again (logged) until a
+    stream holds the subject; every message is stored once, in order."""
+    name = unique("T").replace("-", "_")
+    subject = f"{name}.out"
+
+    async def ten() -> AsyncIterator[dict[str, int]]:
+        for n in range(10):
+            yield {"n": n}
+        await asyncio.Event().wait()  # stays open: the run ends by `stop`
+
+    sink_params = {"url": URL, "subject": subject, "jetstream": True, "receives": "data"}
+    with capture_logs() as logs:
+        async with Running(ten, {}, [nats_sink], sink_params=[sink_params]) as run:
+            await until(lambda: any(e["event"] == "nats_publish_retry" for e in logs), 30)
+            await js.add_stream(name=name, subjects=[f"{name}.>"])
+            js.test_streams.append(name)
+            await until(lambda: _stored(js, name, 10), timeout=30)
+            await run.stop()
+    assert await stream_data(js, name, subject) == [{"n": n} for n in range(10)]
+
+
+async def _stored(js: Any, stream: str, n: int) -> bool:
+    return int((await js.stream_info(stream)).state.messages) >= n
