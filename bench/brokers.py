@@ -4,6 +4,8 @@
 
 - ``redis-loop``: redis-py asyncio + hiredis by hand: ``XREADGROUP COUNT 500``, parse,
   transform, dump, then ``XADD`` of the batch and its ``XACK`` pipelined in one round trip.
+- ``redis-loop-script``: the same loop, the batch's ``XADD`` as one script call (what
+  the `redis_stream` sink sends), pipelined with its ``XACK``.
 - ``redis-engine``: the same work as a pipeline: `redis_stream` source -> 1 transform ->
   `redis_stream` sink (``receives: data``), every entry acknowledged after the sink wrote.
 - ``redis-workers-1``, ``redis-workers-2``: that pipeline as 1 or 2 ``pipeline run``
@@ -72,11 +74,15 @@ async def _redis_fill(r: Any, stream: str, n: int) -> None:
         await pipe.execute()
 
 
-async def redis_loop(n: int) -> dict[str, Any]:
-    """The hand-rolled loop."""
+async def redis_loop(n: int, *, script: bool = False) -> dict[str, Any]:
+    """The hand-rolled loop; with ``script``, the XADDs of a batch are one script call,
+    as the `redis_stream` sink makes them, pipelined with the XACK."""
     import redis.asyncio as aioredis
 
+    from stages.connectors.redis import _APPEND
+
     r: Any = aioredis.Redis.from_url(REDIS)
+    sha = await r.script_load(_APPEND)  # loaded once, so EVALSHA can go in a pipeline
     src, out = f"bench:{uuid.uuid4().hex}", f"bench:{uuid.uuid4().hex}"
     try:
         await _redis_fill(r, src, n)
@@ -89,8 +95,12 @@ async def redis_loop(n: int) -> dict[str, Any]:
                 continue
             entries = reply[0][1]
             pipe = r.pipeline(transaction=False)
-            for _, fields in entries:
-                pipe.xadd(out, {"data": orjson.dumps(work(orjson.loads(fields[b"data"])))})
+            if script:
+                results = [orjson.dumps(work(orjson.loads(f[b"data"]))) for _, f in entries]
+                pipe.evalsha(sha, 1, out, b"data", b"", *results)
+            else:
+                for _, fields in entries:
+                    pipe.xadd(out, {"data": orjson.dumps(work(orjson.loads(fields[b"data"])))})
             pipe.xack(src, "g", *[e[0] for e in entries])
             await pipe.execute()
             done += len(entries)
@@ -266,6 +276,7 @@ def cases() -> dict[str, Callable[[int], Coroutine[Any, Any, dict[str, Any]]]]:
 
     return {
         "redis-loop": redis_loop,
+        "redis-loop-script": lambda n: redis_loop(n, script=True),
         "redis-engine": redis_engine,
         "redis-workers-1": lambda n: redis_workers(n, 1),
         "redis-workers-2": lambda n: redis_workers(n, 2),

@@ -93,7 +93,7 @@ def _pct(s: dict[str, float] | None) -> str:
 
 def reproduce(name: str, group: dict[str, Any], meta: dict[str, Any]) -> str:
     """The command that reproduces one group's table."""
-    n = meta["n"]
+    n = group.get("cli_n", meta["n"])
     return f"python -m bench --only {name} --n {n} --reps {group['reps']}"
 
 

@@ -6,7 +6,8 @@ median over repetitions and (min-max).
 
 Examples::
 
-    python -m bench                            # everything, N = 200 000, 5 reps (< 10 min)
+    python -m bench                            # everything, N = 200 000, 5 reps (< 10 min,
+                                               # + up to 4 min per broker group)
     python -m bench --quick                    # smoke test: N = 20 000, 3 reps, no docs
     python -m bench --only http --only inproc  # groups or variant names
     python -m bench --only framework --reps 7
@@ -172,6 +173,13 @@ def run_group(
         "reps": reps,
         "variants": results,
     }
+
+
+def cli_n(group: Group, params: Params, n: int) -> int:
+    """The ``--n`` the docs' "Command:" line shows for ``group`` run with ``params``:
+    their own ``n`` when ``--n`` with it gives the same parameters (a fixed or capped
+    size), else the ``n`` of this run."""
+    return params.n if group.params(params.n) == params else n
 
 
 def _short(group: Group, res: dict[str, Any]) -> str:
@@ -373,7 +381,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"length of the frozen-client memory run ({FANOUT_SECONDS:g}; --quick: "
         f"{FANOUT_QUICK_SECONDS:g})",
     )
-    ap.add_argument("--budget", type=float, default=DEFAULT_BUDGET, help="seconds in all")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=DEFAULT_BUDGET,
+        help="seconds in all, besides the broker groups' own (Group.budget)",
+    )
     ap.add_argument(
         "--docs",
         action=argparse.BooleanOptionalAction,
@@ -446,9 +459,12 @@ def main(argv: list[str] | None = None) -> int:
         params = group.params(args.n)
         if args.quick and group.kind == "latency":
             params = replace(params, n=200)
-        results["groups"][group.name] = run_group(
-            group, variants, params, args.reps, deadline=deadline
-        )
+        started = time.monotonic()
+        own = started + group.budget if group.budget else deadline
+        results["groups"][group.name] = run_group(group, variants, params, args.reps, deadline=own)
+        results["groups"][group.name]["cli_n"] = cli_n(group, params, args.n)
+        if group.budget:  # its time was its own: the other groups keep theirs
+            deadline += time.monotonic() - started
     if not only or "memory" in only:
         memory_n = args.memory_n or (1_000_000 if args.quick else DEFAULT_MEMORY_N)
         results["meta"]["memory_n"] = memory_n

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from bench.report import table
+from bench.report import reproduce, table
+from bench.run import cli_n
+from bench.variants import GROUPS
 
 
 def stats(median: float) -> dict[str, float]:
@@ -30,3 +32,15 @@ def test_a_partial_row_keeps_its_cells_inside_the_table() -> None:
     assert len(set(cells)) == 1, rows
     assert rows[-1].endswith("|")
     assert "(partial: time budget)" in rows[-1].split("|")[4]
+
+
+def test_the_command_line_shows_the_n_a_group_ran_with() -> None:
+    """A group of fixed size (ack latency: 200 messages) or capped size (Redis: 100,000)
+    shows the --n that reproduces it, not the run's --n (it showed --n 200000)."""
+    groups = {g.name: g for g in GROUPS}
+    for name, expected in (("ack-latency", 200), ("redis", 100_000), ("http", 200_000)):
+        group = groups[name]
+        n = cli_n(group, group.params(200_000), 200_000)
+        assert n == expected
+        line = reproduce(name, {"reps": 5, "cli_n": n}, {"n": 200_000})
+        assert line == f"python -m bench --only {name} --n {expected} --reps 5"
