@@ -56,7 +56,8 @@ class StageMeta:
         batch: for stream sinks: the sink iterates over lists of items, each list
             everything that was ready when it asked (one envelope when the stream is
             quiet, up to the sink's buffer in a burst), so it can write a list in one
-            call; a list counts as accepted when the sink asks for the next one.
+            call; a list counts as accepted when the sink asks for the next one (with
+            ``confirm``, a list of deliveries, each accepted by the sink).
     """
 
     role: Literal["transform", "sink"]
@@ -129,10 +130,11 @@ def sink(
     ``complete`` (at most ``pipeline.engine.run.SETTLE_TIMEOUT`` seconds). With
     ``batch=True`` (stream sinks only) the sink iterates over lists: each list holds
     what was ready when it asked, so it writes a burst in one call and a lone item at
-    once; a list counts as accepted when the sink asks for the next one.
+    once; a list counts as accepted when the sink asks for the next one. Both together
+    give lists of deliveries.
 
     Raises:
-        TypeError: ``confirm=True`` or ``batch=True`` without ``stream=True``, or both.
+        TypeError: ``confirm=True`` or ``batch=True`` without ``stream=True``.
 
     Example:
         >>> @sink(receives="data")
@@ -142,8 +144,8 @@ def sink(
     if confirm and not stream:
         msg = "`confirm=True` needs `stream=True`: only a stream sink sees deliveries"
         raise TypeError(msg)
-    if batch and (confirm or not stream):
-        msg = "`batch=True` needs `stream=True` and no `confirm`"
+    if batch and not stream:
+        msg = "`batch=True` needs `stream=True`: only a stream sink sees lists"
         raise TypeError(msg)
     meta = StageMeta(role="sink", stream=stream, receives=receives, confirm=confirm, batch=batch)
 

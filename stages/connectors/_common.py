@@ -374,7 +374,7 @@ class Backoff:
 
 
 async def write_batches(
-    deliveries: AsyncIterator[Delivery],
+    batches: AsyncIterator[list[Delivery]],
     write: Callable[[list[bytes]], Awaitable[None]],
     *,
     receives: Receives,
@@ -382,31 +382,47 @@ async def write_batches(
 ) -> None:
     """Write the deliveries' payloads in batches, accepting each once its batch is written.
 
-    A batch is whatever arrived while the previous one was being written: no timer, so
-    on an idle stream an envelope is written (and accepted) at once, and under load one
-    round trip carries many. At most ``window`` payloads wait. ``write`` retries by
-    itself; an exception from it fails the sink (what it held is never accepted).
+    ``batches`` are the lists of a confirming batch sink (``@sink(stream=True,
+    confirm=True, batch=True)``). A batch written is whatever arrived while the previous
+    one was being written: no timer, so on an idle stream an envelope is written (and
+    accepted) at once, and under load one round trip carries many. At most ``window``
+    payloads wait. ``write`` retries by itself; an exception from it fails the sink
+    (what it held is never accepted).
     """
-    held: list[tuple[Delivery, bytes]] = []
+    held: list[Delivery] = []
+    bodies: list[bytes] = []
     wake, room = asyncio.Event(), asyncio.Event()
     reading = [True]
 
     async def writer() -> None:
+        nonlocal held, bodies
         while reading[0] or held:
             await wake.wait()
             wake.clear()
             while held:
-                batch = held[:]
-                held.clear()
+                batch, out = held, bodies
+                held, bodies = [], []
                 room.set()
-                await write([body for _, body in batch])
-                for d, _ in batch:
+                await write(out)
+                for d in batch:
                     d.accept()
 
     task = asyncio.ensure_future(writer())
+    envelopes = receives == "envelopes"
     try:
-        async for d, body in _payloads(deliveries, receives):
-            held.append((d, body))
+        async for deliveries in batches:
+            for d in deliveries:  # `payload_of`, inlined: per delivery
+                env = d.item
+                if envelopes:
+                    body = encode(env)[:-1]
+                elif env["status"] != "processing":
+                    d.accept()
+                    continue
+                else:
+                    data = env["data"]
+                    body = data if isinstance(data, bytes) else encode(data)[:-1]
+                held.append(d)
+                bodies.append(body)
             wake.set()
             if len(held) >= window:
                 room.clear()

@@ -170,9 +170,9 @@ async def read(
             await nc.close()
 
 
-@sink(stream=True, confirm=True)
+@sink(stream=True, confirm=True, batch=True)
 async def write(
-    deliveries: AsyncIterator[Delivery],
+    deliveries: AsyncIterator[list[Delivery]],
     *,
     subject: str,
     url: str = "nats://127.0.0.1:4222",
@@ -189,7 +189,7 @@ async def write(
     again, so a reader may see a duplicate, never a gap).
 
     Args:
-        deliveries: The envelopes (given by the engine).
+        deliveries: The envelopes, in lists of what is ready (given by the engine).
         subject: The subject to publish to.
         url: The server URL; its password is never printed.
         jetstream: Wait for JetStream's acknowledgement of every message.

@@ -117,9 +117,9 @@ async def read(
         await member.close()
 
 
-@sink(stream=True, confirm=True)
+@sink(stream=True, confirm=True, batch=True)
 async def write(
-    deliveries: AsyncIterator[Delivery],
+    deliveries: AsyncIterator[list[Delivery]],
     *,
     stream: str,
     url: str = "redis://127.0.0.1:6379",
@@ -140,7 +140,7 @@ async def write(
     written twice).
 
     Args:
-        deliveries: The envelopes (given by the engine).
+        deliveries: The envelopes, in lists of what is ready (given by the engine).
         stream: The stream key.
         url: The Redis URL; its password is never printed.
         maxlen: Trim the stream to about this many entries (``MAXLEN ~``).

@@ -238,3 +238,34 @@ async def test_a_delivery_cancelled_while_waiting_for_room_leaves_the_order_inta
     await fanout.close(10)
     assert got == [1, 2, 3, 4, 5]
     assert b.cancelled()
+
+
+async def test_a_confirming_batch_sink_gets_lists_of_deliveries_and_acks_what_it_accepts() -> None:
+    """`confirm=True, batch=True`: lists of deliveries; a list is acknowledged only as
+    the sink accepts each, and a rejected one becomes its chunk_error."""
+    acked: list[int] = []
+    sizes: list[int] = []
+    answered: list[int] = []
+
+    @sink(stream=True, confirm=True, batch=True, receives="data")
+    async def lists(batches: AsyncIterator[list[Delivery]]) -> None:
+        async for deliveries in batches:
+            sizes.append(len(deliveries))
+            for d in deliveries:
+                assert sorted(a for a in acked if a != 3) == answered  # only what it accepted
+                if d.item["n"] == 3:
+                    d.reject(ValueError("no 3"))
+                else:
+                    d.accept()
+                    answered.append(d.item["n"])
+
+    envs = await run_pipeline(broker(6, acked), [], [lists], dead_letter=lambda env: None)
+    assert sum(sizes) == 6
+    assert [e["chunk"] for e in envs if e["status"] == "chunk_error"] == [{"n": 3}]
+    assert sorted(acked) == list(range(6))
+
+
+def test_batch_needs_a_stream_sink() -> None:
+    """`batch=True` on a per-item sink is refused where it is declared."""
+    with pytest.raises(TypeError, match="`batch=True` needs `stream=True`"):
+        sink(batch=True)(lambda env: None)
