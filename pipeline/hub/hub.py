@@ -2,7 +2,7 @@
 
 The producer (the pipeline's envelope-numbering coroutine, or a broker connector) calls
 `Hub.begin_run`, `Hub.publish`, `Hub.end_run` and `Hub.close`. None of them awaits or
-blocks: `publish` appends one right-sized line to the ring and wakes the readers that
+blocks: `publish` copies one line into the ring's open segment and wakes the readers that
 wait. Each client reads through a `Subscription`, a cursor into that ring:
 
 - a client may fall ``client_buffer`` envelopes and ``client_buffer_bytes`` bytes
@@ -10,8 +10,9 @@ wait. Each client reads through a `Subscription`, a cursor into that ring:
   was handed at subscribe; in bytes, past the first line it has not read) and it is
   *lapped*: its stream ends at once, `Subscription.dropped` is true and ``on_drop`` is
   scheduled. It never slows the producer or other clients. Memory is one ring of at
-  most ``retain + client_buffer`` right-sized lines and ``retain_bytes +
-  client_buffer_bytes`` bytes plus one line, whatever the number of clients;
+  most ``retain + client_buffer`` lines and ``retain_bytes + client_buffer_bytes``
+  bytes plus one line (plus the released start of its oldest 64 KiB segment), whatever
+  the number of clients;
 - the last ``retain`` envelopes of the current run, at most ``retain_bytes`` together,
   are replayed to clients that ask with ``since`` (see `Hub.subscribe`); replay hands
   over to live envelopes with no gap and no duplicate, because both are the same ring
@@ -28,7 +29,7 @@ from bisect import bisect_left
 from collections.abc import Callable
 
 from pipeline.envelope import encode, lagged
-from pipeline.hub.ring import Ring, RunSpan
+from pipeline.hub.ring import PROCESSING, Ring, RunSpan
 from pipeline.hub.subscription import MAX_BATCH_BYTES, BadSince, Item, Subscription, parse_since
 from pipeline.types import Envelope
 
@@ -91,7 +92,9 @@ class Hub:
         self._subs: set[Subscription] = set()
         self._dropped = 0
         self._sweep_every = max(_SWEEP_MIN, client_buffer // 8)
+        self._sweep_pos = 0  # ring.head at which to sweep again
         self._sweep_at = 0  # ring.bytes at which to sweep again
+        self._settle()
 
     # -- counters --------------------------------------------------------------------
 
@@ -103,12 +106,22 @@ class Hub:
     @property
     def last_seq(self) -> int:
         """The last ``seq`` published in the current run (0 before any)."""
-        return 0 if self._run is None else self._run.last_seq
+        return 0 if self._run is None else self._last_seq(self._run)
 
     @property
     def counts(self) -> dict[str, int]:
         """Envelopes published in the current run, per status (a copy)."""
-        return {} if self._run is None else dict(self._run.counts)
+        run = self._run
+        if run is None:
+            return {}
+        end = self._ring.head if run.end is None else run.end
+        processing = end - run.start - sum(run.counts.values())
+        return ({PROCESSING: processing} if processing else {}) | run.counts
+
+    def _last_seq(self, run: RunSpan) -> int:
+        """The last ``seq`` published in ``run`` (the current run: its lines are held)."""
+        end = self._ring.head if run.end is None else run.end
+        return self._ring.seq_at(end - 1) if end > run.start else 0
 
     @property
     def clients(self) -> int:
@@ -137,7 +150,9 @@ class Hub:
         A client that resumes from there has nothing more to get (SSE: 204).
         """
         cur = self._run
-        return cur is not None and cur.id == run and cur.end is not None and seq >= cur.last_seq
+        return (
+            cur is not None and cur.id == run and cur.end is not None and seq >= self._last_seq(cur)
+        )
 
     # -- producer side: never awaits -------------------------------------------------
 
@@ -159,25 +174,29 @@ class Hub:
         """Append one envelope (and its encoded line) to the ring and wake the readers.
 
         ``envelope`` needs ``status``, ``run`` and ``seq``. An envelope of a run other
-        than the current one (or after `end_run`) begins that run first.
+        than the current one (or after `end_run`) begins that run first. The line is
+        copied into the ring's open segment (`Ring.add`, written out here: this runs for
+        every envelope).
         """
         run = self._run
         if run is None or run.end is not None or envelope["run"] != run.id:
             self.begin_run(envelope["run"])
             run = self._run
             assert run is not None
-        seq: int = envelope["seq"]
-        status: str = envelope["status"]
-        line = memoryview(line).tobytes()  # orjson's bytes hold ~4 KiB each: right-size
         ring = self._ring
-        head = ring.append((run.id, seq, status, line))
-        run.last_seq = seq
-        counts = run.counts
-        counts[status] = counts.get(status, 0) + 1
+        ring.offs.append(ring.bytes)
+        ring.data += line  # a copy: orjson's own bytes (~4 KiB each) are not kept
+        ring.bytes = total = ring.bytes + len(line)
+        ring.seqs.append(envelope["seq"])
+        status: str = envelope["status"]
+        if status != PROCESSING:
+            ring.marks[ring.head] = status
+            run.counts[status] = run.counts.get(status, 0) + 1
+        ring.head = head = ring.head + 1
         if ring.waiters:
             ring.wake()
-        if not head % self._sweep_every or ring.bytes >= self._sweep_at:
-            self._sweep()
+        if head >= ring.check_pos or total >= ring.check_bytes:
+            self._settle()
 
     def end_run(self) -> None:
         """End the current run after its ``complete``: its streams end once drained."""
@@ -245,7 +264,7 @@ class Hub:
         want_run, seq = want
         changed = want_run is not None and want_run != run.id
         first = 1 if changed else seq + 1
-        oldest_seq = ring.seq_at(oldest) if oldest < head else run.last_seq + 1
+        oldest_seq = ring.seq_at(oldest) if oldest < head else self._last_seq(run) + 1
         if first >= oldest_seq and not changed:
             cursor = bisect_left(range(oldest, head), first, key=ring.seq_at) + oldest
             return cursor, None
@@ -257,12 +276,19 @@ class Hub:
         line = memoryview(encode(notice)).tobytes()
         return oldest, Item(run.id, None, "lagged", line)
 
-    def _sweep(self) -> None:
-        """Drop every lapped client now, so that even a frozen one is noticed."""
+    def _settle(self) -> None:
+        """Bound and trim the ring; every `_sweep_every` lines or a share of
+        ``client_buffer_bytes``, drop every lapped client now, so that even a frozen one
+        is noticed."""
         ring = self._ring
-        self._sweep_at = ring.bytes + max(self.client_buffer_bytes // 8, 1)
-        for sub in [s for s in self._subs if s.lapped(ring.head)]:
-            sub.drop()
+        ring.settle()
+        if ring.head >= self._sweep_pos or ring.bytes >= self._sweep_at:
+            self._sweep_pos = ring.head + self._sweep_every
+            self._sweep_at = ring.bytes + max(self.client_buffer_bytes // 8, 1)
+            for sub in [s for s in self._subs if s.lapped(ring.head)]:
+                sub.drop()
+        ring.check_pos = min(ring.check_pos, self._sweep_pos)
+        ring.check_bytes = min(ring.check_bytes, self._sweep_at)
 
     # -- called by subscriptions -----------------------------------------------------
 

@@ -11,10 +11,12 @@ import asyncio
 import re
 from bisect import bisect_right
 from collections.abc import Callable
+from functools import partial
+from itertools import repeat
 from typing import NamedTuple, Protocol, Self
 
 from pipeline.errors import PipelineError
-from pipeline.hub.ring import Ring, RunSpan
+from pipeline.hub.ring import PROCESSING, Ring, RunSpan
 
 __all__ = ["MAX_BATCH_BYTES", "BadSince", "Item", "Roster", "Subscription", "parse_since"]
 
@@ -38,6 +40,10 @@ class Item(NamedTuple):
     seq: int | None
     status: str
     line: bytes
+
+
+_new_item = partial(tuple.__new__, Item)
+"""``Item`` from a 4-tuple of fields, without a Python-level call."""
 
 
 def parse_since(since: str | None) -> tuple[str | None, int] | None:
@@ -167,10 +173,8 @@ class Subscription:
     async def __anext__(self) -> bytes:
         """Return the next batch of NDJSON lines as one ``bytes``."""
         start, stop, notice = await self._next()
-        lines = self._ring.slice(self._ring.lines, start, stop)
-        if notice is not None:
-            lines.insert(0, notice.line)
-        return b"".join(lines)
+        batch = self._ring.read(start, stop) if stop > start else b""
+        return batch if notice is None else notice.line + batch
 
     def items(self) -> _Items:
         """Iterate the same stream as lists of `Item` (for SSE and WebSocket framing)."""
@@ -178,7 +182,16 @@ class Subscription:
 
     async def _next_items(self) -> list[Item]:
         start, stop, notice = await self._next()
-        items = [Item._make(t) for t in self._ring.slice(self._ring.items, start, stop)]
+        ring, run = self._ring, self._run
+        items: list[Item] = []
+        if stop > start:
+            assert run is not None
+            rid, seqs, lines = run.id, ring.seq_slice(start, stop), ring.lines(start, stop)
+            fields = zip(repeat(rid), seqs, repeat(PROCESSING), lines)
+            items = list(map(_new_item, fields))  # all in C: no Python call per line
+            for pos, status in ring.marks.items():  # the few others
+                if start <= pos < stop:
+                    items[pos - start] = items[pos - start]._replace(status=status)
         if notice is not None:
             items.insert(0, notice)
         return items
@@ -229,8 +242,8 @@ class Subscription:
     def _advance(self, start: int, stop: int) -> None:
         if stop > start:
             self._cursor = stop
-            run, seq = self._ring.item_at(stop - 1)[:2]
-            self._last = (run, seq)
+            assert self._run is not None
+            self._last = (self._run.id, self._ring.seq_at(stop - 1))
 
     def _done(self) -> bool:
         if self._closed or self._dropped:
