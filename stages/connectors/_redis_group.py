@@ -91,6 +91,7 @@ class Consumer:
         self.next_claim = 0.0
         self.acker: asyncio.Task[None] | None = None
         self.ready: deque[tuple[bytes, Message | BadChunk]] = deque()  # read, not yet yielded
+        self.stopping = False  # read no more: a read waiting for room gives up
 
     # -- connecting --------------------------------------------------------------------
 
@@ -136,13 +137,14 @@ class Consumer:
     # -- reading -----------------------------------------------------------------------
 
     async def next_batch(self) -> list[tuple[bytes, Message | BadChunk]]:
-        """Wait for room, then return the next entries to process (never empty)."""
+        """Wait for room, then return the next entries to process (empty only once
+        `stopping`: the read under way ends, no other starts)."""
         out: list[tuple[bytes, Message | BadChunk]] = []
 
         async def read() -> None:
             out.extend(await self._read_once())
 
-        while not out:
+        while not out and not self.stopping:
             raise_if_cancelled()
             room = self.p.max_in_flight - len(self.held)
             if room <= 0:

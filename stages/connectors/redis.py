@@ -63,7 +63,8 @@ async def read(
     made of it (or the dead-letter sink its ``chunk_error``); a dropped chunk is acked at
     once. Run any number of workers with the same ``group``: each entry goes to one of
     them, and the entries a killed worker held are claimed by the others after
-    ``claim_idle`` seconds. A missing stream or group is created (``start``: ``0`` reads
+    ``claim_idle`` seconds. The next batch is read while one is worked on (within
+    ``max_in_flight``). A missing stream or group is created (``start``: ``0`` reads
     what the stream already holds, ``$`` only what comes next). An undecodable payload
     becomes a ``chunk_error`` and is acked once dead-lettered; so is an entry delivered
     more than ``max_deliveries`` times (``MaxDeliveriesExceeded``). The source waits, with
@@ -104,17 +105,36 @@ async def read(
     )
     member = Consumer(params)
     ready = member.ready
+    ahead: asyncio.Future[list[tuple[bytes, Message | BadChunk]]] | None = None
     try:
         await member.connect()
+        ahead = asyncio.ensure_future(member.next_batch())
         while True:
             if not ready:
-                ready.extend(await member.next_batch())
+                ready.extend(await asyncio.shield(ahead))
+                ahead = asyncio.ensure_future(member.next_batch())  # read on meanwhile
             yield ready.popleft()[1]
     except asyncio.CancelledError:  # asked to stop: finish what was already read, read no more
+        if ahead is not None:  # a read under way lands (its entries are ours) or gives up
+            member.stopping = True
+            member.room.set()
+            ready.extend(await _landed(ahead))
+            ahead = None
         while ready:
             yield ready.popleft()[1]
     finally:
+        if ahead is not None:
+            ahead.cancel()
+            await asyncio.gather(ahead, return_exceptions=True)
         await member.close()
+
+
+async def _landed(read: asyncio.Future[list[Any]]) -> list[Any]:
+    """What a read under way brings (within ``BLOCK_MS``); none if it failed."""
+    try:
+        return await read
+    except Exception:  # a lost connection: nothing landed (`close` hands back the rest)
+        return []
 
 
 @sink(stream=True, confirm=True, batch=True)
