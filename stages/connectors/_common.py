@@ -16,7 +16,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sized
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
@@ -40,6 +40,7 @@ __all__ = [
     "payload_of",
     "publish_all",
     "raise_if_cancelled",
+    "take_ahead",
     "unique_consumer",
     "until_empty",
     "url_check",
@@ -323,6 +324,38 @@ def raise_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+class _Reader(Protocol):
+    stopping: bool
+    room: asyncio.Event
+
+
+async def take_ahead(
+    ahead: asyncio.Future[list[T]], reader: _Reader, *, stopping: bool = False
+) -> list[T]:
+    """The batch of a broker source's read under way (``ahead``, a task).
+
+    Told to stop (``stopping``, or a cancellation while waiting here), the ``reader``
+    reads no more (a read waiting for room gives up) and the read under way lands: what
+    it brings was delivered to this worker, so it is handed on and acked, not dropped.
+    A cancellation caught here comes back: the engine tells the source again at its
+    next ``yield``.
+    """
+    if not stopping:
+        try:
+            return await asyncio.shield(ahead)
+        except asyncio.CancelledError:
+            got = await take_ahead(ahead, reader, stopping=True)
+            if not got:
+                raise
+            return got
+    reader.stopping = True
+    reader.room.set()
+    try:
+        return await ahead
+    except Exception:  # a lost connection: nothing landed
+        return []
 
 
 async def wake_or_tick(wake: asyncio.Event, until: float) -> None:

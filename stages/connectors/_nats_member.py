@@ -60,6 +60,7 @@ class Member:
         self.wake = asyncio.Event()
         self.room = asyncio.Event()
         self.ready: deque[tuple[int, Message | BadChunk]] = deque()
+        self.stopping = False  # fetch no more: a fetch waiting for room gives up
 
     async def subscribe(self) -> Any:
         """Create the stream and the durable consumer if missing; pull-subscribe."""
@@ -81,8 +82,9 @@ class Member:
     async def next(
         self, psub: Any, max_deliveries: int | None, fmt: Format
     ) -> list[tuple[int, Message | BadChunk]]:
-        """Wait for room, then fetch the next messages (never empty)."""
-        while True:
+        """Wait for room, then fetch the next messages (empty only once `stopping`: the
+        fetch under way ends, no other starts)."""
+        while not self.stopping:
             raise_if_cancelled()  # a stop the client swallowed
             room = self.max_in_flight - len(self.held)
             if room <= 0:
@@ -107,6 +109,7 @@ class Member:
             fresh = self._items(msgs, max_deliveries, fmt)
             if fresh:
                 return fresh
+        return []
 
     def _items(
         self, msgs: list[Any], max_deliveries: int | None, fmt: Format

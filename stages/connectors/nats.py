@@ -27,6 +27,7 @@ from stages.connectors._common import (
     decode,
     mask_url,
     missing_extra,
+    take_ahead,
     write_batches,
 )
 
@@ -155,15 +156,27 @@ async def read(
         psub = await member.subscribe()
         acker = asyncio.get_running_loop().create_task(member.ack_loop())
         ready = member.ready
+        ahead: asyncio.Future[Any] | None = None
         try:
             while True:
+                if ahead is None and not member.stopping:  # fetch the next batch meanwhile
+                    ahead = asyncio.ensure_future(member.next(psub, max_deliveries, format))
                 if not ready:
-                    ready.extend(await member.next(psub, max_deliveries, format))
+                    if ahead is None:  # stopping, and told again at no yield: nothing to add
+                        return
+                    ready.extend(await take_ahead(ahead, member))
+                    ahead = None
                 yield ready.popleft()[1]
         except asyncio.CancelledError:  # asked to stop: finish what was fetched, fetch no more
+            if ahead is not None:
+                ready.extend(await take_ahead(ahead, member, stopping=True))
+                ahead = None
             while ready:
                 yield ready.popleft()[1]
         finally:
+            if ahead is not None:
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
             await member.close(psub, acker)
     finally:
         with contextlib.suppress(Exception):

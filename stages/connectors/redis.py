@@ -28,6 +28,7 @@ from stages.connectors._common import (
     Receives,
     mask_url,
     missing_extra,
+    take_ahead,
     unique_consumer,
     write_batches,
 )
@@ -108,17 +109,18 @@ async def read(
     ahead: asyncio.Future[list[tuple[bytes, Message | BadChunk]]] | None = None
     try:
         await member.connect()
-        ahead = asyncio.ensure_future(member.next_batch())
         while True:
+            if ahead is None and not member.stopping:  # read the next batch meanwhile
+                ahead = asyncio.ensure_future(member.next_batch())
             if not ready:
-                ready.extend(await asyncio.shield(ahead))
-                ahead = asyncio.ensure_future(member.next_batch())  # read on meanwhile
+                if ahead is None:  # stopping, and told again at no yield: nothing to add
+                    return
+                ready.extend(await take_ahead(ahead, member))
+                ahead = None
             yield ready.popleft()[1]
     except asyncio.CancelledError:  # asked to stop: finish what was already read, read no more
-        if ahead is not None:  # a read under way lands (its entries are ours) or gives up
-            member.stopping = True
-            member.room.set()
-            ready.extend(await _landed(ahead))
+        if ahead is not None:
+            ready.extend(await take_ahead(ahead, member, stopping=True))
             ahead = None
         while ready:
             yield ready.popleft()[1]
@@ -127,14 +129,6 @@ async def read(
             ahead.cancel()
             await asyncio.gather(ahead, return_exceptions=True)
         await member.close()
-
-
-async def _landed(read: asyncio.Future[list[Any]]) -> list[Any]:
-    """What a read under way brings (within ``BLOCK_MS``); none if it failed."""
-    try:
-        return await read
-    except Exception:  # a lost connection: nothing landed (`close` hands back the rest)
-        return []
 
 
 @sink(stream=True, confirm=True, batch=True)

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from pipeline import sink
+from stages.connectors import _redis_group
 from stages.connectors.redis import read as redis_stream_source, write as redis_stream_sink
 from tests.stages.connectors.brokers import Running, unique, until
 
@@ -226,3 +227,29 @@ async def test_slow_work_is_not_claimed_by_another_worker(r: Any) -> None:
         await first.stop()
     assert first.data() == [{"n": 1}]
     assert second.data() == []
+
+
+async def test_a_stop_during_a_read_finishes_what_the_read_brings(
+    r: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped while its XREADGROUP blocks, the source takes, writes and acks what that
+    read brings: nothing read is left pending or handed back."""
+    monkeypatch.setattr(_redis_group, "BLOCK_MS", 5000)  # the read outlives the stop
+    src, name = key(r), unique("reader")
+    params = {"url": f"{URL}?client_name={name}", "stream": src, "group": "g", "start": "$"}
+    async with Running(redis_stream_source, params) as run:
+        await until(lambda: _blocked(r, name))  # its read waits on the server
+        run.run.stop()
+        async with r.pipeline(transaction=True) as pipe:  # MULTI: one read gets all five
+            for i in range(5):
+                pipe.xadd(src, {"data": orjson.dumps({"n": i})})
+            await pipe.execute()
+        assert await run.stop() == "shutdown"
+    assert run.data() == [{"n": i} for i in range(5)]
+    assert await pending(r, src) == 0
+    assert (await r.xinfo_groups(src))[0]["entries-read"] == 5
+
+
+async def _blocked(r: Any, name: str) -> bool:
+    clients = await r.client_list()
+    return any(c["name"] == name and c["cmd"] == "xreadgroup" for c in clients)
