@@ -98,6 +98,7 @@ class Subscription:
         "_last",
         "_more",
         "_notice",
+        "_nudged",
         "_on_drop",
         "_replay_end",
         "_ring",
@@ -129,6 +130,7 @@ class Subscription:
         self._closed = False
         self._dropped = False
         self._more = False
+        self._nudged = False
         self._last: tuple[str, int] | None = None
 
     @property
@@ -167,11 +169,19 @@ class Subscription:
         if self._on_drop is not None:
             asyncio.get_running_loop().call_soon(self._on_drop)
 
+    def nudge(self) -> None:
+        """Make the read waiting now (or the next one that would wait) return an empty
+        batch: the server's cue for a heartbeat, with no timer per read."""
+        self._nudged = True
+        fut = self._fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> bytes:
-        """Return the next batch of NDJSON lines as one ``bytes``."""
+        """Return the next batch of NDJSON lines as one ``bytes`` (empty after `nudge`)."""
         start, stop, notice = await self._next()
         batch = self._ring.read(start, stop) if stop > start else b""
         return batch if notice is None else notice.line + batch
@@ -206,10 +216,14 @@ class Subscription:
             if stop > start or self._notice is not None:
                 notice, self._notice = self._notice, None
                 self._advance(start, stop)
+                self._nudged = False
                 return start, stop, notice
             if self._done():
                 self._finish()
                 raise StopAsyncIteration
+            if self._nudged:
+                self._nudged = False
+                return start, start, None
             await self._wait()
 
     def _span(self) -> tuple[int, int]:

@@ -7,8 +7,11 @@ Each stream is a small ASGI callable, not a ``StreamingResponse`` behind middlew
 - **a disconnect is noticed at once.** The body is pumped by one task while another
   waits for ``http.disconnect``; whichever ends first cancels the other, and the
   subscription (and, for ``trigger: request``, the run) is closed before we return;
-- **heartbeats** after ``heartbeat`` seconds of silence: the wait for the next batch is
-  bounded with `asyncio.timeout` (safe: a cancelled wait leaves the cursor untouched);
+- **heartbeats** after ``heartbeat`` seconds of silence, and **write deadlines**, from one
+  timer per stream (the watchdog, re-armed only when it fires, at most every
+  ``min(heartbeat, send_timeout)`` seconds): no timer is made per batch or per write. A
+  heartbeat is due: the watchdog nudges the subscription, whose waiting read returns an
+  empty batch;
 - **gzip without holding back:** each write is compressed and ``Z_SYNC_FLUSH``-ed;
 - **a client that does not read is cut:** a write that has not completed after
   ``send_timeout`` seconds (or once the hub dropped the client for lagging) cancels the
@@ -26,8 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from collections.abc import AsyncGenerator, Callable, Coroutine
-from contextlib import aclosing
+from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
 from typing import Any
 
@@ -114,7 +116,12 @@ class _Stream(Response):
         self._pump_task: asyncio.Task[None] | None = None
         self._dropped = False
         self.conn: Connection | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._sub: Subscription | None = None
+        self._loop: asyncio.AbstractEventLoop  # set when called
+        self._timer: asyncio.TimerHandle | None = None  # the watchdog
+        self._deadline: float | None = None  # when the write under way is cut
+        self._reason = "send_timeout"  # ... and why
+        self._last_write = 0.0
         self._stall_timer: asyncio.TimerHandle | None = None
         self.cut: str | None = None
         headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -125,6 +132,7 @@ class _Stream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.conn = scope.get("extensions", {}).get(CONNECTION)
+        self._loop = asyncio.get_running_loop()
         try:
             sub = self.hub.subscribe(self.opts.since, on_drop=self._on_drop)
             async with sub:
@@ -162,18 +170,47 @@ class _Stream(Response):
     async def _serve(self, scope: Scope, receive: Receive, send: Send, sub: Subscription) -> None:
         if not await self._start(scope, receive, send):
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        self._sub = sub
         pump = self._pump_task = loop.create_task(self._pump(sub, send))
         watch = loop.create_task(self._watch(receive))
         self._check_progress(None, loop.time())
+        self._arm(loop.time() + min(self.opts.heartbeat, self._limit))
         try:
             await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if self._stall_timer is not None:
-                self._stall_timer.cancel()
+            for timer in (self._stall_timer, self._timer):
+                if timer is not None:
+                    timer.cancel()
             for task in (pump, watch):
                 task.cancel()
             await asyncio.gather(pump, watch, return_exceptions=True)
+
+    def _arm(self, when: float) -> None:
+        """(Re)schedule the watchdog at loop time ``when``."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._watchdog)
+
+    def _watchdog(self) -> None:
+        """Cut a write past its deadline; nudge the subscription when a heartbeat is due.
+
+        It fires again before any write that starts from now on can pass its deadline
+        (within ``send_timeout``), and when the next heartbeat would be due.
+        """
+        self._timer = None
+        now, deadline = self._loop.time(), self._deadline
+        if deadline is not None:  # a write is under way
+            if now >= deadline:
+                self._cut_now(self._reason)
+                return
+            self._arm(deadline)
+            return
+        beat = self.opts.heartbeat
+        if now - self._last_write >= beat and self._sub is not None:
+            self._sub.nudge()
+            self._last_write = now  # the heartbeat's write follows
+        self._arm(min(self._last_write + beat, now + self._limit))
 
     def _check_progress(self, last: int | None, since: float) -> None:
         """Every heartbeat: cut a client that has acknowledged nothing for `stall_after`
@@ -216,11 +253,10 @@ class _Stream(Response):
         the connection closes after the ``lagged`` notice (reset if not gone in time)."""
         self._limit = min(self._limit, DROP_GRACE)
         self._dropped = True
-        if self._timer is not None:  # the write under way gets DROP_GRACE from now
-            self._timer.cancel()
-            self._timer = asyncio.get_running_loop().call_later(
-                DROP_GRACE, self._cut_now, "lagging"
-            )
+        if self._deadline is not None:  # the write under way gets DROP_GRACE from now
+            self._deadline = min(self._deadline, self._loop.time() + DROP_GRACE)
+            self._reason = "lagging"
+            self._arm(self._deadline)
 
     def _cut_now(self, reason: str) -> None:
         if self.cut is None and self._pump_task is not None and not self._pump_task.done():
@@ -228,14 +264,14 @@ class _Stream(Response):
             self._pump_task.cancel()
 
     async def _send(self, send: Send, message: Message) -> None:
-        """One ASGI send, cut if the client has not taken it within the limit."""
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._limit, self._cut_now, "send_timeout")
+        """One ASGI send, cut (by the watchdog) if the client has not taken it within the
+        limit."""
+        now = self._last_write = self._loop.time()
+        self._deadline, self._reason = now + self._limit, "send_timeout"
         try:
             await send(message)
         finally:
-            self._timer.cancel()
-            self._timer = None
+            self._deadline = None
 
     async def _write(self, send: Send, data: bytes) -> None:
         if self.opts.gzip:
@@ -246,22 +282,9 @@ class _Stream(Response):
         tail = self._z.flush(zlib.Z_FINISH) if self.opts.gzip else b""
         await self._send(send, {"type": "http.response.body", "body": tail, "more_body": False})
 
-    async def _ticks(self, batches: Any) -> AsyncGenerator[Any, None]:
-        """Each next batch, or None after ``heartbeat`` seconds of silence, until the end."""
-        while True:
-            try:
-                async with asyncio.timeout(self.opts.heartbeat):
-                    batch = await batches.__anext__()
-            except TimeoutError:
-                batch = None
-            except StopAsyncIteration:
-                return
-            yield batch
-
     async def _pump(self, sub: Subscription, send: Send) -> None:
-        async with aclosing(self._ticks(sub.__aiter__())) as ticks:
-            async for batch in ticks:
-                await self._write(send, self._heartbeat() if batch is None else batch)
+        async for batch in sub:  # empty: a heartbeat is due (`_watchdog`)
+            await self._write(send, batch or self._heartbeat())
         if sub.dropped:
             await self._write(send, self._lagged_line(sub))
             if not await self._settled():
@@ -304,9 +327,8 @@ class SSEStream(_Stream):
 
     async def _pump(self, sub: Subscription, send: Send) -> None:
         await self._write(send, b"retry: %d\n\n" % SSE_RETRY_MS)
-        async with aclosing(self._ticks(sub.items().__aiter__())) as ticks:
-            async for items in ticks:
-                await self._write(send, b": keepalive\n\n" if items is None else _frames(items))
+        async for items in sub.items():
+            await self._write(send, _frames(items) if items else b": keepalive\n\n")
         if sub.dropped:
             await self._write(send, encode_sse(self._lagged_line(sub), "", None))
             if not await self._settled():
@@ -334,13 +356,11 @@ class WebSocketStream(_Stream):
         await self._send(send, {"type": "websocket.send", "text": line[:-1].decode()})
 
     async def _pump(self, sub: Subscription, send: Send) -> None:
-        async with aclosing(self._ticks(sub.items().__aiter__())) as ticks:
-            async for items in ticks:
-                if items is None:
-                    await self._text(send, self._heartbeat())
-                    continue
-                for item in items:
-                    await self._text(send, item.line)
+        async for items in sub.items():
+            if not items:
+                await self._text(send, self._heartbeat())
+            for item in items:
+                await self._text(send, item.line)
         if sub.dropped:
             await self._text(send, self._lagged_line(sub))
         await self._send(send, {"type": "websocket.close", "code": 1000})
