@@ -9,8 +9,9 @@
 - ``redis-engine``: the same work as a pipeline: `redis_stream` source -> 1 transform ->
   `redis_stream` sink (``receives: data``), every entry acknowledged after the sink wrote.
 - ``redis-workers-1``, ``redis-workers-2``: that pipeline as 1 or 2 ``pipeline run``
-  worker processes sharing one group; the rate is N over the span of the output stream's
-  entry ids (Redis's own clock), so process start-up is not counted.
+  worker processes sharing one group, the input written once all of them read; the rate
+  is N over the span of the output stream's entry ids (Redis's own clock), so process
+  start-up is not counted.
 - ``nats-loop``, ``nats-engine``, ``nats-workers-1``, ``nats-workers-2``,
   ``ack-latency-nats``: the same for NATS JetStream (`bench.brokers_nats`).
 - ``ack-latency``: an idle Redis stream: one entry every 20 ms; the time from ``XADD``
@@ -171,8 +172,14 @@ pipelines:
 
 
 async def redis_workers(n: int, workers: int) -> dict[str, Any]:
-    """``workers`` worker processes; the rate over the output stream's own timestamps."""
+    """``workers`` worker processes; the rate over the output stream's own timestamps.
+
+    The input is written once every worker reads (its consumer is in the group), so the
+    start-up of one worker does not take CPU from another inside the measured span.
+    """
     import redis.asyncio as aioredis
+
+    from stages.connectors.redis import _APPEND
 
     r: Any = aioredis.Redis.from_url(REDIS)
     src, out = f"bench:{uuid.uuid4().hex}", f"bench:{uuid.uuid4().hex}"
@@ -181,8 +188,17 @@ async def redis_workers(n: int, workers: int) -> dict[str, Any]:
         cfg = Path(tmp) / "pipelines.yaml"
         cfg.write_text(textwrap.dedent(WORKER.format(url=REDIS, src=src, out=out)))
         try:
-            await _redis_fill(r, src, n)
+            await r.xgroup_create(src, "g", "0", mkstream=True)
             procs += spawn_workers(cfg, workers)
+            ready = time.monotonic() + 120  # every worker started and reading: then the input
+            while len(await r.xinfo_consumers(src, "g")) < workers:
+                if time.monotonic() > ready:
+                    return {"ok": False, "error": "the workers did not start within 120 s"}
+                await asyncio.sleep(0.05)
+            sha = await r.script_load(_APPEND)  # the input in a few calls (no CPU taken
+            payloads = _payloads(n)  # from the workers by a client's pipelined XADD)
+            for start in range(0, n, 5000):
+                await r.evalsha(sha, 1, src, b"data", b"", *payloads[start : start + 5000])
             deadline = time.monotonic() + 300
             while await r.xlen(out) < n and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
