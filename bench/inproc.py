@@ -156,12 +156,37 @@ def bytewax_runner() -> Callable[[int], Awaitable[int]]:
     return run
 
 
+def pathway_runner() -> Callable[[int], Awaitable[int]]:
+    """Pathway's ``pw.run`` over the same work (`bench.peers`), or raise `Skip`."""
+    from bench.peers import pathway_run, version
+
+    if version("pathway") is None:
+        raise Skip("pathway is not installed (the `pathway` extra)")
+
+    async def run(n: int) -> int:
+        buf = bytearray()
+        count = 0
+
+        def write(block: bytes) -> None:
+            nonlocal buf, count
+            buf += block
+            count += block.count(b"\n")
+            if len(buf) > SINK_RESET:
+                buf = bytearray()
+
+        pathway_run(n, write, lambda: None)
+        return count
+
+    return run
+
+
 RUNNERS: dict[str, Callable[[], Callable[[int], Awaitable[int]]]] = {
     "plain": lambda: plain,
     "engine": engine_runner,
     "plain3": lambda: plain3,
     "engine3": lambda: engine_runner(THREE),
     "bytewax3": bytewax_runner,
+    "pathway3": pathway_runner,
 }
 
 

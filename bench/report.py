@@ -9,12 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench import targets
 from bench.common import fmt_range, fmt_si
 from bench.harness import ROOT
 
 DOC = ROOT / "docs" / "performance.md"
-NOTES = ROOT / "bench" / "notes.md"
-"""Hand-written sections folded into the document before its plug points."""
 PLOTS = ROOT / "docs" / "perf"
 RESULTS = ROOT / "bench" / "results"
 OPT_IN_SWEEPS = ("fanout-clients",)
@@ -70,11 +69,14 @@ def pairs_lines(group: dict[str, Any]) -> list[str]:
     """One line per same-run ratio between two variants (e.g. the cost of a frozen client)."""
     out: list[str] = []
     for name, res in group["variants"].items():
-        pair = res.get("ratio_to")
-        if pair:
+        for pair in res.get("ratios_to", []):
+            cost = (
+                f", a cost of {1 - pair['median']:.1%} (median) to the other clients"
+                if "frozen" in name
+                else ""
+            )
             out.append(
-                f"`{name}` / `{pair['ref']}`, same run: **{fmt_range(pair, _ratio)}**, "
-                f"a cost of {1 - pair['median']:.1%} (median) to the other clients."
+                f"`{name}` / `{pair['ref']}`, same run: **{fmt_range(pair, _ratio)}**{cost}."
             )
     return [*out, ""] if out else out
 
@@ -151,6 +153,12 @@ def render(results: dict[str, Any]) -> str:
         f"({meta['cpu_model']}), Python {meta['python']}, "
         + ", ".join(f"{k} {x}" for k, x in v.items() if x)
         + ".",
+        "Peers: "
+        + ", ".join(
+            f"{k} {x}" if x else f"{k} not installed" for k, x in meta.get("peers", {}).items()
+        )
+        + " (Bytewax: the `bench` extra; Pathway: the `pathway` extra, about 130 packages and"
+        " 1 GB, so not in `all`).",
         f"Servers pinned to CPU {meta['server_cpu']}, clients to CPU {meta['client_cpu']}; "
         f"load average before {', '.join(f'{x:.2f}' for x in meta['load_avg_before'])}.",
         "",
@@ -165,7 +173,10 @@ def render(results: dict[str, Any]) -> str:
         "on uvicorn (httptools + uvloop, no access log) on 127.0.0.1. Every envelope is",
         "built, transformed (`value_f`), stamped (cached-seconds clock) and encoded when",
         "produced, except the pre-encoded wire reference (D) and the blaster.",
+        "Hand-written notes (instruction counts per change, profiles, what was tried) are",
+        "in [perf-notes.md](perf-notes.md).",
         "",
+        *targets.section(results),
     ]
     for name, group in results["groups"].items():
         lines += group_section(name, group, meta)
@@ -175,8 +186,6 @@ def render(results: dict[str, Any]) -> str:
         lines += memory_section(results["memory"])
     if results.get("fanout_memory"):
         lines += fanout_memory_section(results["fanout_memory"])
-    if NOTES.exists():  # hand-written measurements (peers, before/after), kept verbatim
-        lines += [NOTES.read_text().rstrip(), ""]
     lines += [
         "## Plug points and what is not measured yet",
         "",
@@ -612,8 +621,8 @@ def group_section(
 def update_sections(results: dict[str, Any]) -> None:
     """Fold the groups of a partial run (``--only ... --docs``) into the existing document.
 
-    Each group's section replaces the one with the same title, or goes before the
-    hand-written notes (or the plug points) when the document has none yet. No plot is
+    Each group's section replaces the one with the same title, or goes before the plug
+    points when the document has none yet. No plot is
     drawn: the pictures in docs/perf/ come from full runs.
     """
     meta = results["meta"]
@@ -633,14 +642,9 @@ def update_sections(results: dict[str, Any]) -> None:
 
 
 def _insertion_point(text: str) -> int:
-    """Where a new section goes: before the notes' first heading, or the plug points."""
-    notes = NOTES.read_text().splitlines() if NOTES.exists() else []
-    marks = [*[ln for ln in notes if ln.startswith("## ")][:1], "## Plug points"]
-    for mark in marks:
-        at = text.find("\n" + mark)
-        if at >= 0:
-            return at + 1
-    return len(text)
+    """Where a new section goes: before the plug points."""
+    at = text.find("\n## Plug points")
+    return at + 1 if at >= 0 else len(text)
 
 
 def write(results: dict[str, Any]) -> None:
@@ -656,3 +660,4 @@ def write(results: dict[str, Any]) -> None:
         plot_fanout_memory(results["fanout_memory"])
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(render(results))
+    targets.update_readme(results)

@@ -49,6 +49,8 @@ from bench.variants import GROUPS, Group, HttpVariant, Params, ProcVariant, Vari
 
 RESULTS = ROOT / "bench" / "results"
 PACKAGES = ("orjson", "starlette", "uvicorn", "uvloop", "httptools", "nexios", "anyio")
+PEERS = ("bytewax", "pathway")
+"""Peer frameworks: their versions go into the report's header (or "not installed")."""
 DEFAULT_N = 200_000
 DEFAULT_REPS = 5
 DEFAULT_BUDGET = 570.0
@@ -107,7 +109,7 @@ def _summarise(group: Group, results: dict[str, dict[str, Any]]) -> None:
             if r.get("ok") and q.get("ok") and q.get(metric)
         ]
         if pair:
-            a["ratio_to"] = {"ref": ref, **summary(pair)}
+            a.setdefault("ratios_to", []).append({"ref": ref, **summary(pair)})
 
 
 def run_group(
@@ -218,6 +220,12 @@ def meta(args: argparse.Namespace) -> dict[str, Any]:
             versions[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             versions[pkg] = None
+    peers: dict[str, str | None] = {}
+    for pkg in PEERS:
+        try:
+            peers[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            peers[pkg] = None
     cpu_model = ""
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -238,6 +246,7 @@ def meta(args: argparse.Namespace) -> dict[str, Any]:
         "n": args.n,
         "reps": args.reps,
         "versions": versions,
+        "peers": peers,
     }
 
 
@@ -263,10 +272,9 @@ def print_tables(results: dict[str, Any]) -> None:
                 ccpu = s.get("client_cpu_frac")
                 ctxt += f"  client CPU {ccpu['median']:.0%}" if ccpu else ""
                 print(f"  {vname:>15}  {fmt_range(s['rate'])} env/s  {rtxt}{ctxt}")
-            pair = res.get("ratio_to")
-            if pair:
+            for pair in res.get("ratios_to", []):
                 rng = fmt_range(pair, lambda x: f"{x:.3g}")
-                print(f"  {'':>15}  x{pair['ref']} (same run) {rng}: cost {1 - pair['median']:.1%}")
+                print(f"  {'':>15}  x{pair['ref']} (same run) {rng}")
 
 
 def print_sweeps(results: dict[str, Any]) -> None:

@@ -222,22 +222,31 @@ def fanout_variants(clients: int, *, frozen: bool = False) -> tuple[Variant, ...
     )
 
 
-def in_process(name: str, label: str) -> ProcVariant:
-    """``python -m bench.inproc NAME --n N``."""
+def in_process(name: str, label: str, cap: int | None = None) -> ProcVariant:
+    """``python -m bench.inproc NAME --n N`` (at most ``cap`` items)."""
     return ProcVariant(
         name=name,
         label=label,
-        command=lambda p: [PY, "-m", "bench.inproc", name, "--n", str(p.n)],
+        command=lambda p: [PY, "-m", "bench.inproc", name, "--n", str(min(p.n, cap or p.n))],
     )
 
 
-def whole(name: str, label: str, out: str) -> ProcVariant:
-    """``python -m bench.whole NAME --n N --out OUT``: one whole process, timed from outside."""
+def whole(name: str, label: str, out: str, cap: int | None = None) -> ProcVariant:
+    """``python -m bench.whole NAME --n N --out OUT``: one whole process, timed from outside
+    (at most ``cap`` items)."""
     return ProcVariant(
         name=name,
         label=label,
-        command=lambda p: [PY, "-m", "bench.whole", name, "--n", str(p.n), "--out", out],
+        command=lambda p: [
+            *(PY, "-m", "bench.whole", name, "--n", str(min(p.n, cap or p.n)), "--out", out)
+        ],
     )
+
+
+PATHWAY_WHOLE = 200_000
+PATHWAY_INPROC = 50_000
+"""Items of a Pathway run: it does ~20 k items/s here (a Python UDF and a Json value per
+row and map), so 1 M would take a minute per repetition. Its rate is compared."""
 
 
 def whole_group(out: str) -> Group:
@@ -250,10 +259,23 @@ def whole_group(out: str) -> Group:
             whole("plain", "plain asyncio loop, 256 KB writes (the limit)", out),
             whole("framework", "framework: `pipeline run bench > out`", out),
             whole("bytewax", "Bytewax: `python -m bytewax.run`, TestingSource, DynamicSink", out),
+            *(
+                (
+                    whole(
+                        "pathway",
+                        "Pathway: `pw.run`, ConnectorSubject, 3 udf selects, subscribe "
+                        f"({PATHWAY_WHOLE // 1000} k items)",
+                        out,
+                        PATHWAY_WHOLE,
+                    ),
+                )
+                if out == "file"
+                else ()
+            ),
         ),
         base="plain",
         params=lambda n: Params(n=5 * n),
-        pairs=(("framework", "bytewax"),),
+        pairs=(("framework", "bytewax"), ("framework", "pathway")),
         reading="Spawn to exit, start-up included (`bench/whole.py`, `bench/peers.py`). "
         "Targets: framework >= 1.2 x Bytewax and >= 0.9 x the plain loop.",
     )
@@ -318,6 +340,9 @@ GROUPS: tuple[Group, ...] = (
         title="HTTP streaming throughput, one client",
         variants=(A, B, C, D, D_LIVE, FRAMEWORK),
         base="B",
+        pairs=(("framework", "C"),),
+        reading="Target (issue 15): the framework >= 1.0 x (C), the hand-coalesced stream, "
+        "which does less work (one transform, no numbering, no retention).",
     ),
     Group(
         name="inproc",
@@ -335,9 +360,15 @@ GROUPS: tuple[Group, ...] = (
             in_process("plain3", "plain `async for` loop calling the 3 transforms (the limit)"),
             in_process("engine3", "framework engine (`pipeline.engine.run.Run`), 3 transforms"),
             in_process("bytewax3", "Bytewax `run_main`, the same 3 maps, sink to a bytearray"),
+            in_process(
+                "pathway3",
+                f"Pathway `pw.run`, the same 3 maps, sink to a bytearray ({PATHWAY_INPROC // 1000}"
+                " k items)",
+                PATHWAY_INPROC,
+            ),
         ),
         base="plain3",
-        pairs=(("engine3", "bytewax3"),),
+        pairs=(("engine3", "bytewax3"), ("engine3", "pathway3")),
     ),
     whole_group("file"),
     whole_group("null"),

@@ -14,6 +14,7 @@ encoded with orjson, one line each (see `bench.peers`)::
 - ``plain``: `bench.whole` ``loop``: one asyncio ``async for`` loop doing the same work,
   writing 256 KB blocks (the limit).
 - ``bytewax``: ``python -m bytewax.run 'bench.peers:stdout_flow(N)'``.
+- ``pathway``: ``python -m bench.peers pathway N`` (a Pathway graph, `bench.peers`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from bench.stages import enrich, keep_all, tag
 
 PY = sys.executable
 BLOCK = 256 * 1024
+PEERS = {"bytewax": "the `bench` extra", "pathway": "the `pathway` extra"}
+"""Peer frameworks and where to get them."""
 
 
 async def _loop(n: int) -> None:
@@ -71,17 +74,19 @@ def command(variant: str, n: int) -> tuple[list[str], dict[str, str], int]:
         return [PY, "-m", "bench.whole", "loop", "--n", str(n)], {}, n
     if variant == "bytewax":
         return [PY, "-m", "bytewax.run", f"bench.peers:stdout_flow({n})"], {}, n
+    if variant == "pathway":
+        return [PY, "-m", "bench.peers", "pathway", str(n)], {}, n
     msg = f"unknown variant `{variant}`"
     raise ValueError(msg)
 
 
 def measure(variant: str, n: int, out: str) -> dict[str, Any]:
     """Run ``variant`` once as a process; return rate, elapsed and the line check."""
-    if variant == "bytewax":
-        from bench.peers import bytewax_version
+    if variant in PEERS:
+        from bench.peers import version
 
-        if bytewax_version() is None:
-            return {"ok": False, "skipped": "bytewax is not installed (the `bench` extra)"}
+        if version(variant) is None:
+            return {"ok": False, "skipped": f"{variant} is not installed ({PEERS[variant]})"}
     argv, env, expect = command(variant, n)
     with tempfile.NamedTemporaryFile(prefix="bench-whole-", suffix=".ndjson") as fh:
         target = fh.name if out == "file" else os.devnull
@@ -118,7 +123,7 @@ def measure(variant: str, n: int, out: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """CLI: print one JSON object (``loop``: run the plain loop itself, to stdout)."""
     ap = argparse.ArgumentParser(prog="python -m bench.whole")
-    ap.add_argument("variant", choices=["framework", "plain", "bytewax", "loop"])
+    ap.add_argument("variant", choices=["framework", "plain", "bytewax", "pathway", "loop"])
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--out", choices=["file", "null"], default="file")
     args = ap.parse_args(argv)
