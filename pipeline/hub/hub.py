@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable
+from itertools import accumulate
 
 from pipeline.envelope import encode, lagged
 from pipeline.hub.ring import PROCESSING, Ring, RunSpan
@@ -193,6 +194,33 @@ class Hub:
             ring.marks[ring.head] = status
             run.counts[status] = run.counts.get(status, 0) + 1
         ring.head = head = ring.head + 1
+        if ring.waiters:
+            ring.wake()
+        if head >= ring.check_pos or total >= ring.check_bytes:
+            self._settle()
+
+    def publish_lines(self, run_id: str, seq: int, lines: list[bytes]) -> None:
+        """Append ``processing`` lines numbered ``seq``, ``seq + 1``... of run ``run_id``
+        (what `publish` does for each, in a few C-level steps for all of them).
+
+        Example:
+            >>> hub = Hub("demo", retain=10, client_buffer=10)
+            >>> hub.publish_lines("r1", 1, [b'{"seq":1}\\n', b'{"seq":2}\\n'])
+            >>> hub.run, hub.last_seq, hub.counts, hub.held_bytes
+            ('r1', 2, {'processing': 2}, 20)
+        """
+        if not lines:
+            return
+        run = self._run
+        if run is None or run.end is not None or run_id != run.id:
+            self.begin_run(run_id)
+        ring = self._ring
+        ends = list(accumulate(map(len, lines), initial=ring.bytes))
+        ring.bytes = total = ends.pop()
+        ring.offs += ends
+        ring.data += b"".join(lines)
+        ring.seqs += range(seq, seq + len(lines))
+        ring.head = head = ring.head + len(lines)
         if ring.waiters:
             ring.wake()
         if head >= ring.check_pos or total >= ring.check_bytes:

@@ -545,3 +545,32 @@ async def test_a_client_whose_next_line_was_released_is_dropped() -> None:
     big(hub, "r1", range(3, 7))
     assert await drain(sub) == []
     assert sub.dropped
+
+
+async def test_publish_lines_is_publish_for_each_line() -> None:
+    """A batch of processing lines (across segments, the byte bound and a new run) reads
+    back exactly as the same lines published one by one: same batches, seqs, counts."""
+    one = Hub("p", retain=300, client_buffer=300, retain_bytes=200_000, client_buffer_bytes=1)
+    many = Hub("p", retain=300, client_buffer=300, retain_bytes=200_000, client_buffer_bytes=1)
+    for run, first in (("r1", 1), ("r2", 1)):
+        envs = [env(run, seq, data="x" * 900) for seq in range(first, first + 400)]
+        encoded = [encode(e) for e in envs]
+        for e, line in zip(envs, encoded, strict=True):
+            one.publish(e, line)
+        for at in range(0, 400, 37):
+            many.publish_lines(run, first + at, encoded[at : at + 37])
+        complete(one, run, first + 400)
+        complete(many, run, first + 400)
+    assert (many.run, many.last_seq, many.counts, many.buffered, many.held_bytes) == (
+        one.run,
+        one.last_seq,
+        one.counts,
+        one.buffered,
+        one.held_bytes,
+    )
+    async with one.subscribe("0") as a, many.subscribe("0") as b:
+        got_a, got_b = await drain(a), await drain(b)
+    assert [len(x) for x in got_a] == [len(x) for x in got_b]  # the same batches
+    assert got_a[0].split(b"\n", 1)[1] == got_b[0].split(b"\n", 1)[1]  # after `lagged`
+    assert got_a[1:] == got_b[1:]
+    assert lines(got_a[0])[0] | {"timestamp": ""} == lines(got_b[0])[0] | {"timestamp": ""}
