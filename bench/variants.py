@@ -429,7 +429,10 @@ GROUPS: tuple[Group, ...] = (
         ),
         base="nats-loop",
         params=lambda n: Params(n=min(n, BROKER_N // 2)),
-        reading="Target: the pipeline >= 0.8 x the hand-rolled loop.",
+        reading="Target: the pipeline >= 0.8 x the hand-rolled loop. The `nats` sink "
+        "(`jetstream: true`) gets the stream's acknowledgements on one reply subscription "
+        "and checks each in place; the loop's `publish_async` makes a future and a PubAck "
+        "per message. Both fetch with nats-py's `fetch` (a task per message inside).",
     ),
     Group(
         name="redis-workers",
@@ -441,8 +444,14 @@ GROUPS: tuple[Group, ...] = (
         ),
         base="redis-workers-1",
         params=lambda n: Params(n=min(n, BROKER_N)),
-        reading="Rate over the span of the output stream's entry ids (Redis's clock), so "
-        "process start-up is not counted. Redis, the workers and the client share 2 cores.",
+        reading="Rate over the span of the output stream's entry ids (Redis's clock); the "
+        "input is written once every worker reads, so no start-up is inside the span. "
+        "Redis, the workers and the client share 2 cores: per entry a worker spends about "
+        "10-12 us of CPU and Redis about 2.5 (INFO cpu), so 2 workers reach at most about "
+        "2 x 12 / (12 + 2.5) = 1.6 x one worker on an idle machine, and less with other "
+        "jobs on the cores (the ratio then swings with the load). No claim runs in these "
+        "runs (XAUTOCLAIM every claim_idle / 3 = 10 s finds nothing idle that long); the "
+        "two consumers' XREADGROUPs are served one after the other by Redis.",
     ),
     Group(
         name="nats-workers",
@@ -455,8 +464,9 @@ GROUPS: tuple[Group, ...] = (
         base="nats-workers-1",
         params=lambda n: Params(n=min(n, BROKER_N // 2)),
         reading="Rate over the span of the output messages' stream timestamps (the "
-        "server's clock), so start-up is not counted. The server, the workers and the "
-        "client share 2 cores.",
+        "server's clock). The input is stored before the workers start, so a second "
+        "worker's start-up (about 1 s of CPU) can fall inside the span and count against "
+        "2 workers. The server, the workers and the client share 2 cores.",
     ),
     Group(
         name="ack-latency",
@@ -471,7 +481,7 @@ GROUPS: tuple[Group, ...] = (
         reading="From the publish (XADD; JetStream publish, acknowledged by the stream) to "
         "the message read, transformed, written by a `file` sink and acknowledged, polled "
         "on XINFO GROUPS (Redis) or the consumer's ack floor (NATS), each poll one round "
-        "trip (~0.1-1 ms).",
+        "trip (~0.1-1 ms). The ack is sent as soon as the sink accepted (no timer).",
     ),
     Group(
         name="latency",

@@ -25,81 +25,23 @@ from stages.connectors._common import (
     Format,
     Receives,
     decode,
-    mask_url,
     missing_extra,
     take_ahead,
     write_batches,
 )
 
 try:
-    import nats
-    from nats import errors as nerr
+    import nats  # noqa: F401 - the extra's check (connections are made in _nats_conn)
 except ImportError:  # pragma: no cover - exercised by the missing-extra test in a subprocess
     raise ImportError(missing_extra("nats", "nats")) from None
 
+from stages.connectors import _nats_conn as shared
 from stages.connectors._nats_member import Member
 
 __all__ = ["AuthenticationFailed", "read", "write"]
 
 PUBLISH_TIMEOUT = 10.0
 """How long the sink waits for JetStream to acknowledge a batch before publishing again."""
-
-
-async def _connect(url: str, log: Any) -> Any:
-    """Connect, waiting while the server is unreachable (one log line per attempt).
-
-    nats-py retries the first connection by itself (and reconnects forever after it);
-    a refused password ends the wait with `AuthenticationFailed` instead of a retry.
-    """
-    refused = asyncio.Event()
-    connected = [False]
-
-    async def on_error(exc: Exception) -> None:
-        text = str(exc) or type(exc).__name__
-        if isinstance(exc, nerr.AuthorizationError) or "authorization" in text.lower():
-            refused.set()
-        elif connected[0]:
-            log.warning("nats_error", error=text)
-        else:
-            log.warning("nats_unavailable", url=mask_url(url), error=text)
-
-    client: list[Any] = []
-
-    async def on_disconnected() -> None:
-        if client and client[0].is_closed:  # our own close: nothing to warn about
-            return
-        log.warning("nats_disconnected", url=mask_url(url))
-
-    async def on_reconnected() -> None:
-        log.info("nats_reconnected", url=mask_url(url))
-
-    connecting = asyncio.ensure_future(
-        nats.connect(
-            servers=[url],
-            connect_timeout=2,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            error_cb=on_error,
-            disconnected_cb=on_disconnected,
-            reconnected_cb=on_reconnected,
-        )
-    )
-    denied = asyncio.ensure_future(refused.wait())
-    try:
-        await asyncio.wait({connecting, denied}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (connecting, denied):
-            if not task.done():
-                task.cancel()
-        await asyncio.gather(denied, return_exceptions=True)
-    if refused.is_set():
-        await asyncio.gather(connecting, return_exceptions=True)
-        msg = f"NATS at `{mask_url(url)}` refused the credentials"
-        raise AuthenticationFailed(msg)
-    connected[0] = True
-    client.append(connecting.result())
-    return client[0]
 
 
 async def read(
@@ -145,7 +87,7 @@ async def read(
           with: {url: "nats://127.0.0.1:4222", subject: orders.new, stream: ORDERS}
     """
     log = structlog.get_logger("pipeline").bind(stage="nats", subject=subject, stream=stream)
-    nc = await _connect(url, log)
+    nc = await shared.acquire(url)
     try:
         if stream is None:
             sub = await nc.subscribe(subject, queue=durable)
@@ -179,8 +121,7 @@ async def read(
                 await asyncio.gather(ahead, return_exceptions=True)
             await member.close(psub, acker)
     finally:
-        with contextlib.suppress(Exception):
-            await nc.close()
+        await shared.release(url, nc)
 
 
 @sink(stream=True, confirm=True, batch=True)
@@ -214,8 +155,13 @@ async def write(
             with: {url: "nats://127.0.0.1:4222", subject: results, jetstream: true}
     """
     log = structlog.get_logger("pipeline").bind(stage="nats", subject=subject)
-    nc = await _connect(url, log)
-    acked = await _Acked(nc, subject, log).start() if jetstream else None
+    nc = await shared.acquire(url)
+    acked = None
+    try:
+        acked = await _Acked(nc, subject, log).start() if jetstream else None
+    except BaseException:
+        await shared.release(url, nc)
+        raise
 
     async def publish(payloads: list[bytes]) -> None:
         if acked is not None:
@@ -228,10 +174,11 @@ async def write(
     try:
         await write_batches(deliveries, publish, receives=receives)
     finally:
+        if acked is not None:
+            await acked.stop()
         with contextlib.suppress(Exception):
             await nc.flush()
-        with contextlib.suppress(Exception):
-            await nc.close()
+        await shared.release(url, nc)
 
 
 class _Acked:
@@ -250,10 +197,16 @@ class _Acked:
         self.waiting: dict[str, int] = {}  # reply subject -> index in the batch
         self.failed: list[int] = []
         self.done = asyncio.Event()
+        self.sub: Any = None
 
     async def start(self) -> _Acked:
-        await self.nc.subscribe(self.prefix + "*", cb=self._reply)
+        self.sub = await self.nc.subscribe(self.prefix + "*", cb=self._reply)
         return self
+
+    async def stop(self) -> None:
+        """Unsubscribe (the connection may be shared: it outlives this sink)."""
+        with contextlib.suppress(Exception):
+            await self.sub.unsubscribe()
 
     async def _reply(self, msg: Any) -> None:
         index = self.waiting.pop(msg.subject, None)

@@ -15,7 +15,7 @@ from nats.js.errors import NotFoundError
 from structlog.testing import capture_logs
 
 from pipeline import sink
-from stages.connectors import _nats_member
+from stages.connectors import _nats_conn, _nats_member
 from stages.connectors.nats import read as nats_source, write as nats_sink
 from tests.stages.connectors.brokers import Running, unique, until
 
@@ -281,3 +281,17 @@ async def test_jetstream_sink_publishes_again_until_a_stream_takes_it(js: Any) -
 
 async def _stored(js: Any, stream: str, n: int) -> bool:
     return int((await js.stream_info(stream)).state.messages) >= n
+
+
+async def test_stages_of_one_server_share_one_connection_the_last_closes_it() -> None:
+    """A source and a sink of the same URL get one connection; it closes with its last user."""
+    first = await _nats_conn.acquire(URL)
+    second = await _nats_conn.acquire(URL)
+    assert first is second
+    await _nats_conn.release(URL, first)
+    assert not second.is_closed  # the other user still has it
+    await _nats_conn.release(URL, second)
+    assert second.is_closed
+    third = await _nats_conn.acquire(URL)  # a new connection once the last one closed
+    assert third is not first and not third.is_closed
+    await _nats_conn.release(URL, third)
