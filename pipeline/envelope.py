@@ -294,7 +294,7 @@ def heartbeat(pipeline: str) -> Envelope:
     return {"status": "heartbeat", "pipeline": pipeline, "timestamp": now()}
 
 
-LaggedReason = Literal["not_retained", "slow_client", "run_changed"]
+LaggedReason = Literal["not_retained", "slow_client", "run_changed", "evicted"]
 
 
 def lagged(
@@ -312,7 +312,8 @@ def lagged(
     ``RUN:SEQ`` to reconnect with) or ``run_changed`` (its resume token names
     ``previous_run``, which is no longer the current run: what that run emitted after
     the token is unknown here, ``missed`` counts the current run's envelopes no longer
-    retained).
+    retained) or ``evicted`` (an idle stream closed to make room for a new client at
+    ``max_clients``; ``missed`` is 0 and ``resume`` is where to reconnect from).
 
     Example:
         >>> env = lagged("p", "r1", 3, "slow_client", resume="r1:7")

@@ -53,6 +53,9 @@ def format_envelope(env: Mapping[str, Any], width: int | None = None) -> Text | 
 
 def _lagged(env: Mapping[str, Any]) -> str:
     missed = env.get("missed", "?")
+    if env.get("reason") == "evicted":
+        resume = env.get("resume")
+        return f"! evicted: the server was full and this stream idle; resuming from {resume}"
     if env.get("reason") == "run_changed":
         return (
             f"! run changed: run {env.get('previous_run')} is gone, following run "

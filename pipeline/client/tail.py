@@ -12,7 +12,8 @@
   with ``since=RUN:SEQ`` of the last whole envelope (a cut line comes again). 5xx, 408, 425
   and 429 are retried too. ``max_retries`` bounds consecutive failures (an attempt that
   received lines resets the count); by default 10 attempts until a server answered once,
-  then no limit.
+  then no limit. A ``lagged(reason=evicted)`` notice (an idle stream closed by a full
+  server) sets the resume token to its ``resume`` and the reconnect is quiet.
 - **End**: 0 after ``complete`` of a run without ``error``; 1 after ``error`` or
   ``complete(reason=error)``; 130 on Ctrl-C, quietly; 0 when stdout closes (``| head``).
   With ``follow_runs`` (``tail -F``) a ``complete`` whose reason is ``shutdown`` or
@@ -172,6 +173,7 @@ class _Follower:
         self.failed = False
         self.code: int | None = None
         self.between_runs = False  # the last envelope was a complete that -F follows past
+        self.evicted = False  # the stream was closed as idle to make room (lagged notice)
         self.answered = 0  # streams answered with a 2xx so far
         self.log = logmod.get_logger(command="tail")
 
@@ -179,6 +181,9 @@ class _Follower:
         """Track the resume token and the run's outcome from one envelope."""
         status = env.get("status")
         if status in NOTICES:
+            resume = env.get("resume")
+            if env.get("reason") == "evicted" and isinstance(resume, str):
+                self.since, self.evicted = resume, True  # the server made room: come back
             return
         self.between_runs = False
         run, seq = env.get("run"), env.get("seq")
@@ -238,7 +243,7 @@ class _Follower:
         url = httpx.URL(self.target.url)
         if self.since is not None:
             url = url.copy_set_param("since", self.since)
-        received = 0
+        received, self.evicted = 0, False
         try:
             with client.stream("GET", url) as response:
                 if response.status_code >= 400:
@@ -275,16 +280,18 @@ class _Follower:
                     raise TailError(msg)
                 delay = min(BACKOFF_MAX, BACKOFF_START * 2 ** (failures - 1))
                 delay *= random.uniform(0.5, 1.0)
-                quiet = self.between_runs and reason == ENDED_EARLY  # the next run is coming
+                # the next run is coming, or the server asked an idle stream to come back
+                quiet = (self.between_runs or self.evicted) and reason == ENDED_EARLY
                 retrying = self.log.debug if quiet else self.log.warning
                 retrying("tail_retrying", reason=reason, since=self.since, delay_s=delay)
                 time.sleep(delay)
 
 
 def _telling(block: bytes, lines: list[bytes]) -> list[int]:
-    if b"error" not in block and b"complete" not in block:
+    words = (b"error", b"complete", b'"evicted"')
+    if not any(word in block for word in words):
         return []
-    return [i for i, line in enumerate(lines) if b"error" in line or b"complete" in line]
+    return [i for i, line in enumerate(lines) if any(word in line for word in words)]
 
 
 def _decode(line: bytes) -> dict[str, Any] | None:

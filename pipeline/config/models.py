@@ -62,6 +62,7 @@ class ServerConfig(_Model):
     max_head_bytes: int = Field(default=64 * 1024, ge=1024)
     max_headers: int = Field(default=100, ge=1)
     head_timeout: float = Field(default=10.0, gt=0)
+    evict_idle_after: float | None = Field(default=30.0, gt=0)
 
 
 class RetryConfig(_Model):

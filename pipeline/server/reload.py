@@ -49,7 +49,9 @@ WATCH_DEBOUNCE_MS = 300
 WATCH_POLL = 0.5
 """Seconds between looks for a watched folder that is gone (``--reload``)."""
 
-RELOADABLE = frozenset({"token", "metrics_token", "heartbeat", "max_clients", "shutdown_timeout"})
+RELOADABLE = frozenset(
+    {"token", "metrics_token", "heartbeat", "max_clients", "evict_idle_after", "shutdown_timeout"}
+)
 """The ``server:`` settings a reload applies; a change to any other needs a restart."""
 
 

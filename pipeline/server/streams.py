@@ -19,6 +19,11 @@ Each stream is a small ASGI callable, not a ``StreamingResponse`` behind middlew
   client that has acknowledged nothing for `STALL_BEATS` heartbeats (at least
   `STALL_MIN` s) while bytes were waiting for it (``stalled``): its window stays
   shut, whatever the pipeline's pace.
+- **an idle stream can be evicted:** `_Stream.evict` (called by the server when it is
+  full, see `pipeline.server.state.ServerState.open_stream`) ends the stream with a
+  ``lagged(reason=evicted)`` notice carrying the ``resume`` token (for SSE also as the
+  event ``id``, so ``EventSource`` resumes from it); ``StreamOptions.active_at`` is when
+  the stream last carried data (heartbeats do not count).
 
 Shutdown and ends of runs need nothing special here: when the hub ends a subscription
 (after ``complete``, or at `pipeline.hub.hub.Hub.close`), the body ends cleanly.
@@ -81,7 +86,16 @@ def install_cut_filter() -> None:
 class StreamOptions:
     """What one stream needs besides its hub: its settings and its lifecycle hooks."""
 
-    __slots__ = ("gzip", "heartbeat", "on_close", "run", "send_timeout", "since")
+    __slots__ = (
+        "active_at",
+        "evict",
+        "gzip",
+        "heartbeat",
+        "on_close",
+        "run",
+        "send_timeout",
+        "since",
+    )
 
     def __init__(
         self,
@@ -99,6 +113,10 @@ class StreamOptions:
         self.gzip = gzip
         self.run = run
         self.on_close = on_close
+        self.active_at = 0.0
+        """Loop time the stream last carried data (or opened): how long it has been idle."""
+        self.evict: Callable[[], None] | None = None
+        """Set while the stream serves: end it with a ``lagged(reason=evicted)`` notice."""
 
 
 class _Stream(Response):
@@ -123,6 +141,7 @@ class _Stream(Response):
         self._reason = "send_timeout"  # ... and why
         self._last_write = 0.0
         self._stall_timer: asyncio.TimerHandle | None = None
+        self.evicted = False
         self.cut: str | None = None
         headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
         if options.gzip:
@@ -176,9 +195,11 @@ class _Stream(Response):
         watch = loop.create_task(self._watch(receive))
         self._check_progress(None, loop.time())
         self._arm(loop.time() + min(self.opts.heartbeat, self._limit))
+        self.opts.active_at, self.opts.evict = loop.time(), self.evict
         try:
             await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.opts.evict = None
             for timer in (self._stall_timer, self._timer):
                 if timer is not None:
                     timer.cancel()
@@ -258,6 +279,16 @@ class _Stream(Response):
             self._reason = "lagging"
             self._arm(self._deadline)
 
+    def evict(self) -> None:
+        """End the stream now with a ``lagged(reason=evicted)`` notice (idempotent); one
+        that has not taken it within `DROP_GRACE` is cut and reset."""
+        if self.evicted or self._sub is None:
+            return
+        self.evicted = True
+        self.opts.evict = None
+        self._sub.close()
+        self._loop.call_later(DROP_GRACE, self._cut_now, "evicted")
+
     def _cut_now(self, reason: str) -> None:
         if self.cut is None and self._pump_task is not None and not self._pump_task.done():
             self.cut = reason
@@ -284,10 +315,12 @@ class _Stream(Response):
 
     async def _pump(self, sub: Subscription, send: Send) -> None:
         async for batch in sub:  # empty: a heartbeat is due (`_watchdog`)
+            if batch:
+                self.opts.active_at = self._loop.time()
             await self._write(send, batch or self._heartbeat())
-        if sub.dropped:
-            await self._write(send, self._lagged_line(sub))
-            if not await self._settled():
+        if sub.dropped or self.evicted:
+            await self._write(send, self._lagged_line(sub)[0])
+            if sub.dropped and not await self._settled():
                 return
         await self._end(send)
 
@@ -302,12 +335,16 @@ class _Stream(Response):
     def _heartbeat(self) -> bytes:
         return encode(heartbeat(self.hub.name))
 
-    def _lagged_line(self, sub: Subscription) -> bytes:
-        """The notice a dropped client gets last: where to resume from."""
+    def _lagged_line(self, sub: Subscription) -> tuple[bytes, str | None]:
+        """The notice a dropped or evicted client gets last, and where to resume from."""
         hub, last = self.hub, sub.last
+        if not sub.dropped:  # evicted while idle: it has everything up to the last seq
+            if last is None and hub.run is not None and hub.last_seq:
+                last = f"{hub.run}:{hub.last_seq}"
+            return encode(lagged(hub.name, hub.run, 0, "evicted", resume=last)), last
         seen = int(last.rpartition(":")[2]) if last and last.startswith(f"{hub.run}:") else 0
         missed = max(hub.last_seq - seen, 0)
-        return encode(lagged(hub.name, hub.run, missed, "slow_client", resume=last))
+        return encode(lagged(hub.name, hub.run, missed, "slow_client", resume=last)), last
 
 
 class NDJSONStream(_Stream):
@@ -328,10 +365,15 @@ class SSEStream(_Stream):
     async def _pump(self, sub: Subscription, send: Send) -> None:
         await self._write(send, b"retry: %d\n\n" % SSE_RETRY_MS)
         async for items in sub.items():
+            if items:
+                self.opts.active_at = self._loop.time()
             await self._write(send, _frames(items) if items else b": keepalive\n\n")
-        if sub.dropped:
-            await self._write(send, encode_sse(self._lagged_line(sub), "", None))
-            if not await self._settled():
+        if sub.dropped or self.evicted:
+            line, resume = self._lagged_line(sub)
+            run, _, seq = (resume or "").rpartition(":")
+            at = int(seq) if self.evicted and resume else None  # EventSource resumes from it
+            await self._write(send, encode_sse(line, run, at))
+            if sub.dropped and not await self._settled():
                 return
         await self._end(send)
 
@@ -359,8 +401,10 @@ class WebSocketStream(_Stream):
         async for items in sub.items():
             if not items:
                 await self._text(send, self._heartbeat())
+            else:
+                self.opts.active_at = self._loop.time()
             for item in items:
                 await self._text(send, item.line)
-        if sub.dropped:
-            await self._text(send, self._lagged_line(sub))
+        if sub.dropped or self.evicted:
+            await self._text(send, self._lagged_line(sub)[0])
         await self._send(send, {"type": "websocket.close", "code": 1000})

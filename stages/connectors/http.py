@@ -215,6 +215,9 @@ class _Reader:
         if value.get("reason") == "slow_client":
             _log.warning("upstream_dropped_us", url=self.shown, missed=missed)
             return
+        if value.get("reason") == "evicted":  # idle at a full upstream: nothing missed
+            _log.info("upstream_evicted_us", url=self.shown)
+            return
         _log.warning("upstream_lagged", url=self.shown, missed=missed)
         msg = f"`{self.shown}` no longer had {missed} envelopes asked for (not retained)"
         yield BadChunk(value, UpstreamLagged(msg))

@@ -213,7 +213,8 @@ def test_problems_of_all_kinds_come_together_in_line_order(
         f"{path}:4: server.host: duplicate key (first defined on line 3)",
         f"{path}:5: server.extra: unknown key; expected one of `host`, `port`, `token`, "
         "`client_buffer`, `client_buffer_bytes`, `heartbeat`, `max_clients`, `shutdown_timeout`, "
-        "`cors_origins`, `metrics_token`, `max_head_bytes`, `max_headers`, `head_timeout`",
+        "`cors_origins`, `metrics_token`, `max_head_bytes`, `max_headers`, `head_timeout`, "
+        "`evict_idle_after`",
         f"{path}:8: pipelines.p.source.concurrency: expected an integer >= 1",
         f"{path}:9: pipelines.p.trigger: expected `start` or `request`",
     ]
