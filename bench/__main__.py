@@ -1,4 +1,4 @@
-"""``python -m bench``: run the benchmark suite (``python -m bench attack``: issue 9's probes)."""
+"""``python -m bench``: run the benchmark suite (``attack``/``soak``: issue 9's probes)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ if sys.argv[1:2] == ["attack"]:
     from bench.attack import main as attack
 
     raise SystemExit(attack(sys.argv[2:]))
+if sys.argv[1:2] == ["soak"]:
+    from bench.soak import main as soak
+
+    raise SystemExit(soak(sys.argv[2:]))
 
 from bench.run import main
 

@@ -14,61 +14,17 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from bench import parsers
-from bench.common import free_port
+from bench.hostile_stages import write_stages
+from bench.probe_kit import CANARY, PY, Row, fds, frozen, get, rss_mib, run_to_end, server, wait
+from bench.probe_report import Probe, run_probes
 
-PY = sys.executable
-CANARY = "canary-Zq8v7-s3cret"
-STAGES = """
-import asyncio, time
-
-async def ticks(size: int = 100, interval: float = 0.001):
-    n = 0
-    while True:
-        yield {"n": n, "pad": "x" * size}
-        n += 1
-        await asyncio.sleep(interval)
-
-async def slow_sink(envelope):
-    await asyncio.sleep(1)
-
-async def deaf():
-    yield {"n": 0}
-    while True:
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            pass
-
-def boom(chunk, secret: str):
-    raise ValueError(f"cannot reach {secret}")
-
-def sleepy(chunk):
-    time.sleep(1.0)
-    return chunk
-
-def huge(count: int = 10, size: int = 50_000_000):
-    for n in range(count):
-        yield {"n": n, "pad": "x" * size}
-
-def loud(chunk):
-    print("a stage prints", chunk)
-    return chunk
-
-def clash(chunk):
-    return {1: "int", "1": "str", "n": chunk}
-"""
 CONFIG = """
 server: {shutdown_timeout: 2, client_buffer: 64, max_clients: 100}
 pipelines:
@@ -84,7 +40,10 @@ pipelines:
   stall:
     source: {use: counter, with: {count: 2}}
     transforms: [{use: astages:sleepy}]
-  huge: {source: {use: astages:huge}}
+  huge:
+    source:
+      use: astages:huge
+      with: {count: "${HUGE_COUNT:-10}"}
   loud:
     source: {use: counter, with: {count: 100}}
     transforms: [{use: astages:loud}]
@@ -100,56 +59,14 @@ pipelines:
 """
 
 
-@contextmanager
-def server(
-    folder: Path, *names: str, config: str = "pipelines.yaml"
-) -> Iterator[tuple[subprocess.Popen[bytes], int, list[str]]]:
-    """``pipeline run NAMES --serve`` on a free port; yields (process, port, log lines)."""
-    port = free_port()
-    cmd = [PY, "-m", "pipeline", "run", *names, "-c", config, "--serve", "--port", str(port)]
-    env = {**os.environ, "CANARY": CANARY}
-    proc = subprocess.Popen(
-        [*cmd, "--log-format", "json"], cwd=folder, env=env, stderr=subprocess.PIPE
-    )
-    log: list[str] = []
-    threading.Thread(target=lambda: log.extend(_lines(proc)), daemon=True).start()
-    try:
-        _wait(lambda: _get(port, "/healthz").startswith(b"HTTP/1.1 200"), 30)
-        yield proc, port, log
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
+def project(folder: Path) -> None:
+    """Write the probes' stage module and configs into ``folder``."""
+    write_stages(folder, "astages")
+    (folder / "pipelines.yaml").write_text(CONFIG)
+    (folder / "slow.yaml").write_text(SLOW_CONFIG)
 
 
-def _lines(proc: subprocess.Popen[bytes]) -> Iterator[str]:
-    assert proc.stderr is not None
-    for raw in proc.stderr:
-        yield raw.decode(errors="replace")
-
-
-def _wait(predicate: Callable[[], Any], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return True
-        except OSError:
-            pass
-        time.sleep(0.05)
-    return False
-
-
-def _get(port: int, path: str, version: str = "1.1") -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(f"GET {path} HTTP/{version}\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        data = bytearray()
-        while chunk := s.recv(1 << 20):
-            data += chunk
-        return bytes(data)
-
-
-def huge_header(folder: Path) -> dict[str, Any]:
+def huge_header(folder: Path) -> Row:
     """A 128 MiB header on one connection; /healthz probed meanwhile."""
     with server(folder, "live") as (_, port, _log):
         got = parsers.huge_header(port, 128 << 20)
@@ -162,29 +79,16 @@ def huge_header(folder: Path) -> dict[str, Any]:
     }
 
 
-def frozen(port: int, name: str) -> socket.socket:
-    """A stream client of pipeline ``name`` that will never read (4 KiB receive buffer)."""
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect(("127.0.0.1", port))
-    s.sendall(f"GET /pipelines/{name}/stream HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    return s
-
-
-def frozen_clients(folder: Path, clients: int = 50) -> dict[str, Any]:
+def frozen_clients(folder: Path, clients: int = 50) -> Row:
     """``clients`` streams that never read: are they dropped *and* closed?"""
     with server(folder, "live") as (proc, port, _log):
-        base = len(os.listdir(f"/proc/{proc.pid}/fd"))
+        base = fds(proc.pid)
         socks = [frozen(port, "live") for _ in range(clients)]
-
-        def fds() -> int:
-            return len(os.listdir(f"/proc/{proc.pid}/fd"))
-
-        _wait(lambda: fds() >= base + clients, 30)  # every client connected and streaming
+        wait(lambda: fds(proc.pid) >= base + clients, 30)  # every client connected
         t0 = time.monotonic()
-        closed = _wait(lambda: fds() <= base + 1, 60)
+        closed = wait(lambda: fds(proc.pid) <= base + 1, 60)
         took = time.monotonic() - t0
-        left = fds() - base
+        left = fds(proc.pid) - base
         for s in socks:
             s.close()
     return {
@@ -195,7 +99,7 @@ def frozen_clients(folder: Path, clients: int = 50) -> dict[str, Any]:
     }
 
 
-def sigterm(folder: Path, name: str) -> dict[str, Any]:
+def sigterm(folder: Path, name: str) -> Row:
     """SIGTERM with a misbehaving stage: exit code and time (bound: timeout 2 s + 1 s)."""
     cmd = [PY, "-m", "pipeline", "run", name, "--log-format", "json"]
     proc = subprocess.Popen(cmd, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -219,20 +123,9 @@ def sigterm(folder: Path, name: str) -> dict[str, Any]:
     }
 
 
-def _run(folder: Path, name: str, log_format: str = "json") -> subprocess.CompletedProcess[bytes]:
-    """``pipeline run NAME`` to its end, output captured."""
-    return subprocess.run(
-        [PY, "-m", "pipeline", "run", name, "--log-format", log_format],
-        cwd=folder,
-        env={**os.environ, "CANARY": CANARY},
-        capture_output=True,
-        timeout=60,
-    )
-
-
-def full_disk(folder: Path) -> dict[str, Any]:
+def full_disk(folder: Path) -> Row:
     """A file sink on /dev/full: the run must say error (exit 1)."""
-    proc = _run(folder, "full")
+    proc = run_to_end(folder, "full")
     last = orjson.loads(proc.stdout.splitlines()[-1])
     return {
         "tried": "file sink on /dev/full, 102 envelopes",
@@ -242,9 +135,9 @@ def full_disk(folder: Path) -> dict[str, Any]:
     }
 
 
-def canary(folder: Path, log_format: str = "json") -> dict[str, Any]:
+def canary(folder: Path, log_format: str = "json") -> Row:
     """A secret from ${CANARY} in a stage's error (and its traceback): never printed."""
-    proc = _run(folder, "leak", log_format)
+    proc = run_to_end(folder, "leak", log_format)
     leaks = (proc.stdout + proc.stderr).count(CANARY.encode())
     return {
         "tried": f"secret in chunk_error messages and logs ({log_format} logs)",
@@ -254,9 +147,9 @@ def canary(folder: Path, log_format: str = "json") -> dict[str, Any]:
     }
 
 
-def stall(folder: Path) -> dict[str, Any]:
+def stall(folder: Path) -> Row:
     """A sync transform sleeping 1 s on the loop: is it named?"""
-    proc = _run(folder, "stall")
+    proc = run_to_end(folder, "stall")
     named = proc.stderr.count(b'"stage":"transforms[0]:sleepy"')
     return {
         "tried": "sync transform sleeping 1 s per chunk",
@@ -266,27 +159,20 @@ def stall(folder: Path) -> dict[str, Any]:
     }
 
 
-def _rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def big_retention(folder: Path) -> dict[str, Any]:
-    """Ten 50 MB chunks: what the hub holds after the run, and a late client's replay."""
+def big_retention(folder: Path, count: int = 10) -> Row:
+    """``count`` 50 MB chunks: what the hub holds after the run, a late client's replay."""
+    os.environ["HUGE_COUNT"] = str(count)  # the config interpolates it
     with server(folder, "huge") as (proc, port, _log):
-        done = _wait(lambda: b'"state":"completed"' in _get(port, "/pipelines/huge"), 120)
-        state = orjson.loads(_get(port, "/pipelines/huge").partition(b"\r\n\r\n")[2])
+        done = wait(lambda: b'"state":"completed"' in get(port, "/pipelines/huge"), 120)
+        state = orjson.loads(get(port, "/pipelines/huge").partition(b"\r\n\r\n")[2])
         held = state.get("held_bytes", 0) / (1 << 20)
-        rss = _rss_mib(proc.pid)
-        body = _get(port, "/pipelines/huge/stream?since=0", "1.0").partition(b"\r\n\r\n")[2]
+        rss = rss_mib(proc.pid)
+        body = get(port, "/pipelines/huge/stream?since=0", "1.0").partition(b"\r\n\r\n")[2]
     first = body.partition(b"\n")[0]
     missed = orjson.loads(first).get("missed") if first.startswith(b"{") else None
     bound = 64 + 16 + 48  # retain_bytes + client_buffer_bytes + one envelope (MiB)
     return {
-        "tried": "ten 50 MB chunks, default retain_bytes (64 MiB)",
+        "tried": f"{count} chunks of 50 MB, default retain_bytes (64 MiB)",
         "survived": done and held <= bound and missed is not None,
         "lost": 0,
         "figure": f"hub holds {held:.0f} MiB after the run, server RSS {rss:.0f} MiB; "
@@ -294,15 +180,14 @@ def big_retention(folder: Path) -> dict[str, Any]:
     }
 
 
-def stalled_client(folder: Path) -> dict[str, Any]:
+def stalled_client(folder: Path) -> Row:
     """A client that stops reading on a slow pipeline (never lapped): is it closed?"""
-    (folder / "slow.yaml").write_text(SLOW_CONFIG)
     with server(folder, "slow", config="slow.yaml") as (proc, port, _log):
-        base = len(os.listdir(f"/proc/{proc.pid}/fd"))
+        base = fds(proc.pid)
         s = frozen(port, "slow")
         t0 = time.monotonic()
-        _wait(lambda: len(os.listdir(f"/proc/{proc.pid}/fd")) > base, 10)
-        closed = _wait(lambda: len(os.listdir(f"/proc/{proc.pid}/fd")) <= base, 60)
+        wait(lambda: fds(proc.pid) > base, 10)
+        closed = wait(lambda: fds(proc.pid) <= base, 60)
         took = time.monotonic() - t0
         s.close()
     return {
@@ -314,9 +199,9 @@ def stalled_client(folder: Path) -> dict[str, Any]:
     }
 
 
-def stage_print(folder: Path) -> dict[str, Any]:
+def stage_print(folder: Path) -> Row:
     """A stage that prints: is stdout still NDJSON?"""
-    proc = _run(folder, "loud")
+    proc = run_to_end(folder, "loud")
     lines = proc.stdout.splitlines()
     bad = sum(not line.startswith(b'{"status"') for line in lines)
     return {
@@ -327,7 +212,7 @@ def stage_print(folder: Path) -> dict[str, Any]:
     }
 
 
-def key_clash(folder: Path) -> dict[str, Any]:
+def key_clash(folder: Path) -> Row:
     """Data with keys 1 and "1": any line with a duplicate key?"""
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -336,7 +221,7 @@ def key_clash(folder: Path) -> dict[str, Any]:
         return dict(items)
 
     dupes = [0]
-    proc = _run(folder, "clash")
+    proc = run_to_end(folder, "clash")
     for line in proc.stdout.splitlines():
         json.loads(line, object_pairs_hook=pairs)
     errors = proc.stdout.count(b'"status":"chunk_error"')
@@ -348,7 +233,7 @@ def key_clash(folder: Path) -> dict[str, Any]:
     }
 
 
-def http_edges(folder: Path) -> dict[str, Any]:
+def http_edges(folder: Path) -> Row:
     """Encoded slash, HTTP/1.0, WebSocket refusals: right status, JSON, no chunked 1.0."""
     upgrade = (
         b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
@@ -382,11 +267,11 @@ def http_edges(folder: Path) -> dict[str, Any]:
     }
 
 
-def sigterm_dropped(folder: Path, clients: int = 5) -> dict[str, Any]:
+def sigterm_dropped(folder: Path, clients: int = 5) -> Row:
     """SIGTERM while dropped clients have not taken what they were sent: exit time."""
     with server(folder, "live") as (proc, port, log):
         socks = [frozen(port, "live") for _ in range(clients)]
-        _wait(lambda: b'"dropped_clients":0' not in _get(port, "/pipelines/live"), 30)
+        wait(lambda: b'"dropped_clients":0' not in get(port, "/pipelines/live"), 30)
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
@@ -403,48 +288,33 @@ def sigterm_dropped(folder: Path, clients: int = 5) -> dict[str, Any]:
     }
 
 
-PROBES: dict[str, Callable[[Path], dict[str, Any]]] = {
-    "huge-header": huge_header,
-    "frozen-clients": frozen_clients,
-    "sigterm-slow-sink": lambda f: sigterm(f, "slow_sink"),
-    "sigterm-deaf-source": lambda f: sigterm(f, "deaf"),
-    "full-disk": full_disk,
-    "canary": canary,
-    "stall": stall,
-    "big-retention": big_retention,
-    "stalled-client": stalled_client,
-    "sigterm-dropped-clients": sigterm_dropped,
-    "stage-print": stage_print,
-    "key-clash": key_clash,
-    "http-edges": http_edges,
-    "canary-console": lambda f: canary(f, "console"),
-}
+def probes(quick: bool = False) -> dict[str, Probe]:
+    """The probes by name; ``quick``: fewer frozen clients and 50 MB chunks (tests)."""
+    return {
+        "huge-header": huge_header,
+        "frozen-clients": lambda f: frozen_clients(f, 5 if quick else 50),
+        "sigterm-slow-sink": lambda f: sigterm(f, "slow_sink"),
+        "sigterm-deaf-source": lambda f: sigterm(f, "deaf"),
+        "full-disk": full_disk,
+        "canary": canary,
+        "stall": stall,
+        "big-retention": lambda f: big_retention(f, 2 if quick else 10),
+        "stalled-client": stalled_client,
+        "sigterm-dropped-clients": sigterm_dropped,
+        "stage-print": stage_print,
+        "key-clash": key_clash,
+        "http-edges": http_edges,
+        "canary-console": lambda f: canary(f, "console"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the probes (all, or ``--only``); print one table row each; exit 1 if any failed."""
     ap = argparse.ArgumentParser(prog="python -m bench attack", description=__doc__)
-    ap.add_argument("--only", action="append", default=[], choices=sorted(PROBES))
+    ap.add_argument("--only", action="append", default=[], choices=sorted(probes()))
     args = ap.parse_args(argv)
-    picked = args.only or list(PROBES)
-    os.environ["CANARY"] = CANARY  # the config interpolates it
-    print("| probe | tried | survived | lost | measured |")
-    print("| --- | --- | --- | ---: | --- |")
-    failed = 0
-    with tempfile.TemporaryDirectory(prefix="bench-attack-") as tmp:
-        folder = Path(tmp)
-        (folder / "astages.py").write_text(STAGES)
-        (folder / "pipelines.yaml").write_text(CONFIG)
-        for name in picked:
-            try:
-                row = PROBES[name](folder)
-            except Exception as exc:  # a probe that breaks is a failed probe, not a crash
-                row = {"tried": name, "survived": False, "lost": "?", "figure": repr(exc)}
-            failed += not row["survived"]
-            mark = "yes" if row["survived"] else "NO"
-            print(f"| {name} | {row['tried']} | {mark} | {row['lost']} | {row['figure']} |")
-            sys.stdout.flush()
-    return 1 if failed else 0
+    rows = run_probes(probes(), args.only or list(probes()), project, "bench-attack-")
+    return 1 if any(not row["survived"] for _, row, _ in rows) else 0
 
 
 if __name__ == "__main__":

@@ -13,53 +13,15 @@ from typing import Any
 import orjson
 import pytest
 
+from bench.hostile_stages import write_stages
 from tests.http_helpers import ServerProcess, wait_until
 
 TIMEOUT = 1.0
 SLACK = 6.0  # a loaded machine; before the fix each case took minutes or forever
 
-STAGES = """
-import asyncio, time
-
-from pipeline import sink
-
-@sink(stream=True, confirm=True)
-async def mute(deliveries):
-    async for _ in deliveries:  # never answers for what it got
-        pass
-
-async def ticks():
-    n = 0
-    while True:
-        yield {"n": n}
-        n += 1
-        await asyncio.sleep(0.01)
-
-async def slow_sink(envelope):
-    await asyncio.sleep(1)
-
-async def deaf():
-    yield {"n": 0}
-    while True:
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            pass
-
-def stuck():
-    yield {"n": 0}
-    time.sleep(3600)
-
-async def spinning(marker: str):
-    yield {"n": 0}
-    await asyncio.sleep(0.1)  # the envelopes go out, then the loop is held for good
-    open(marker, "w").close()
-    while True:
-        pass
-"""
-
 PIPELINES = {
-    "slow_sink": "source: {use: bstages:ticks}\n    sinks: [{use: bstages:slow_sink}]",
+    "slow_sink": "source: {use: bstages:ticks, with: {interval: 0.01}}\n"
+    "    sinks: [{use: bstages:slow_sink}]",
     "deaf": "source: {use: bstages:deaf}",
     "mute": "source: {use: counter, with: {count: 3}}\n    sinks: [{use: bstages:mute}]",
     "stuck": "source: {use: bstages:stuck, blocking: true}",
@@ -68,7 +30,7 @@ PIPELINES = {
 
 
 def project(tmp_path: Path) -> Path:
-    (tmp_path / "bstages.py").write_text(STAGES)
+    write_stages(tmp_path, "bstages")
     body = "".join(f"  {name}:\n    {text}\n" for name, text in PIPELINES.items())
     path = tmp_path / "pipelines.yaml"
     path.write_text(f"server: {{shutdown_timeout: {TIMEOUT}}}\npipelines:\n{body}")
