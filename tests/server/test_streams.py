@@ -17,6 +17,7 @@ import pytest
 
 from pipeline.envelope import encode
 from pipeline.hub.hub import Hub
+from pipeline.server.protocol import CONNECTION
 from pipeline.server.streams import NDJSONStream, SSEStream, StreamOptions, WebSocketStream
 
 pytestmark = pytest.mark.anyio
@@ -229,3 +230,51 @@ async def test_websocket_that_never_connects_sends_nothing() -> None:
         WebSocketStream(hub, options())({"type": "websocket"}, client.receive, client.send)
     )
     assert client.sent == [] and hub.clients == 0
+
+
+class HeldConnection:
+    """A connection whose reset has not landed yet (the `Connection` of protocol.py)."""
+
+    def __init__(self) -> None:
+        self.aborted = False
+        self.callbacks: list[Any] = []
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def acked(self) -> None:
+        return None  # not a TCP socket we can look into: no stall checks
+
+    def unsent(self) -> int:
+        return 1
+
+    async def settled(self, grace: float) -> bool:
+        return False
+
+    def when_closed(self, callback: Any) -> None:
+        self.callbacks.append(callback)
+
+    def close(self) -> None:
+        for callback in self.callbacks:
+            callback()
+
+
+async def test_a_cut_client_keeps_its_slot_until_its_connection_is_gone() -> None:
+    """A client whose write is stuck is cut and its connection reset, but its slot
+    (``on_close``) is freed only once the connection is really closed (issue 9 item 3)."""
+    hub = Hub("p", retain=100, client_buffer=10)
+    publish(hub, "r1", ["starting", "processing"])
+    conn, closed = HeldConnection(), []
+
+    async def stuck(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            await asyncio.Event().wait()  # the client never takes the body
+
+    client = Client()
+    stream = NDJSONStream(hub, options(send_timeout=0.05, on_close=lambda: closed.append(1)))
+    scope = {"type": "http", "extensions": {CONNECTION: conn}}
+    await bounded(stream(scope, client.receive, stuck))
+    assert stream.cut == "send_timeout" and conn.aborted
+    assert closed == []  # still counted: its socket is not gone yet
+    conn.close()
+    assert closed == [1]
