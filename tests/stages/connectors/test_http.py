@@ -306,7 +306,8 @@ def test_sse_parser_ids_multiline_data_and_comments() -> None:
 
 
 def test_reader_passes_plain_values_and_only_reconnects_on_a_slow_client_notice() -> None:
-    """Non-envelope values are chunks; a slow_client lagged is no gap; a replayed seq is dropped."""
+    """Non-envelope values are chunks; a slow_client or evicted lagged is no gap; a replayed
+    seq is dropped."""
     from stages.connectors.http import _Reader
 
     reader = _Reader("http://h:1/pipelines/p", "ndjson", "0", envelopes=False)
@@ -314,6 +315,8 @@ def test_reader_passes_plain_values_and_only_reconnects_on_a_slow_client_notice(
     assert list(reader.handle({"x": 1}, None)) == [{"x": 1}]
     notice = {"status": "lagged", "missed": 3, "reason": "slow_client", "resume": "r:2"}
     assert list(reader.handle(notice, None)) == []
+    evicted = {"status": "lagged", "missed": 0, "reason": "evicted", "resume": "r:1"}
+    assert list(reader.handle(evicted, None)) == []  # idle at a full upstream: no gap
     env = {"status": "processing", "run": "r", "seq": 2, "data": 7}
     assert list(reader.handle(env, None)) == [7]
     assert list(reader.handle(env, None)) == []  # the same seq again: not delivered twice
