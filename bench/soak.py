@@ -1,7 +1,8 @@
 """``python -m bench soak``: re-measure every figure of issue 9 with one command.
 
 Runs the soak probes (hostile requests, slowloris, idle sockets, connect/close churn,
-tailing clients with frozen ones, SIGTERM under 100 streams, 100k-chunk integrity)
+tailing clients with frozen ones, idle tailers at ``max_clients``, SIGTERM under 100
+streams, 100k-chunk integrity)
 and then every probe of ``python -m bench attack`` (huge header, full disk, SIGTERM
 with misbehaving stages, secrets, stalls, retention, ...), each against a fresh
 server on 127.0.0.1, and prints tried / survived / lost per probe. Exit 1 if a probe
@@ -59,6 +60,65 @@ pipelines:
 """
 
 
+ITEMS = (
+    ("1", "huge request head", "tests/server/test_protocol.py", "huge-header"),
+    (
+        "2",
+        "a late sink failure is the run's outcome",
+        "tests/engine/test_sink_failures.py",
+        "full-disk",
+    ),
+    (
+        "3",
+        "dropped clients closed, counted until closed",
+        "tests/server/test_slow_clients.py, tests/server/test_streams.py",
+        "frozen-clients, tailing",
+    ),
+    (
+        "4",
+        "SIGTERM bounded by shutdown_timeout + 1 s",
+        "tests/server/test_shutdown_bounds.py",
+        "sigterm-*",
+    ),
+    (
+        "5",
+        "secrets masked at run time",
+        "tests/test_secrets.py",
+        "canary, canary-console, hostile-http",
+    ),
+    (
+        "6",
+        "a resume into another run says so",
+        "tests/hub/test_hub.py, tests/client/test_tail.py",
+        "-",
+    ),
+    (
+        "7",
+        "head timeout, idle streams, limits",
+        "tests/server/test_protocol.py, tests/server/test_idle_eviction.py, "
+        "tests/server/test_slow_clients.py",
+        "slowloris, idle-sockets, idle-tailers, stalled-client",
+    ),
+    ("8", "retention bounded in bytes", "tests/server/test_retention_bytes.py", "big-retention"),
+    (
+        "9",
+        "event-loop stalls named, lag metric",
+        "tests/engine/test_watchdog.py, tests/server/test_metrics.py",
+        "stall",
+    ),
+    ("10", "bad config edges", "tests/config/test_config_edges.py", "-"),
+    (
+        "11",
+        "stage print, lagged on drop, %2F, duplicate Authorization, HTTP/1.0, JSON "
+        "refusals, colliding keys, exit without the 3 s grace",
+        "tests/test_cli.py, tests/server/test_slow_clients.py, tests/server/test_protocol.py, "
+        "tests/server/test_server.py, tests/test_envelope.py",
+        "stage-print, http-edges, key-clash, sigterm-dropped-clients",
+    ),
+)
+"""Issue 9's items: the tests that fail if one breaks, and the probes that measure it."""
+
+
 @dataclass(frozen=True)
 class Sizes:
     """How big each soak probe is (issue 9's figures by default)."""
@@ -71,10 +131,21 @@ class Sizes:
     seconds: float = 60.0
     streams: int = 100
     chunks: int = 100_000
+    tailers: int = 50
+    newcomers: int = 12
 
 
 QUICK = Sizes(
-    slowloris=20, idle=30, cycles=60, clients=12, frozen=3, seconds=8, streams=9, chunks=2000
+    slowloris=20,
+    idle=30,
+    cycles=60,
+    clients=12,
+    frozen=3,
+    seconds=8,
+    streams=9,
+    chunks=2000,
+    tailers=5,
+    newcomers=2,
 )
 
 
@@ -97,6 +168,9 @@ def probes(sizes: Sizes, quick: bool = False) -> dict[str, Probe]:
             clients=sizes.clients,
             frozen_n=sizes.frozen,
             seconds=sizes.seconds,
+        ),
+        "idle-tailers": partial(
+            soak_streams.idle_tailers, tailers=sizes.tailers, newcomers=sizes.newcomers
         ),
         "sigterm-streams": partial(soak_streams.sigterm_streams, streams=sizes.streams),
         "integrity": partial(soak_streams.integrity, n=sizes.chunks),
@@ -130,6 +204,12 @@ def _doc(command: str, rows: list[tuple[str, Row, float]], took: float) -> str:
             "`bench/hostile_stages.py`. Which test guards each property: docs/http.md.",
             "",
             *table,
+            "",
+            "## Issue 9's items, their tests and probes",
+            "",
+            "| item | what | tests that fail if it breaks | probes above |",
+            "| --- | --- | --- | --- |",
+            *(f"| {n} | {what} | {tests} | {used} |" for n, what, tests, used in ITEMS),
             "",
         ]
     )

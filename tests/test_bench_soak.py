@@ -53,6 +53,7 @@ def test_soak_quick_runs_every_probe_and_all_survive(tmp_path: Path) -> None:
         "sigterm-streams": f"{QUICK.streams}/{QUICK.streams} got complete(reason=shutdown) "
         "and a clean end; exit 0",
         "integrity": "exact: stdout, file sink, HTTP since=0",
+        "idle-tailers": f"{QUICK.newcomers}/{QUICK.newcomers} new streams served",
         "full-disk": "exit 1, complete reason error",
     }
     for name, text in expected.items():
@@ -61,3 +62,17 @@ def test_soak_quick_runs_every_probe_and_all_survive(tmp_path: Path) -> None:
     assert "`python -m bench soak --quick`" in report
     assert f"{len(got)} of {len(got)} probes survived" in report
     assert report.count("| yes |") == len(got)
+
+
+def test_the_report_names_tests_that_exist_and_probes_that_run() -> None:
+    """Each of issue 9's 11 items names test files that exist and probes of the command."""
+    from bench.soak import ITEMS
+
+    assert [item[0] for item in ITEMS] == [str(n) for n in range(1, 12)]
+    names = set(probes(Sizes()))
+    for _, _, tests, used in ITEMS:
+        for path in tests.split(", "):
+            assert (ROOT / path).is_file(), path
+        for name in used.split(", "):
+            wild = name.endswith("*") and any(n.startswith(name[:-1]) for n in names)
+            assert name == "-" or name in names or wild, name
