@@ -54,6 +54,7 @@ __all__ = [
     "now",
     "numbered",
     "processing",
+    "processing_batch",
     "processing_maker",
 ]
 
@@ -285,6 +286,58 @@ def processing_maker(pipeline: str, run: str) -> Callable[[int, Any], tuple[Enve
             "data": data,
         }
         return env, dumps(env, option=option)
+
+    return make
+
+
+BatchMaker = Callable[[int, list[Any], int, list[bytes], "list[Envelope] | None"], int]
+
+
+def processing_batch(pipeline: str, run: str, stop: tuple[type, type]) -> BatchMaker:
+    """Return ``make(seq, chunks, start, lines, envs) -> end``: the ``processing``
+    envelopes of ``chunks[start:end]``, numbered from ``seq + 1``, their lines appended
+    to ``lines`` (and the envelopes to ``envs`` unless it is None), in one loop.
+
+    It stops before the first chunk of a type in ``stop`` (the engine's wrappers) or one
+    that `encode_plain` cannot encode (give that one to `encode`). Each envelope is
+    stamped when it is made, as `processing` does.
+
+    Example:
+        >>> lines: list[bytes] = []
+        >>> processing_batch("p", "r1", (set, set))(4, [{"n": 1}, {2}], 0, lines, None)
+        1
+        >>> lines[0].startswith(b'{"status":"processing","pipeline":"p","run":"r1","seq":5,')
+        True
+    """
+    dumps, option, clock = orjson.dumps, orjson.OPT_APPEND_NEWLINE, now
+    first, second = stop
+
+    def make(
+        seq: int, chunks: list[Any], start: int, lines: list[bytes], envs: list[Envelope] | None
+    ) -> int:
+        add = lines.append
+        i = start
+        for data in chunks[start:] if start else chunks:
+            kind = type(data)
+            if kind is first or kind is second:
+                return i
+            seq += 1
+            env: Envelope = {
+                "status": "processing",
+                "pipeline": pipeline,
+                "run": run,
+                "seq": seq,
+                "timestamp": clock(),
+                "data": data,
+            }
+            try:
+                add(dumps(env, option=option))
+            except TypeError:
+                return i
+            if envs is not None:
+                envs.append(env)
+            i += 1
+        return i
 
     return make
 

@@ -314,6 +314,18 @@ class Fanout:
                 if not room.done() and not w.task.done():
                     self._give_up(w)
 
+    def line_sinks(self) -> tuple[_Worker, ...] | None:
+        """The sinks a ``processing`` envelope goes to when each takes plain lines (no
+        confirmation); None when some sink wants more (`offer` then does the work)."""
+        takers = [w for w in self._workers if not w.dead_letter]
+        if any(w.confirm or w.receives != "lines" for w in takers):
+            return None
+        return tuple(takers)
+
+    async def room(self, full: list[_Worker]) -> None:
+        """Wait until each of ``full`` (from `queue`) has room again, as `offer` does."""
+        await self._room(full)
+
     @property
     def direct(self) -> bool:
         """True when there is no sink: delivery is a plain call of ``publish``."""
@@ -338,6 +350,26 @@ class Fanout:
         envelope is queued before this returns, so envelopes reach each sink in the
         order of the calls.
         """
+        full = self.queue(env, line, acks)
+        return None if full is None else self._room(full)
+
+    def queue_lines(self, sinks: tuple[_Worker, ...], lines: list[bytes]) -> list[_Worker] | None:
+        """Queue ``processing`` lines (no acks) for ``sinks`` (`line_sinks`) at once;
+        return the sinks now full (see `room`), or None."""
+        full = None
+        for w in sinks:
+            if w.dead:
+                continue
+            queued = w.items
+            queued += lines
+            if w.ready is not None:
+                w.put_done()
+            if len(queued) + w.inflight > w.limit:
+                full = [w] if full is None else [*full, w]
+        return full
+
+    def queue(self, env: Envelope, line: bytes, acks: tuple[Ack, ...] = ()) -> list[_Worker] | None:
+        """`offer` without the wait: queue now, return the sinks now full (or None)."""
         if self.publish is not None:
             self.publish(env, line)
         pending = _Pending(acks) if acks else None
@@ -369,7 +401,7 @@ class Fanout:
                 full = [w] if full is None else [*full, w]
         if pending is not None:
             pending.accept()
-        return None if full is None else self._room(full)
+        return full
 
     async def deliver(self, env: Envelope, line: bytes, acks: tuple[Ack, ...] = ()) -> None:
         """Give one envelope to the hub and to each sink; waits while a sink's queue is full."""

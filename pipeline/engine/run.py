@@ -18,24 +18,19 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any, Literal
 
 from pipeline.engine.acks import Ack, AckRunner, notify_all
+from pipeline.engine.batch import FLUSH_EVERY, Batch
 from pipeline.engine.chain import StageCrash, all_fast, build_chain
 from pipeline.engine.fanout import Fanout
-from pipeline.engine.items import SPECIAL, Carry, Failure, failure
+from pipeline.engine.isolate import failed
+from pipeline.engine.items import Carry, Failure, failure
 from pipeline.engine.resources import opened
 from pipeline.engine.source import SourceReader
-from pipeline.envelope import (
-    UnencodableError,
-    encode,
-    encode_without,
-    numbered,
-    processing,
-    processing_maker,
-)
+from pipeline.envelope import UnencodableError, encode, encode_without, numbered, processing
 from pipeline.log import get_logger, mask
 from pipeline.meter import PipelineMeter
 from pipeline.stage import ResolvedStage
@@ -101,7 +96,7 @@ class Run:
         )
         self._rejects: deque[tuple[Failure, tuple[Ack, ...]]] = deque()
         self._reject_task: asyncio.Task[None] | None = None
-        self._direct = self._fanout.publish if self._fanout.direct else None
+        self._batch: Batch | None = None
         self._reader: SourceReader | None = None
         self._driver: asyncio.Task[None] | None = None
         self._halt: tuple[Reason, str, BaseException] | None = None
@@ -214,7 +209,8 @@ class Run:
                 if not self._driver.done():
                     self._driver.cancel()
                 await asyncio.wait((self._driver,), timeout=ABORT_GRACE)
-                self._abandoned = not self._driver.done()
+                if not self._driver.done():
+                    self._abandon_stages()
                 return True
         except StageCrash as crash:
             await self._emit_error(crash.stage, crash.exc)
@@ -243,12 +239,22 @@ class Run:
         finally:
             abandon.cancel()
         if not driver.done():
-            self._abandoned = True
+            self._abandon_stages()
             self.log.error(
                 "stage_abandoned", hint="a stage ignored cancellation", grace=ABORT_GRACE
             )
             return
         driver.result()
+
+    def _stopped_emitting(self) -> bool:
+        """Whether chunks read from now on are dropped (the run halted, or was abandoned)."""
+        return self._halt is not None or self._abandoned
+
+    def _abandon_stages(self) -> None:
+        """Refuse whatever the stages still produce (one of them ignored cancellation)."""
+        self._abandoned = True
+        if self._batch is not None:
+            self._batch.refuse()
 
     def _final_reason(self, outer_cancel: bool) -> Reason:
         if self.errors:
@@ -270,47 +276,44 @@ class Run:
             await self._emit_error(self.source.id, reader.error)
 
     async def _pump(self, reader: SourceReader, transforms: tuple[ResolvedStage, ...]) -> None:
-        """Pull every chunk through ``transforms`` and emit what comes out."""
-        if all_fast(transforms):  # one loop: source, maps, envelope, hand-off
-            chain = reader.items(transforms, emit=self._chunk_emitter())
-            async with aclosing(chain):  # type: ignore[type-var]
-                async for _ in chain:
-                    pass
-        else:
-            chain = build_chain(reader, transforms)
-            emit = self._chunk_emitter()
-            async with aclosing(chain):
-                async for item in chain:
-                    if (pending := emit(item)) is not None:
-                        await pending
-                    if self._halt is not None:
-                        break
+        """Pull every chunk through ``transforms`` and emit what comes out (in batches)."""
+        batch = self._batch = Batch(
+            self,
+            self.name,
+            self.id,
+            self._fanout,
+            self._emit_now,
+            self._stopped_emitting,
+            failures_stop=self.max_chunk_errors is not None,
+        )
+        try:
+            if all_fast(transforms):  # one loop: source, maps, into the batch
+                chain = reader.items(transforms, out=batch)
+                async with aclosing(chain):  # type: ignore[type-var]
+                    async for _ in chain:
+                        pass
+            else:
+                await self._pump_chain(build_chain(reader, transforms), batch)
+            await batch.drain()
+        except Exception:
+            batch.flush()  # what came out before a stage crashed goes before the `error`
+            raise
+        finally:
+            batch.close()
 
-    def _chunk_emitter(self) -> Callable[[Any], Awaitable[None] | None]:
-        """Build the hot path: number, stamp and encode a plain chunk and hand it on.
-
-        The emitter returns None when the hand-off is done (the hub only), else what to
-        await. What it needs is bound once per run, so each chunk pays for no lookups.
-        """
-        make, special = processing_maker(self.name, self.id), SPECIAL
-        slow, direct, offer = self._emit_item, self._direct, self._fanout.offer
-
-        def emit(item: Any) -> Awaitable[None] | None:
-            if type(item) in special or self._abandoned:
-                return slow(item)
-            seq = self.seq + 1
-            try:
-                env, line = make(seq, item)
-            except TypeError:
-                return slow(item)  # the slow path tries the fallback encoding
-            self.seq = seq
-            self.processed += 1
-            if direct is not None:
-                direct(env, line)
-                return None
-            return offer(env, line)
-
-        return emit
+    async def _pump_chain(self, chain: Any, batch: Batch) -> None:
+        chunks, arm = batch.chunks, batch.arm
+        async with aclosing(chain):
+            async for item in chain:
+                if not chunks:
+                    arm()
+                chunks.append(item)
+                if len(chunks) >= FLUSH_EVERY or (batch.failures_stop and failed(item)):
+                    batch.flush()
+                if batch.due:
+                    await batch.wait()
+                if self._halt is not None:
+                    break
 
     async def _finish(self) -> None:
         try:
@@ -342,31 +345,36 @@ class Run:
     async def _emit_item(self, item: Any) -> None:
         if self._abandoned:  # a stage that ignored cancellation is still producing
             raise asyncio.CancelledError
+        full = self._emit_now(item)
+        if full is not None:
+            await self._fanout.room(full)
+
+    def _emit_now(self, item: Any) -> list[Any] | None:
+        """Emit one item now (a chunk, maybe with acks, or a `Failure`); return the sinks
+        it filled (to wait for), or None."""
         acks: tuple[Any, ...] = ()
         if type(item) is Carry:
             acks, item = item.acks, item.chunk
         if type(item) is Failure:
-            await self._emit_failure(item, acks)
-            return
+            return self._failure_now(item, acks)
         env = processing(self.name, self.id, self.seq + 1, item)
         try:
             line = encode(env)
         except UnencodableError as exc:
-            await self._emit_unencodable(item, acks, exc)
-            return
+            last = self.transforms[-1].id if self.transforms else self.source.id
+            return self._failure_now(Failure(last, type(exc).__name__, str(exc), item), acks)
         self.seq += 1
         self.processed += 1
         if acks:
             notify_all(acks, env)
-        await self._fanout.deliver(env, line, acks)
-
-    async def _emit_unencodable(
-        self, item: Any, acks: tuple[Any, ...], exc: UnencodableError
-    ) -> None:
-        last = self.transforms[-1].id if self.transforms else self.source.id
-        await self._emit_failure(Failure(last, type(exc).__name__, str(exc), item), acks)
+        return self._fanout.queue(env, line, acks)
 
     async def _emit_failure(self, f: Failure, acks: tuple[Any, ...]) -> None:
+        full = self._failure_now(f, acks)
+        if full is not None:
+            await self._fanout.room(full)
+
+    def _failure_now(self, f: Failure, acks: tuple[Any, ...]) -> list[Any] | None:
         self.chunk_errors += 1
         self._log_failure(f)
         error = {"type": f.type, "message": mask(f.message)}
@@ -374,11 +382,12 @@ class Run:
         line = encode_without(env, "chunk")
         if acks:
             notify_all(acks, env)
-        await self._fanout.deliver(env, line, acks)
+        full = self._fanout.queue(env, line, acks)
         limit = self.max_chunk_errors
         if limit is not None and self.chunk_errors > limit and self._halt is None:
             msg = f"more than {limit} chunk errors (max_chunk_errors)"
             self._halt_run(f.stage, RuntimeError(msg))
+        return full
 
     def _log_failure(self, f: Failure) -> None:
         """One line per chunk error; its traceback only the first time per stage (or debug)."""

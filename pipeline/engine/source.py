@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable
 from contextlib import aclosing
 from typing import Any, Literal
 
 from pipeline.engine.acks import Ack, AckRunner, Probe
+from pipeline.engine.batch import Batch
 from pipeline.engine.isolate import Step, apply_timed, failed, fuse, steps_of
-from pipeline.engine.items import Carry, Item, failure
+from pipeline.engine.items import Carry, failure
 from pipeline.meter import LATENCY_INTERVAL, PipelineMeter, current_source
 from pipeline.stage import ResolvedStage
 from pipeline.types import BadChunk, Message
@@ -25,7 +26,6 @@ from pipeline.types import BadChunk, Message
 __all__ = [
     "FAIRNESS_EVERY",
     "FAIRNESS_SECONDS",
-    "Emit",
     "SourceReader",
 ]
 
@@ -34,8 +34,6 @@ FAIRNESS_EVERY = 256
 FAIRNESS_SECONDS = 0.001
 """...or sooner, once this long has passed since it last yielded (checked every 16)."""
 _CHECK_EVERY = 16
-
-Emit = Callable[[Item], Awaitable[None] | None]
 
 
 def _open(stage: ResolvedStage, params: dict[str, Any]) -> AsyncIterator[Any]:
@@ -123,14 +121,13 @@ class SourceReader:
         return Carry(fail, acks) if acks else fail
 
     async def items(
-        self, maps: Iterable[ResolvedStage] = (), emit: Emit | None = None
+        self, maps: Iterable[ResolvedStage] = (), out: Batch | None = None
     ) -> AsyncIterator[Any]:
         """Yield the source's chunks as chain items until it ends, fails or is stopped.
 
         ``maps`` are plain sync maps applied right here, saving one async hop per chunk.
-        With ``emit``, items are handed to it instead of being yielded (it returns None
-        or an awaitable to wait for): a chain of plain sync maps then costs no async hop
-        at all beyond the source's own.
+        With ``out``, items are added to that batch instead of being yielded: a chain of
+        plain sync maps then costs no async hop at all beyond the source's own.
         """
         steps = steps_of(maps, self.meter)
         apply = fuse(steps) if steps else None
@@ -147,55 +144,76 @@ class SourceReader:
             return
         task = asyncio.current_task()
         step = source.__anext__
-        wrapped = (Message, BadChunk)
+        chunks: list[Any] = [] if out is None else out.chunks
+        arm = None if out is None else out.arm
+        urgent = out is not None and out.failures_stop  # a failure goes out at once
         clock = asyncio.get_running_loop().time
         budget, since_yield, last_yield = _CHECK_EVERY, 0, clock()
+        # `_waiting` is the task while it waits for the source (so `stop` can cancel that
+        # wait) and None while it waits for anything else (a sink's room, its turn)
         async with aclosing(source):  # type: ignore[type-var]
-            while True:
-                if self.stopping:
-                    pull = self._pull(source, step, task)
-                    if pull is None:
+            self._waiting = task
+            try:
+                while True:
+                    if self.stopping:
+                        self._waiting = None
+                        pull = self._pull(source, step, task)
+                        if pull is None:
+                            return
+                    else:  # `_pull`'s common case, inlined: per chunk
+                        pull = step()
+                    try:
+                        raw = await pull
+                    except StopAsyncIteration:
                         return
-                else:  # `_pull`'s common case, inlined: per chunk
-                    self._waiting = task
-                    pull = step()
-                try:
-                    raw = await pull
-                except StopAsyncIteration:
-                    return
-                except asyncio.CancelledError:
-                    if self.stopping and task is not None and task.uncancel() == 0:
+                    except asyncio.CancelledError:
+                        if self.stopping and task is not None and task.uncancel() == 0:
+                            return
+                        raise
+                    except Exception as exc:
+                        self.error = exc
                         return
-                    raise
-                except Exception as exc:
-                    self.error = exc
-                    return
-                finally:
-                    self._waiting = None
-                counts.read += 1
-                if self.stopping and self._told == "cancel" and task is not None:
-                    task.uncancel()  # the source caught the stop: tell it again at its yield
-                    self._told = ""
-                item = self._item(raw) if type(raw) in wrapped else raw
-                if budget == _CHECK_EVERY:  # one chunk in 16: timed, maybe a latency probe
-                    item = self._sampled(item, steps)
-                    if item is None and self._probe_tries:
-                        budget += 1  # dropped while a probe is due: the next one is sampled
-                elif apply is not None:
-                    item = apply(item)
-                if item is not None:
-                    if emit is None:
-                        yield item
-                    elif (pending := emit(item)) is not None:
-                        await pending
-                budget -= 1
-                if not budget:
-                    budget = _CHECK_EVERY
-                    since_yield += _CHECK_EVERY
-                    now = clock()
-                    if since_yield >= FAIRNESS_EVERY or now - last_yield >= FAIRNESS_SECONDS:
-                        await asyncio.sleep(0)
-                        since_yield, last_yield = 0, clock()
+                    counts.read += 1
+                    if self.stopping and self._told == "cancel" and task is not None:
+                        task.uncancel()  # the source caught the stop: tell it again at its yield
+                        self._told = ""
+                    kind = type(raw)
+                    item = self._item(raw) if kind is Message or kind is BadChunk else raw
+                    if budget == _CHECK_EVERY:  # one chunk in 16: timed, maybe a latency probe
+                        item = self._sampled(item, steps)
+                        if item is None and self._probe_tries:
+                            budget += 1  # dropped while a probe is due: the next one is sampled
+                    elif apply is not None:
+                        item = apply(item)
+                    if item is not None:
+                        if arm is None:
+                            self._waiting = None
+                            yield item
+                            self._waiting = task
+                        else:
+                            if not chunks:
+                                arm()
+                            chunks.append(item)
+                            if urgent and failed(item):
+                                out.flush()  # type: ignore[union-attr]
+                    budget -= 1
+                    if not budget:
+                        budget = _CHECK_EVERY
+                        if out is not None:  # hand the batch on; wait if a sink is full
+                            out.flush()
+                            if out.due:
+                                self._waiting = None
+                                await out.wait()
+                                self._waiting = task
+                        since_yield += _CHECK_EVERY
+                        now = clock()
+                        if since_yield >= FAIRNESS_EVERY or now - last_yield >= FAIRNESS_SECONDS:
+                            self._waiting = None
+                            await asyncio.sleep(0)
+                            self._waiting = task
+                            since_yield, last_yield = 0, clock()
+            finally:
+                self._waiting = None
 
     def _sampled(self, item: Any, steps: list[Step]) -> Any:
         """Apply the maps timing each call; attach a latency probe now and then.
