@@ -41,10 +41,23 @@ __all__ = [
 ]
 
 
+_SCALARS = (str, int, float, bool, bytes, type(None))
+"""Immutable types whose equal values are as good as the default object itself."""
+
+
+def _is_default(default: Any, value: Any) -> bool:
+    """Whether ``value`` is the parameter's default: that object, or an equal immutable
+    scalar (``unit: celsius`` in a config, where the signature says ``unit="celsius"``)."""
+    if default is value:
+        return True
+    kind = type(value)
+    return kind is type(default) and kind in _SCALARS and bool(default == value)
+
+
 def _bind(stage: ResolvedStage) -> Callable[..., Any]:
-    """``stage.fn`` with its parameters bound; those that are the very default objects of
-    its signature are left to Python, so a stage called with its defaults is a plain call
-    (a `functools.partial` with keywords costs a dictionary per call)."""
+    """``stage.fn`` with its parameters bound; those that are its signature's defaults
+    (`_is_default`) are left to Python, so a stage called with its defaults is a plain
+    call (a `functools.partial` with keywords costs a dictionary per call)."""
     params = stage.params
     if params:
         try:
@@ -55,7 +68,9 @@ def _bind(stage: ResolvedStage) -> Callable[..., Any]:
             }
         except (TypeError, ValueError):  # no signature to read: bind them all
             defaults = {}
-        params = {k: v for k, v in params.items() if k not in defaults or defaults[k] is not v}
+        params = {
+            k: v for k, v in params.items() if k not in defaults or not _is_default(defaults[k], v)
+        }
     return functools.partial(stage.fn, **params) if params else stage.fn
 
 

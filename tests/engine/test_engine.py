@@ -747,8 +747,8 @@ def scaled(chunk: dict[str, Any], *, factor: float = 2.0, unit: str = DEFAULT_UN
 
 
 def test_bound_maps_leave_their_defaults_to_python() -> None:
-    """Parameters that are the signature's own default objects are not bound (a plain
-    call); any other value is, also one equal to the default but not the same object."""
+    """Parameters that are the signature's own default objects, or equal immutable
+    scalars (a config restating a default), are not bound (a plain call); others are."""
     from pipeline.engine.isolate import fuse, steps_of
     from pipeline.meter import PipelineMeter
 
@@ -759,9 +759,12 @@ def test_bound_maps_leave_their_defaults_to_python() -> None:
     ]
     (fa, _, _), (fb, _, _) = steps_of(stages, PipelineMeter("p"))
     assert fa is scaled
-    assert fb.keywords == {"factor": 3.0, "unit": given}  # type: ignore[attr-defined]
+    assert fb.keywords == {"factor": 3.0}  # type: ignore[attr-defined]
     apply = fuse(steps_of(stages, PipelineMeter("p")))
     assert apply({"v": 1}) == {"v": 6.0, "unit": given}
+    equal_float = make_stage(scaled, params={"factor": 2, "unit": given}, id="c")
+    ((fc, _, _),) = steps_of([equal_float], PipelineMeter("p"))
+    assert fc.keywords == {"factor": 2}  # type: ignore[attr-defined]  # an int is no float
 
 
 async def test_fused_maps_count_drops_and_errors_per_stage() -> None:

@@ -1,0 +1,95 @@
+"""The run's batch: a lone chunk goes out at once, a burst keeps order, seq and isolation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+from typing import Any
+
+import anyio
+import pytest
+
+from pipeline.engine.run import Run
+from pipeline.testing import make_stage, run_pipeline
+
+pytestmark = pytest.mark.anyio
+
+
+def tag(chunk: dict[str, Any]) -> dict[str, Any]:
+    return {**chunk, "tagged": True}
+
+
+async def tag_async(chunk: dict[str, Any]) -> dict[str, Any]:
+    return {**chunk, "tagged": True}
+
+
+@pytest.mark.parametrize("transform", [tag, tag_async], ids=["sync map", "async map"])
+async def test_lone_chunk_goes_out_while_the_source_waits(transform: Callable[..., Any]) -> None:
+    """A chunk the source yields before a long wait is emitted during that wait."""
+    release = asyncio.Event()
+    emitted = asyncio.Event()
+    seen: list[str] = []
+
+    async def source() -> AsyncIterator[dict[str, int]]:
+        yield {"n": 1}
+        await release.wait()
+        yield {"n": 2}
+
+    def publish(env: dict[str, Any], line: bytes) -> None:
+        seen.append(env["status"])
+        if env["status"] == "processing":
+            emitted.set()
+
+    run = Run(
+        "p",
+        make_stage(source, "source"),
+        [make_stage(transform, "transform")],
+        [],
+        publish=publish,
+    )
+    task = asyncio.create_task(run.execute())
+    try:
+        with anyio.fail_after(30):
+            await emitted.wait()
+        assert seen == ["starting", "processing"]
+    finally:
+        release.set()
+        with anyio.fail_after(30):
+            await task
+    assert seen == ["starting", "processing", "processing", "complete"]
+
+
+def picky(chunk: Any) -> Any:
+    if chunk == 4:
+        raise ValueError("four")
+    return chunk
+
+
+@pytest.mark.parametrize("extra", [[], [tag_async]], ids=["reader", "chain"])
+async def test_burst_keeps_order_seq_and_isolation(extra: list[Callable[..., Any]]) -> None:
+    """One burst mixing plain chunks, a fallback encoding, an unencodable chunk and a
+    failing one: envelopes in source order, seq without gaps, failures as chunk_error."""
+    odd: list[Any] = [1, Decimal("2.5"), object(), 4, 5, 6]
+
+    async def burst() -> AsyncIterator[Any]:
+        for item in odd:
+            yield item
+
+    def wrap(chunk: Any) -> Any:
+        return {"v": chunk}
+
+    stages: list[Callable[..., Any]] = [picky, wrap, *extra]
+    envs = await run_pipeline(burst, stages)
+    assert [e["seq"] for e in envs] == list(range(1, len(envs) + 1))
+    assert [e["status"] for e in envs] == [
+        "starting",
+        *("processing", "processing", "chunk_error", "chunk_error", "processing"),
+        *("processing", "complete"),
+    ]
+    data = [e["data"]["v"] for e in envs if e["status"] == "processing"]
+    assert data == [1, Decimal("2.5"), 5, 6]
+    assert [e["error"]["type"] for e in envs if e["status"] == "chunk_error"] == [
+        "UnencodableError",
+        "ValueError",
+    ]
