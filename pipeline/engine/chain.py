@@ -23,6 +23,7 @@ from pipeline.engine.isolate import (
     failed,
     flat_caller,
     fuse,
+    is_direct,
     is_fast,
     map_caller,
     steps_of,
@@ -32,7 +33,7 @@ from pipeline.engine.source import SourceReader
 from pipeline.meter import SAMPLE_EVERY, PipelineMeter, StageMeter
 from pipeline.stage import ResolvedStage
 
-__all__ = ["StageCrash", "all_fast", "build_chain"]
+__all__ = ["StageCrash", "all_direct", "all_fast", "build_chain"]
 
 _END: Any = object()
 _SAMPLE = SAMPLE_EVERY - 1
@@ -309,8 +310,14 @@ def _layer(
 
 
 def all_fast(transforms: Iterable[ResolvedStage]) -> bool:
-    """Whether every transform is a plain sync map (the source reader can run them all)."""
+    """Whether every transform is a plain sync map."""
     return all(is_fast(s) for s in transforms)
+
+
+def all_direct(transforms: Iterable[ResolvedStage]) -> bool:
+    """Whether every transform is a plain map, sync or async (the source reader can run
+    them all)."""
+    return all(is_direct(s) for s in transforms)
 
 
 def build_chain(reader: SourceReader, transforms: Iterable[ResolvedStage]) -> Any:
@@ -322,7 +329,7 @@ def build_chain(reader: SourceReader, transforms: Iterable[ResolvedStage]) -> An
     stages = list(transforms)
     meter = reader.meter
     lead = 0
-    while lead < len(stages) and is_fast(stages[lead]):
+    while lead < len(stages) and is_direct(stages[lead]):
         lead += 1
     items: Any = reader.items(stages[:lead])
     group: list[ResolvedStage] = []

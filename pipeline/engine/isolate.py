@@ -29,11 +29,15 @@ from pipeline.types import Chunk
 __all__ = [
     "Step",
     "apply_steps",
+    "apply_steps_async",
     "apply_timed",
+    "apply_timed_async",
     "call_sync",
     "failed",
     "flat_caller",
     "fuse",
+    "fuse_async",
+    "is_direct",
     "is_fast",
     "map_caller",
     "special_map",
@@ -283,6 +287,81 @@ def fuse(steps: list[Step]) -> Callable[[Any], Any]:
     return apply
 
 
+def fuse_async(steps: list[Step], awaited: list[bool]) -> Callable[[Any], Awaitable[Any]]:
+    """`fuse` for a chain with plain ``async def`` maps (``awaited[i]``): one coroutine
+    per chunk, each async map awaited right in it (no wrapper coroutine, no layer)."""
+    names: dict[str, Any] = {"Carry": Carry, "Failure": Failure, "slow": apply_steps_async}
+    names.update(steps=steps, awaited=awaited)
+    lines = [
+        "async def apply(item):",
+        "    kind = type(item)",
+        "    if kind is Carry or kind is Failure:",
+    ]
+    lines.append("        return await slow(item, steps, awaited)")
+    for i, (fn, _, _) in enumerate(steps):
+        names[f"f{i}"] = fn
+        call = f"await f{i}(item)" if awaited[i] else f"f{i}(item)"
+        lines += [
+            "    try:",
+            f"        result = {call}",
+            "    except Exception as exc:",
+            f"        return fail({i}, exc, item)",
+            "    if result is None:",
+            f"        return drop({i})",
+            "    item = result",
+        ]
+    lines.append("    return item")
+
+    def fail(i: int, exc: Exception, item: Any) -> Failure:
+        _, sid, m = steps[i]
+        m.errors += 1
+        return failure(sid, exc, item)
+
+    def drop(i: int) -> None:
+        steps[i][2].dropped += 1
+
+    names.update(fail=fail, drop=drop)
+    exec(compile("\n".join(lines), f"<async maps {len(steps)}>", "exec"), names)
+    apply: Callable[[Any], Awaitable[Any]] = names["apply"]
+    return apply
+
+
+async def apply_steps_async(item: Any, steps: list[Step], awaited: list[bool]) -> Any:
+    """`apply_steps` with some maps awaited (``awaited[i]``); a `Carry` keeps its acks."""
+    carry = type(item) is Carry
+    acks = item.acks if carry else ()
+    chunk = item.chunk if carry else item
+    if type(chunk) is Failure:
+        return item
+    for (fn, sid, m), wait in zip(steps, awaited, strict=True):
+        try:
+            result = fn(chunk)
+            if wait:
+                result = await result
+        except Exception as exc:
+            m.errors += 1
+            fail = failure(sid, exc, chunk)
+            return Carry(fail, acks) if carry else fail
+        if result is None:
+            m.dropped += 1
+            release_all(acks)
+            return None
+        chunk = result
+    return Carry(chunk, acks) if carry else chunk
+
+
+async def apply_timed_async(item: Any, steps: list[Step], awaited: list[bool]) -> Any:
+    """`apply_steps_async`, recording how long each call took (the sampled chunks)."""
+    clock = time.perf_counter
+    for step, wait in zip(steps, awaited, strict=True):
+        started = clock()
+        item = await apply_steps_async(item, [step], [wait])
+        step[2].seconds.observe(clock() - started)
+        if item is None or failed(item):
+            return item
+    return item
+
+
 def failed(item: Any) -> bool:
     """Whether ``item`` is a `Failure`, bare or carried."""
     return type(item) is Failure or (type(item) is Carry and type(item.chunk) is Failure)
@@ -317,6 +396,18 @@ def special_map(item: Any, step: Step) -> Any:
         release_all(item.acks)
         return None
     return Carry(result, item.acks)
+
+
+def is_direct(stage: ResolvedStage) -> bool:
+    """Whether a stage is a plain map, sync or ``async def``: no timeout, retry, thread or
+    concurrency (the source reader runs a chain of them itself)."""
+    return (
+        stage.kind == "map"
+        and stage.concurrency == 1
+        and stage.timeout is None
+        and stage.retry.attempts <= 1
+        and not stage.blocking
+    )
 
 
 def is_fast(stage: ResolvedStage) -> bool:

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pipeline.engine.acks import Ack, AckRunner, notify_all
 from pipeline.engine.batch import FLUSH_EVERY, Batch
-from pipeline.engine.chain import StageCrash, all_fast, build_chain
+from pipeline.engine.chain import StageCrash, all_direct, build_chain
 from pipeline.engine.fanout import Fanout
 from pipeline.engine.isolate import failed
 from pipeline.engine.items import Carry, Failure, failure
@@ -287,7 +287,7 @@ class Run:
             failures_stop=self.max_chunk_errors is not None,
         )
         try:
-            if all_fast(transforms):  # one loop: source, maps, into the batch
+            if all_direct(transforms):  # one loop: source, maps, into the batch
                 chain = reader.items(transforms, out=batch)
                 async with aclosing(chain):  # type: ignore[type-var]
                     async for _ in chain:

@@ -1,9 +1,10 @@
-"""Read a run's source: chunks in, plain sync maps applied, fair to the event loop.
+"""Read a run's source: chunks in, plain maps applied, fair to the event loop.
 
 `SourceReader` drives the source (an async generator, a sync generator, or a function
 returning an iterable), turns `Message` and `BadChunk` into chain items, applies the
-leading plain sync maps right where each chunk is read (no async hop for them), yields
-to the event loop regularly, and can be stopped gracefully at a chunk boundary.
+leading plain maps (sync, or ``async def`` awaited in place) right where each chunk is
+read (no async hop for them), yields to the event loop regularly, and can be stopped
+gracefully at a chunk boundary.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from typing import Any, Literal
 
 from pipeline.engine.acks import Ack, AckRunner, Probe
 from pipeline.engine.batch import Batch
-from pipeline.engine.isolate import Step, apply_timed, failed, fuse, steps_of
+from pipeline.engine.isolate import (
+    apply_timed,
+    apply_timed_async,
+    failed,
+    fuse,
+    fuse_async,
+    steps_of,
+)
 from pipeline.engine.items import Carry, failure
 from pipeline.meter import LATENCY_INTERVAL, PipelineMeter, current_source
 from pipeline.stage import ResolvedStage
@@ -125,12 +133,15 @@ class SourceReader:
     ) -> AsyncIterator[Any]:
         """Yield the source's chunks as chain items until it ends, fails or is stopped.
 
-        ``maps`` are plain sync maps applied right here, saving one async hop per chunk.
+        ``maps`` are plain maps (sync or async) applied right here, saving a hop per chunk.
         With ``out``, items are added to that batch instead of being yielded: a chain of
-        plain sync maps then costs no async hop at all beyond the source's own.
+        plain maps then costs no async-generator hop at all beyond the source's own.
         """
+        maps = list(maps)
         steps = steps_of(maps, self.meter)
-        apply = fuse(steps) if steps else None
+        awaited = [s.calling == "async" for s in maps]
+        apply = fuse(steps) if steps and not any(awaited) else None
+        apply_async = fuse_async(steps, awaited) if any(awaited) else None
         counts = self.counts
         upstream: Any = counts
         for _, _, m in steps:  # their calls are derived, not counted one by one
@@ -180,11 +191,22 @@ class SourceReader:
                     kind = type(raw)
                     item = self._item(raw) if kind is Message or kind is BadChunk else raw
                     if budget == _CHECK_EVERY:  # one chunk in 16: timed, maybe a latency probe
-                        item = self._sampled(item, steps)
+                        started = time.perf_counter()
+                        if apply_async is not None:
+                            self._waiting = None
+                            item = await apply_timed_async(item, steps, awaited)
+                            self._waiting = task
+                        elif steps:
+                            item = apply_timed(item, steps)
+                        item = self._probed(item, started)
                         if item is None and self._probe_tries:
                             budget += 1  # dropped while a probe is due: the next one is sampled
                     elif apply is not None:
                         item = apply(item)
+                    elif apply_async is not None:  # async maps: not waiting for the source
+                        self._waiting = None
+                        item = await apply_async(item)
+                        self._waiting = task
                     if item is not None:
                         if arm is None:
                             self._waiting = None
@@ -215,15 +237,13 @@ class SourceReader:
             finally:
                 self._waiting = None
 
-    def _sampled(self, item: Any, steps: list[Step]) -> Any:
-        """Apply the maps timing each call; attach a latency probe now and then.
+    def _probed(self, item: Any, started: float) -> Any:
+        """Attach a latency probe to a sampled chunk now and then (``started``: when the
+        maps, timed, began on it).
 
         When a probe is due and the chunk is dropped, the next chunks are sampled too
         (at most `_CHECK_EVERY` of them), so a filter cannot starve the latency histogram.
         """
-        started = time.perf_counter()
-        if steps:
-            item = apply_timed(item, steps)
         if started - self._last_probe < LATENCY_INTERVAL:
             return item
         if item is None:
