@@ -371,10 +371,31 @@ def apply_timed(item: Any, steps: list[Step]) -> Any:
     """`apply_steps`, recording how long each call took (the sampled chunks)."""
     if failed(item):
         return item
+    if type(item) is Carry:
+        return _carried_timed(item, steps)
+    clock = time.perf_counter
+    started = clock()
+    for fn, sid, m in steps:
+        try:
+            result = fn(item)
+        except Exception as exc:
+            m.errors += 1
+            m.seconds.observe(clock() - started)
+            return failure(sid, exc, item)
+        ended = clock()
+        m.seconds.observe(ended - started)
+        if result is None:
+            m.dropped += 1
+            return None
+        item, started = result, ended
+    return item
+
+
+def _carried_timed(item: Carry, steps: list[Step]) -> Any:
     clock = time.perf_counter
     for step in steps:
         started = clock()
-        item = apply_steps(item, [step])
+        item = special_map(item, step)
         step[2].seconds.observe(clock() - started)
         if item is None:
             return None

@@ -159,7 +159,8 @@ class SourceReader:
         arm = None if out is None else out.arm
         urgent = out is not None and out.failures_stop  # a failure goes out at once
         clock = asyncio.get_running_loop().time
-        budget, since_yield, last_yield = _CHECK_EVERY, 0, clock()
+        every = _CHECK_EVERY
+        budget, since_yield, last_yield = every, 0, clock()
         # `_waiting` is the task while it waits for the source (so `stop` can cancel that
         # wait) and None while it waits for anything else (a sink's room, its turn)
         async with aclosing(source):  # type: ignore[type-var]
@@ -190,7 +191,7 @@ class SourceReader:
                         self._told = ""
                     kind = type(raw)
                     item = self._item(raw) if kind is Message or kind is BadChunk else raw
-                    if budget == _CHECK_EVERY:  # one chunk in 16: timed, maybe a latency probe
+                    if budget == every:  # one chunk in 16: timed, maybe a latency probe
                         started = time.perf_counter()
                         if apply_async is not None:
                             self._waiting = None
@@ -220,14 +221,14 @@ class SourceReader:
                                 out.flush()  # type: ignore[union-attr]
                     budget -= 1
                     if not budget:
-                        budget = _CHECK_EVERY
+                        budget = every
                         if out is not None:  # hand the batch on; wait if a sink is full
                             out.flush()
                             if out.due:
                                 self._waiting = None
                                 await out.wait()
                                 self._waiting = task
-                        since_yield += _CHECK_EVERY
+                        since_yield += every
                         now = clock()
                         if since_yield >= FAIRNESS_EVERY or now - last_yield >= FAIRNESS_SECONDS:
                             self._waiting = None
