@@ -12,8 +12,9 @@ and prints one JSON object (the `bench.harness.run_json` protocol)::
 - ``transforms``: the baseline reading through ``k`` cheap per-chunk transforms
   (generated: each sets ``value_f``), then stamped and encoded into a ``bytearray``.
   ``plain`` calls the same functions in one ``async for`` loop; ``engine`` runs them as
-  sync maps (the engine fuses them into one layer); ``engine-async`` makes each one an
-  ``async def`` (one layer, one async hop per transform).
+  sync maps (the engine fuses them into one function); ``engine-async`` makes each one an
+  ``async def`` (awaited in place by the source reader), and ``plain-async`` is the loop
+  awaiting those same coroutine functions (the like-for-like limit for ``engine-async``).
 - ``memory``: the engine, a counter-like source and the 3 transforms of ``inproc3``;
   every line goes to a ``bytearray`` reset every 256 KB (``bytearray``: nothing kept) or
   into a `pipeline.hub.hub.Hub` with ``retain=10000, client_buffer=1024`` and no clients
@@ -111,7 +112,7 @@ async def _engine_concurrent(n: int, c: int, ordered: bool) -> int:
 def concurrency(mode: str, n: int, c: int) -> Result:
     """Measure ``mode`` (ordered, unordered, plain) once."""
 
-    if mode != "plain":
+    if not mode.startswith("plain"):
         _api()
 
     async def timed() -> tuple[int, float]:
@@ -181,6 +182,29 @@ async def _plain_k(n: int, k: int) -> int:
     return seq
 
 
+async def _plain_async_k(n: int, k: int) -> int:
+    """The limit for ``async def`` transforms: one loop awaiting the same ``k`` coroutine
+    functions `_engine_k` gets in ``engine-async`` mode, then encoding."""
+    fns = [_as_async(f) for f in make_transforms(k)]
+    clock = Clock()
+    dumps = orjson.dumps
+    buf = bytearray()
+    seq = 0
+    async for item in _readings(n):
+        data: dict[str, Any] | None = item
+        for fn in fns:
+            data = await fn(data)  # type: ignore[arg-type]
+            if data is None:
+                break
+        if data is None:
+            continue
+        seq += 1
+        buf += dumps(envelope(seq, data, clock), option=ENCODE_OPTS)
+        if len(buf) > SINK_RESET:
+            buf = bytearray()
+    return seq
+
+
 async def _engine_k(n: int, fns: list[Any], publish: Callable[[Any, bytes], None]) -> None:
     Run, make_stage = _api()
 
@@ -198,13 +222,15 @@ async def _engine_k(n: int, fns: list[Any], publish: Callable[[Any, bytes], None
 def transforms(mode: str, n: int, k: int) -> Result:
     """Measure ``mode`` (plain, engine, engine-async) with ``k`` transforms once."""
 
-    if mode != "plain":
+    if not mode.startswith("plain"):
         _api()
 
     async def timed() -> tuple[int, float]:
         t0 = time.perf_counter()
         if mode == "plain":
             count = await _plain_k(n, k)
+        elif mode == "plain-async":
+            count = await _plain_async_k(n, k)
         else:
             fns: list[Any] = make_transforms(k)
             if mode == "engine-async":
@@ -325,7 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--c", type=int, default=64)
     c.add_argument("--n", type=int, default=6400)
     t = sub.add_parser("transforms")
-    t.add_argument("--mode", choices=["plain", "engine", "engine-async"], default="engine")
+    t.add_argument(
+        "--mode", choices=["plain", "plain-async", "engine", "engine-async"], default="engine"
+    )
     t.add_argument("--k", type=int, default=3)
     t.add_argument("--n", type=int, default=50_000)
     m = sub.add_parser("memory")

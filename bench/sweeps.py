@@ -79,6 +79,9 @@ def _transforms_group(k: int) -> Group:
             _transforms_variant("engine", "engine, sync transforms", k),
             # one async hop per transform is slower: half the envelopes keeps the run short
             _transforms_variant("engine-async", "engine, `async def` transforms", k, div=2),
+            _transforms_variant(
+                "plain-async", "plain loop awaiting the same `async def` transforms", k, div=2
+            ),
         ),
         base="plain",
     )
@@ -129,8 +132,10 @@ SWEEPS: dict[str, Sweep] = {
             default=True,
             reading="Each transform sets `value_f` (the envelope keeps its size), then the "
             "envelope is stamped, encoded and appended to a `bytearray`. The engine fuses "
-            "consecutive sync maps into one layer; `async def` transforms are one async "
-            "hop each. `engine-async` runs half the envelopes. Ratio: to `plain`, same run.",
+            "consecutive sync maps into one function; `async def` transforms are awaited in "
+            "place by the source reader. `engine-async` and `plain-async` (a loop awaiting "
+            "the same coroutine functions) run half the envelopes. Ratio: to `plain`, same "
+            "run.",
         ),
         Sweep(
             name="concurrency",

@@ -27,7 +27,7 @@ from pipeline.engine.isolate import (
     steps_of,
 )
 from pipeline.engine.items import Carry, failure
-from pipeline.meter import LATENCY_INTERVAL, PipelineMeter, current_source
+from pipeline.meter import LATENCY_INTERVAL, SAMPLE_EVERY, PipelineMeter, current_source
 from pipeline.stage import ResolvedStage
 from pipeline.types import BadChunk, Message
 
@@ -42,6 +42,8 @@ FAIRNESS_EVERY = 256
 FAIRNESS_SECONDS = 0.001
 """...or sooner, once this long has passed since it last yielded (checked every 16)."""
 _CHECK_EVERY = 16
+_SAMPLE_TICKS = SAMPLE_EVERY // _CHECK_EVERY
+"""One check in this many times the maps on its chunk (one chunk in `SAMPLE_EVERY`)."""
 
 
 def _open(stage: ResolvedStage, params: dict[str, Any]) -> AsyncIterator[Any]:
@@ -159,8 +161,9 @@ class SourceReader:
         arm = None if out is None else out.arm
         urgent = out is not None and out.failures_stop  # a failure goes out at once
         clock = asyncio.get_running_loop().time
-        every = _CHECK_EVERY
+        every, ticks = _CHECK_EVERY, 0
         budget, since_yield, last_yield = every, 0, clock()
+        sample_at = every  # the budget at which a chunk is timed (-1: not in this round)
         # `_waiting` is the task while it waits for the source (so `stop` can cancel that
         # wait) and None while it waits for anything else (a sink's room, its turn)
         async with aclosing(source):  # type: ignore[type-var]
@@ -191,7 +194,7 @@ class SourceReader:
                         self._told = ""
                     kind = type(raw)
                     item = self._item(raw) if kind is Message or kind is BadChunk else raw
-                    if budget == every:  # one chunk in 16: timed, maybe a latency probe
+                    if budget == sample_at:  # one chunk in 64: timed, maybe a latency probe
                         started = time.perf_counter()
                         if apply_async is not None:
                             self._waiting = None
@@ -222,6 +225,8 @@ class SourceReader:
                     budget -= 1
                     if not budget:
                         budget = every
+                        ticks += 1
+                        sample_at = every if ticks % _SAMPLE_TICKS == 0 else -1
                         if out is not None:  # hand the batch on; wait if a sink is full
                             out.flush()
                             if out.due:
