@@ -14,6 +14,9 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
+from websockets.exceptions import ConnectionClosedOK
+from websockets.sync.client import connect as ws_connect
 
 from tests.http_helpers import RawStream, ServerProcess, sse_events, wait_until
 
@@ -135,3 +138,54 @@ def test_pipeline_tail_comes_back_after_eviction_without_a_gap(tmp_path: Path) -
     assert data[-1]["status"] == "complete"
     assert [e["reason"] for e in envs if e["status"] == "lagged"] == ["evicted"]
     assert tail.returncode == 0, err.decode()
+
+
+def test_pipeline_tail_resumes_from_the_notice_when_it_had_seen_nothing(tmp_path: Path) -> None:
+    """`pipeline tail` with no `--since` (live only) has seen nothing when it is evicted;
+    the run goes on while it waits for a slot. It resumes from the notice's token: the
+    envelopes it missed come once, with no replay of what came before it connected."""
+    gate = tmp_path / "gate"
+    with ServerProcess(project(tmp_path, 1)) as srv:
+        wait_until(
+            lambda: httpx.get(srv.url("/pipelines/quiet"), timeout=10).json()["last_seq"] == 4
+        )
+        cmd = [sys.executable, "-m", "pipeline", "tail", srv.url("/pipelines/quiet"), "--raw"]
+        tail = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            wait_until(
+                lambda: httpx.get(srv.url("/pipelines/quiet"), timeout=10).json()["clients"] == 1,
+                30,
+            )
+            with RawStream(srv.port, "/pipelines/quiet/stream") as other:
+                assert wait_until(lambda: _opened(other, srv), 30) == 200
+                wait_until(lambda: '"client_evicted"' in srv.log_text, 30)
+                gate.touch()  # the rest of the run happens while tail waits (503)
+                assert [e["seq"] for e in other.envelopes()][-1] == 8
+            out, err = tail.communicate(timeout=60)
+        finally:
+            if tail.poll() is None:
+                tail.kill()
+                tail.communicate(timeout=10)
+    envs = [orjson.loads(line) for line in out.splitlines()]
+    assert [e["reason"] for e in envs if e["status"] == "lagged"] == ["evicted"]
+    data = [e for e in envs if e["status"] not in ("heartbeat", "lagged")]
+    assert [e["seq"] for e in data] == [5, 6, 7, 8]
+    assert tail.returncode == 0, err.decode()
+
+
+def test_an_evicted_websocket_gets_the_notice_then_a_normal_close(tmp_path: Path) -> None:
+    """Over WebSocket the notice is the last text frame, then the socket closes with 1000."""
+    with ServerProcess(project(tmp_path, 1)) as srv:
+        url = f"ws://127.0.0.1:{srv.port}/pipelines/quiet/ws?since=0"
+        with ws_connect(url, open_timeout=10) as ws:
+            frames = [orjson.loads(ws.recv(timeout=10)) for _ in range(4)]
+            with RawStream(srv.port, "/pipelines/quiet/stream") as other:
+                assert wait_until(lambda: _opened(other, srv), 30) == 200
+                rest = []
+                with pytest.raises(ConnectionClosedOK) as closed:
+                    for _ in range(100):
+                        rest.append(orjson.loads(ws.recv(timeout=10)))
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+    notice = [e for e in rest if e["status"] != "heartbeat"]
+    assert [(e["status"], e["reason"]) for e in notice] == [("lagged", "evicted")]
+    assert notice[0]["resume"] == f"{frames[-1]['run']}:4"
