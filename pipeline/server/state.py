@@ -20,7 +20,6 @@ from pipeline.config.models import PipelineConfig, ServerConfig
 from pipeline.engine.supervisor import Supervisor
 from pipeline.errors import StageParamsError
 from pipeline.hub.hub import BadSince, Hub, parse_since
-from pipeline.log import get_logger
 from pipeline.server.auth import Auth, Refusal
 from pipeline.server.metrics import (
     TRANSPORTS,
@@ -80,8 +79,6 @@ class ServerState:
         self.idle: dict[StreamOptions, None] = {}
         """Open streams of ``trigger: start`` pipelines (those that may be evicted), oldest
         first (a tie in idle time evicts the older stream)."""
-        self.evicted = 0
-        """Streams evicted so far to make room at ``max_clients``."""
         self.request_hubs: set[Hub] = set()
         self.request_clients: dict[str, int] = dict.fromkeys(pipelines, 0)
         self.request_dropped: dict[str, int] = dict.fromkeys(pipelines, 0)
@@ -221,10 +218,8 @@ class ServerState:
         victim = min(ready, key=lambda o: o.active_at)  # the first of equals: the oldest
         assert victim.evict is not None
         del self.idle[victim]
-        victim.evict()
+        victim.evict()  # logs `client_evicted`
         self.open -= 1
-        self.evicted += 1
-        get_logger().info("client_evicted", idle_s=round(now - victim.active_at, 1))
         return True
 
     def _nothing_newer(self, rp: ResolvedPipeline, run: str | None, seq: int) -> bool:

@@ -286,6 +286,8 @@ class _Stream(Response):
             return
         self.evicted = True
         self.opts.evict = None
+        idle = round(self._loop.time() - self.opts.active_at, 1)
+        get_logger(pipeline=self.hub.name).info("client_evicted", idle_s=idle)
         self._sub.close()
         self._loop.call_later(DROP_GRACE, self._cut_now, "evicted")
 

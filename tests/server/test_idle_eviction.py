@@ -79,7 +79,9 @@ def test_a_full_server_evicts_the_longest_idle_stream(tmp_path: Path) -> None:
             assert notice["resume"] == f"{run}:4"
             assert rest[-1]["id"] == f"{run}:4"
             assert old.clean_end
-            assert '"client_evicted"' in srv.log_text
+            assert (
+                '"event":"client_evicted"' in srv.log_text and '"pipeline":"quiet"' in srv.log_text
+            )
             assert httpx.get(srv.url("/pipelines/quiet"), timeout=10).json()["clients"] == 1
 
 
