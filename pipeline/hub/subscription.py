@@ -211,7 +211,18 @@ class Subscription:
         if self._more:
             self._more = False
             await asyncio.sleep(0)  # a backlog goes out in pieces: let others run between
+        ring = self._ring
         while True:
+            run = self._run
+            if (  # caught up and nothing else to say: wait at once (the common case)
+                self._cursor == ring.head
+                and run is not None
+                and run.end is None
+                and self._notice is None
+                and not (self._nudged or ring.closed or self._closed or self._dropped)
+            ):
+                await self._wait()
+                continue
             start, stop = self._span()
             if stop > start or self._notice is not None:
                 notice, self._notice = self._notice, None

@@ -191,6 +191,8 @@ class _Stream(Response):
             return
         loop = self._loop
         self._sub = sub
+        if self.conn is not None and not self.websocket:  # the start went through the app
+            send = self.conn.body_send(scope) or send
         pump = self._pump_task = loop.create_task(self._pump(sub, send))
         watch = loop.create_task(self._watch(receive))
         self._check_progress(None, loop.time())
@@ -316,10 +318,17 @@ class _Stream(Response):
         await self._send(send, {"type": "http.response.body", "body": tail, "more_body": False})
 
     async def _pump(self, sub: Subscription, send: Send) -> None:
+        gzip = self.opts.gzip
         async for batch in sub:  # empty: a heartbeat is due (`_watchdog`)
-            if batch:
-                self.opts.active_at = self._loop.time()
-            await self._write(send, batch or self._heartbeat())
+            if not batch:
+                await self._write(send, self._heartbeat())
+                continue
+            self.opts.active_at = self._loop.time()
+            if gzip:
+                await self._write(send, batch)
+            else:  # `_write`, inlined
+                message = {"type": "http.response.body", "body": batch, "more_body": True}
+                await self._send(send, message)
         if sub.dropped or self.evicted:
             await self._write(send, self._lagged_line(sub)[0])
             if sub.dropped and not await self._settled():
