@@ -435,9 +435,18 @@ def plot_group(name: str, group: dict[str, Any], path: Path, command: str = "") 
     lo = [r[1]["median"] - r[1]["min"] for r in rows][::-1]
     hi = [r[1]["max"] - r[1]["median"] for r in rows][::-1]
     fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.4))
-    ax.barh(labels, med, xerr=[lo, hi], capsize=3, color="#4c72b0")
-    if latency:
-        ax.set_xlabel("p50 latency, ms (median, min-max whiskers)")
+    ax.barh(labels, med, xerr=[lo, hi], capsize=3, color="#4c72b0", label="p50")
+    if latency:  # p99 beside p50, on a log scale (a loaded run's p99 is far out)
+        p99 = [
+            res["summary"]["p99_ms"]["median"]
+            for res in group["variants"].values()
+            if res.get("summary") and key in res["summary"]
+        ][::-1]
+        ax.barh(labels, p99, color="#dd8452", alpha=0.5, label="p99", zorder=0)
+        ax.set_xscale("log")
+        ax.set_xlim(left=min(med) / 3, right=max(p99) * 1.5)
+        ax.legend(fontsize=8)
+        ax.set_xlabel("latency, ms (log scale; p50 median with min-max whiskers, p99 median)")
     else:
         ax.set_xscale("log")
         ax.set_xlabel("envelopes/s (log scale; median, min-max whiskers)")
