@@ -248,6 +248,9 @@ class HeldConnection:
     def unsent(self) -> int:
         return 1
 
+    def body_send(self, scope: Any) -> None:
+        return None  # no uvicorn cycle behind it: the stream keeps the app's send
+
     async def settled(self, grace: float) -> bool:
         return False
 
