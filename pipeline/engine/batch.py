@@ -26,7 +26,11 @@ from pipeline.engine.items import Carry, Failure
 from pipeline.envelope import processing_batch
 from pipeline.types import Envelope
 
-__all__ = ["FLUSH_EVERY", "Batch", "Counters"]
+__all__ = ["FLUSH_EVERY", "Batch", "Counters", "PublishLines"]
+
+PublishLines = Callable[[str, int, list[bytes]], None]
+"""``(run id, seq of the first, lines)``: ``processing`` lines with consecutive seqs, the
+hub's `pipeline.hub.hub.Hub.publish_lines` (the run's ``publish`` gets the others)."""
 
 FLUSH_EVERY = 16
 """A reader holds at most this many chunks before it flushes them itself."""
@@ -52,6 +56,7 @@ class Batch:
         stopped: Callable[[], bool],
         *,
         failures_stop: bool = False,
+        publish_lines: PublishLines | None = None,
     ) -> None:
         self.chunks: list[Any] = []
         self.due = False
@@ -62,7 +67,9 @@ class Batch:
         self._make = processing_batch(name, run_id, (Carry, Failure))
         self._fanout = fanout
         self._sinks = fanout.line_sinks()
-        self._envs = self._sinks is None or fanout.publish is not None
+        self._run_id = run_id
+        self._lines = publish_lines if self._sinks is not None else None
+        self._envs = self._sinks is None or (fanout.publish is not None and self._lines is None)
         self._one = one
         self._stopped = stopped
         self._refused = False
@@ -117,11 +124,12 @@ class Batch:
         while i < n:
             lines: list[bytes] = []
             envs: list[Envelope] | None = [] if self._envs else None
+            first = run.seq + 1
             end = make(run.seq, chunks, i, lines, envs)
             if end > i:
                 run.seq += end - i
                 run.processed += end - i
-                self._hand_off(lines, envs)
+                self._hand_off(first, lines, envs)
             if end < n:  # not a plain chunk: the one-by-one path
                 self._filled(self._one(chunks[end]))
                 end += 1
@@ -130,10 +138,12 @@ class Batch:
             i = end
         chunks.clear()
 
-    def _hand_off(self, lines: list[bytes], envs: list[Envelope] | None) -> None:
+    def _hand_off(self, first: int, lines: list[bytes], envs: list[Envelope] | None) -> None:
         fanout = self._fanout
-        if envs is None:  # only sinks of lines, no hub
+        if envs is None:  # only sinks of lines; the hub, if any, takes the lines at once
             assert self._sinks is not None
+            if self._lines is not None:
+                self._lines(self._run_id, first, lines)
             self._filled(fanout.queue_lines(self._sinks, lines))
             return
         if self._sinks is not None:

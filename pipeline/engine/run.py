@@ -23,7 +23,7 @@ from contextlib import aclosing
 from typing import Any, Literal
 
 from pipeline.engine.acks import Ack, AckRunner, notify_all
-from pipeline.engine.batch import FLUSH_EVERY, Batch
+from pipeline.engine.batch import FLUSH_EVERY, Batch, PublishLines
 from pipeline.engine.chain import StageCrash, all_direct, build_chain
 from pipeline.engine.fanout import Fanout
 from pipeline.engine.isolate import failed
@@ -65,6 +65,7 @@ class Run:
         *,
         max_chunk_errors: int | None = None,
         publish: Callable[[Envelope, bytes], None] | None = None,
+        publish_lines: PublishLines | None = None,
         source_params: Mapping[str, Any] | None = None,
         run_id: str | None = None,
         sink_buffer: int = 256,
@@ -97,6 +98,7 @@ class Run:
         self._rejects: deque[tuple[Failure, tuple[Ack, ...]]] = deque()
         self._reject_task: asyncio.Task[None] | None = None
         self._batch: Batch | None = None
+        self._publish_lines = publish_lines if publish is not None else None
         self._reader: SourceReader | None = None
         self._driver: asyncio.Task[None] | None = None
         self._halt: tuple[Reason, str, BaseException] | None = None
@@ -285,6 +287,7 @@ class Run:
             self._emit_now,
             self._stopped_emitting,
             failures_stop=self.max_chunk_errors is not None,
+            publish_lines=self._publish_lines,
         )
         try:
             if all_direct(transforms):  # one loop: source, maps, into the batch

@@ -163,7 +163,7 @@ class SourceReader:
         clock = asyncio.get_running_loop().time
         every, ticks = _CHECK_EVERY, 0
         budget, since_yield, last_yield = every, 0, clock()
-        sample_at = every  # the budget at which a chunk is timed (-1: not in this round)
+        timed = True  # the maps are timed on this round's first chunk (one round in 4)
         # `_waiting` is the task while it waits for the source (so `stop` can cancel that
         # wait) and None while it waits for anything else (a sink's room, its turn)
         async with aclosing(source):  # type: ignore[type-var]
@@ -194,14 +194,17 @@ class SourceReader:
                         self._told = ""
                     kind = type(raw)
                     item = self._item(raw) if kind is Message or kind is BadChunk else raw
-                    if budget == sample_at:  # one chunk in 64: timed, maybe a latency probe
+                    if budget == every:  # one chunk in 16: maybe a latency probe; timed in 64
                         started = time.perf_counter()
                         if apply_async is not None:
                             self._waiting = None
-                            item = await apply_timed_async(item, steps, awaited)
+                            if timed:
+                                item = await apply_timed_async(item, steps, awaited)
+                            else:
+                                item = await apply_async(item)
                             self._waiting = task
-                        elif steps:
-                            item = apply_timed(item, steps)
+                        elif apply is not None:
+                            item = apply_timed(item, steps) if timed else apply(item)
                         item = self._probed(item, started)
                         if item is None and self._probe_tries:
                             budget += 1  # dropped while a probe is due: the next one is sampled
@@ -226,7 +229,7 @@ class SourceReader:
                     if not budget:
                         budget = every
                         ticks += 1
-                        sample_at = every if ticks % _SAMPLE_TICKS == 0 else -1
+                        timed = ticks % _SAMPLE_TICKS == 0
                         if out is not None:  # hand the batch on; wait if a sink is full
                             out.flush()
                             if out.due:

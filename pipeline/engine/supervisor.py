@@ -1,7 +1,8 @@
 """Own every run of a process: start them from triggers, track state, stop them all.
 
 The supervisor does not care what consumes envelopes: it hands each run a ``publish``
-callback (the pipeline's hub, under ``--serve``) and extra sinks (stdout, under plain
+callback (the pipeline's hub, under ``--serve``; its ``publish_lines`` too, which takes a
+batch of ``processing`` lines at once) and extra sinks (stdout, under plain
 ``pipeline run``). Shutdown stops every source, gives in-flight chunks
 ``shutdown_timeout`` seconds, then aborts what is left; every run still ends with
 ``complete`` (``reason: shutdown``) and its sinks are flushed and closed.
@@ -10,7 +11,7 @@ callback (the pipeline's hub, under ``--serve``) and extra sinks (stdout, under 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -93,7 +94,7 @@ class Supervisor:
     def _new_run(
         self,
         slot: _Slot,
-        publish: Callable[[Envelope, bytes], None] | None,
+        feed: Feed | None,
         source_params: Mapping[str, Any] | None = None,
     ) -> Run:
         spec = slot.spec
@@ -106,7 +107,8 @@ class Supervisor:
             (*spec.sinks, *self._extra_sinks),
             spec.dead_letter,
             max_chunk_errors=spec.config.max_chunk_errors,
-            publish=publish,
+            publish=None if feed is None else feed.publish,
+            publish_lines=getattr(feed, "publish_lines", None),  # a hub takes a batch at once
             source_params=source_params,
             meter=slot.meter,
         )
@@ -140,7 +142,7 @@ class Supervisor:
 
     def _start_slot(self, slot: _Slot) -> None:
         params = self._bind_inlet(slot)
-        run = self._new_run(slot, slot.feed.publish if slot.feed else None, params)
+        run = self._new_run(slot, slot.feed, params)
         slot.run, slot.runs = run, slot.runs + 1
         if slot.feed is not None:  # at once: a client arriving now already sees this run
             slot.feed.begin_run(run.id)
@@ -176,7 +178,7 @@ class Supervisor:
         Cancelling the caller cancels the run at once; every stage's cleanup still runs.
         """
         slot = self._slots[name]
-        run = self._new_run(slot, feed.publish, source_params)
+        run = self._new_run(slot, feed, source_params)
         slot.runs += 1
         slot.request_runs.add(run)
         feed.begin_run(run.id)

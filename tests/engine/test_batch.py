@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 
 from pipeline.engine.run import Run
@@ -93,3 +94,34 @@ async def test_burst_keeps_order_seq_and_isolation(extra: list[Callable[..., Any
         "UnencodableError",
         "ValueError",
     ]
+
+
+async def test_hub_takes_processing_lines_in_batches() -> None:
+    """With ``publish_lines``, processing lines go there with the seq of the first (the
+    same bytes and numbers as one by one); other envelopes still go to ``publish`` (and a
+    chunk carrying a latency probe, one by one)."""
+    published: list[tuple[str, int]] = []
+    batches: list[tuple[int, list[bytes]]] = []
+
+    async def burst() -> AsyncIterator[dict[str, int]]:
+        for n in range(40):
+            yield {"n": n}
+
+    run = Run(
+        "p",
+        make_stage(burst, "source"),
+        [make_stage(tag, "transform")],
+        [],
+        publish=lambda env, line: published.append((env["status"], env["seq"])),
+        publish_lines=lambda run_id, seq, lines: batches.append((seq, lines)),
+    )
+    assert await run.execute() == "finished"
+    assert published[0] == ("starting", 1)
+    assert published[-1] == ("complete", 42)
+    assert {status for status, _ in published[1:-1]} <= {"processing"}
+    decoded = [orjson.loads(line) for _, lines in batches for line in lines]
+    assert [d["seq"] for d in decoded] == [seq + i for seq, ls in batches for i in range(len(ls))]
+    seqs = sorted([d["seq"] for d in decoded] + [seq for _, seq in published[1:-1]])
+    assert seqs == list(range(2, 42))
+    assert all(d["data"] == {"n": d["seq"] - 2, "tagged": True} for d in decoded)
+    assert len(batches) > 1  # flushed every 16 chunks at least
