@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
@@ -267,15 +268,28 @@ def latency_summary(samples: list[float], n: int) -> dict[str, Any]:
 
 
 def spawn_workers(cfg: Path, workers: int) -> list[subprocess.Popen[bytes]]:
-    """``workers`` ``pipeline run -c CFG`` processes (output and logs discarded)."""
+    """``workers`` ``pipeline run -c CFG`` processes (output and logs discarded), free to
+    run on every CPU: `python -m bench` pins the measuring process to one, and children
+    inherit that (two workers then shared one core, and 2 ran slower than 1)."""
     cmd = [sys.executable, "-m", "pipeline", "run", "-c", str(cfg)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return [
         subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_every_cpu,
         )
         for _ in range(workers)
     ]
+
+
+def _every_cpu() -> None:
+    """In a child before exec: allow every CPU of the machine (undo an inherited pin)."""
+    with contextlib.suppress(OSError):  # a cpuset narrower than the machine: keep it
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
 
 
 def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:

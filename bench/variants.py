@@ -445,7 +445,9 @@ GROUPS: tuple[Group, ...] = (
         base="redis-workers-1",
         params=lambda n: Params(n=min(n, BROKER_N)),
         reading="Rate over the span of the output stream's entry ids (Redis's clock); the "
-        "input is written once every worker reads, so no start-up is inside the span. "
+        "input is written once every worker reads, so no start-up is inside the span. The "
+        "workers may run on every CPU (until this round they inherited the measuring "
+        "process's pin to one CPU: two workers shared one core). "
         "Redis, the workers and the client share 2 cores: per entry a worker spends about "
         "10-12 us of CPU and Redis about 2.5 (INFO cpu), so 2 workers reach at most about "
         "2 x 12 / (12 + 2.5) = 1.6 x one worker on an idle machine, and less with other "
@@ -464,7 +466,9 @@ GROUPS: tuple[Group, ...] = (
         base="nats-workers-1",
         params=lambda n: Params(n=min(n, BROKER_N // 2)),
         reading="Rate over the span of the output messages' stream timestamps (the "
-        "server's clock). The input is stored before the workers start, so a second "
+        "server's clock). The workers may run on every CPU (they inherited the measuring "
+        "process's pin to one CPU until this round). The input is stored before the "
+        "workers start, so a second "
         "worker's start-up (about 1 s of CPU) can fall inside the span and count against "
         "2 workers. The server, the workers and the client share 2 cores.",
     ),
