@@ -59,7 +59,7 @@ async def engine3(n: int, scrape: bool) -> tuple[int, float, int, float]:
         meter=meter,
     )
     collector = PipelineCollector(
-        lambda: {"bench": meter}, lambda _: run.state, lambda _: {}, lambda _: 0
+        lambda: {"bench": meter}, lambda _: run.state, lambda _: {}, lambda _: 0, lambda _: 0
     )
     registry = registry_for(collector)
     scrapes: list[Any] = [0, 0.0]  # count, seconds spent rendering

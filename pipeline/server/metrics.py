@@ -110,11 +110,13 @@ class PipelineCollector:
         states: Callable[[str], str],
         clients: Clients,
         dropped: Callable[[str], int],
+        evicted: Callable[[str], int],
     ) -> None:
         self.meters = meters
         self.states = states
         self.clients = clients
         self.dropped = dropped
+        self.evicted = evicted
 
     def collect(self) -> Iterator[Any]:
         """Yield the metric families of SPEC §9 (called by the registry per scrape)."""
@@ -148,6 +150,11 @@ class PipelineCollector:
         dropped = c(
             "pipeline_clients_dropped", "Clients dropped for falling behind", labels=["pipeline"]
         )
+        evicted = c(
+            "pipeline_clients_evicted",
+            "Idle streams ended at max_clients to make room for a new client",
+            labels=["pipeline"],
+        )
         runs = c("pipeline_runs", "Runs ended, by reason", labels=["pipeline", "reason"])
         acks = g(
             "pipeline_acks_pending", "Messages read, not yet acknowledged", labels=["pipeline"]
@@ -176,6 +183,7 @@ class PipelineCollector:
             for transport in TRANSPORTS:
                 clients.add_metric([name, transport], open_clients.get(transport, 0))
             dropped.add_metric([name], self.dropped(name))
+            evicted.add_metric([name], self.evicted(name))
             for reason, n in sorted(meter.runs_ended.items()):
                 runs.add_metric([name, reason], n)
             acks.add_metric([name], meter.acks_pending())
@@ -184,7 +192,7 @@ class PipelineCollector:
             current = self.states(name)
             for s in STATES:
                 state.add_metric([name, s], 1 if s == current else 0)
-        yield from (envelopes, chunks, seconds, latency, queue, clients, dropped, runs)
+        yield from (envelopes, chunks, seconds, latency, queue, clients, dropped, evicted, runs)
         yield from (acks, backlog, state)
 
 

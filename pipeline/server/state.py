@@ -76,9 +76,11 @@ class ServerState:
         self.hubs = dict(hubs)
         self.send_timeout = send_timeout
         self.open = 0
-        self.idle: dict[StreamOptions, None] = {}
-        """Open streams of ``trigger: start`` pipelines (those that may be evicted), oldest
-        first (a tie in idle time evicts the older stream)."""
+        self.idle: dict[StreamOptions, str] = {}
+        """Open streams of ``trigger: start`` pipelines (those that may be evicted) and
+        their pipelines, oldest first (a tie in idle time evicts the older stream)."""
+        self.evicted: dict[str, int] = dict.fromkeys(pipelines, 0)
+        """Idle streams evicted per pipeline to make room for a new client, so far."""
         self.request_hubs: set[Hub] = set()
         self.request_clients: dict[str, int] = dict.fromkeys(pipelines, 0)
         self.request_dropped: dict[str, int] = dict.fromkeys(pipelines, 0)
@@ -113,6 +115,7 @@ class ServerState:
         for name in self.pipelines:
             self.request_clients.setdefault(name, 0)
             self.request_dropped.setdefault(name, 0)
+            self.evicted.setdefault(name, 0)
             self.transports.setdefault(name, dict.fromkeys(TRANSPORTS, 0))
 
     def close_hubs(self) -> None:
@@ -142,6 +145,7 @@ class ServerState:
                 lambda n: str(sup.state(n)["state"]),
                 self.transports.__getitem__,
                 self.dropped,
+                self.evicted.__getitem__,
             )
             watchdog = sup.watchdog
             loop = LoopCollector(lambda: (watchdog.lag_s, watchdog.max_lag_s))
@@ -195,7 +199,7 @@ class ServerState:
         else:
             _no_params(conn.query_params)
             hub, opts = self.hubs[name], self._options(since, conn, None)
-            self.idle[opts] = None
+            self.idle[opts] = name
         self.open += 1
         self._count_client(name, conn, sse, opts)
         return hub, opts
@@ -217,7 +221,7 @@ class ServerState:
             return False
         victim = min(ready, key=lambda o: o.active_at)  # the first of equals: the oldest
         assert victim.evict is not None
-        del self.idle[victim]
+        self.evicted[self.idle.pop(victim)] += 1
         victim.evict()  # logs `client_evicted`
         self.open -= 1
         return True

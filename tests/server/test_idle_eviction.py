@@ -83,6 +83,9 @@ def test_a_full_server_evicts_the_longest_idle_stream(tmp_path: Path) -> None:
                 '"event":"client_evicted"' in srv.log_text and '"pipeline":"quiet"' in srv.log_text
             )
             assert httpx.get(srv.url("/pipelines/quiet"), timeout=10).json()["clients"] == 1
+            metrics = httpx.get(srv.url("/metrics"), timeout=10).text
+            assert 'pipeline_clients_evicted_total{pipeline="quiet"} 1.0' in metrics
+            assert 'pipeline_clients_evicted_total{pipeline="live"} 0.0' in metrics
 
 
 def _opened(stream: RawStream, srv: ServerProcess) -> int:
