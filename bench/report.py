@@ -318,7 +318,7 @@ def fanout_memory_section(fm: dict[str, Any]) -> list[str]:
     if not res.get("ok"):
         out += [f"**failed**: {res.get('error')}", ""]
     out += [
-        "The hub holds one ring of `retain + client_buffer` right-sized lines whatever the",
+        "The hub holds one ring of `retain + client_buffer` lines (64 KiB segments) whatever the",
         "clients do; the frozen client is lapped after `client_buffer` envelopes beyond",
         "what the kernel and the transport buffer took, then dropped. RSS must stay flat",
         "from then on, however long the run.",
@@ -402,8 +402,8 @@ def memory_section(mem: dict[str, Any]) -> list[str]:
     out += [
         "",
         "Nothing is retained with the `bytearray` sink, so RSS must stay flat. The hub keeps",
-        "a ring of `retain + client_buffer` right-sized lines: RSS rises while the ring",
-        "fills (the first samples), then stays flat whatever the stream's length.",
+        "a ring of `retain + client_buffer` lines in 64 KiB segments: RSS rises while the",
+        "ring fills (the first samples), then stays flat whatever the stream's length.",
         "",
     ]
     if (PLOTS / "memory.png").exists():

@@ -137,7 +137,7 @@ def section(results: Results) -> list[str]:
     out = [
         "## Targets (issue 15), from this run",
         "",
-        "Same-run ratios (median and min-max over the repetitions) of the groups above; "
+        "Same-run ratios (median and min-max over the repetitions) of the groups below; "
         "a verdict reads the median. Re-run `python -m bench` on a quiet machine before "
         "reading much into a miss of a few per cent.",
         "",
@@ -150,12 +150,12 @@ def section(results: Results) -> list[str]:
         out.append(f"| {t.what} | {_cell(s, t.unit)} | {goal} | {t.verdict(s) if s else ''} |")
     out += ["", "| peers and latency (no goal) | measured |", "| --- | ---: |"]
     for what, get in PEERS:
-        out.append(f"| {what} | {_cell(get(results), 'ms' if 'ms' in what else 'x')} |")
+        out.append(f"| {what} | {_cell(get(results), ' ms' if '(ms)' in what else 'x')} |")
     return [*out, ""]
 
 
 def _x(s: Stats | None) -> str:
-    return f"{s['median']:.2g}x" if s else "n/a"
+    return f"{s['median']:.3g}x" if s else "n/a"
 
 
 def readme_rows(results: Results) -> list[str]:
@@ -166,7 +166,11 @@ def readme_rows(results: Results) -> list[str]:
     load = _variant(results, "latency-load", "framework-load").get("summary", {})
     lat = _variant(results, "latency", "framework").get("summary", {})
     mem = results.get("memory", {}).get("variants", {})
-    growth = [v["result"].get("growth") for v in mem.values() if v.get("result")]
+    growth = [
+        f"{r['growth'] / 2**20:+.2f} MB over {r['lines'] / 1e6:.0f} M envelopes ({name})"
+        for name, v in mem.items()
+        if isinstance((r := v.get("result") or {}).get("growth"), int) and r.get("lines")
+    ]
     rows = [
         (
             "one HTTP client, 3 transforms, every envelope numbered and retained",
@@ -204,14 +208,7 @@ def readme_rows(results: Results) -> list[str]:
                 else ""
             ),
         ),
-        (
-            "memory",
-            "flat: "
-            + ", ".join(f"{g / 2**20:+.2f} MB" for g in growth if isinstance(g, int))
-            + " from 1 M to 10 M envelopes"
-            if growth
-            else "n/a",
-        ),
+        ("memory, from the first million envelopes on", "; ".join(growth) or "n/a"),
     ]
     return ["| what | result |", "| --- | --- |", *(f"| {a} | {b} |" for a, b in rows)]
 
