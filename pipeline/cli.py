@@ -184,7 +184,7 @@ def run_to_stdout(
     """Run ``names`` to completion, every envelope to ``out`` (default: stdout); return
     the exit code."""
     from pipeline.client import progress
-    from pipeline.engine.fanout import stdout_stage
+    from pipeline.engine.stdout import stdout_stage
     from pipeline.engine.supervisor import Supervisor
 
     sup = Supervisor(

@@ -9,12 +9,16 @@ A confirming sink that rejects one envelope (`pipeline.Delivery.reject`) gets a
 ``chunk_error`` emitted for that chunk by a small task of the run (never by the sink's
 own task, whose queue may be full); before ``complete`` the run waits, at most
 `SETTLE_TIMEOUT` seconds, until every confirming sink answered for what it got.
+
+This module owns the run's lifecycle: start, the driver task (the source reader and the
+chain feeding the run's `pipeline.engine.batch.Batch`), stop, abort, settle and finish.
+Numbering and building the envelopes, and the counters, are `pipeline.engine.emit.Emitter`,
+the base class of `Run`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import uuid
 from collections import deque
@@ -22,16 +26,16 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any, Literal
 
-from pipeline.engine.acks import Ack, AckRunner, notify_all
+from pipeline.engine.acks import Ack, AckRunner
 from pipeline.engine.batch import FLUSH_EVERY, Batch, PublishLines
 from pipeline.engine.chain import StageCrash, all_direct, build_chain
+from pipeline.engine.emit import Emitter
 from pipeline.engine.fanout import Fanout
 from pipeline.engine.isolate import failed
-from pipeline.engine.items import Carry, Failure, failure
+from pipeline.engine.items import Failure, failure
 from pipeline.engine.resources import opened
 from pipeline.engine.source import SourceReader
-from pipeline.envelope import UnencodableError, encode, encode_without, numbered, processing
-from pipeline.log import get_logger, mask
+from pipeline.log import get_logger
 from pipeline.meter import PipelineMeter
 from pipeline.stage import ResolvedStage
 from pipeline.types import Envelope, Reason
@@ -41,8 +45,6 @@ __all__ = ["SETTLE_TIMEOUT", "Run", "RunState", "new_run_id"]
 RunState = Literal["pending", "running", "completed", "failed"]
 ABORT_GRACE = 0.3
 """Seconds an aborted run gives its stages (to take cancellation) and its sinks (to close)."""
-_TRACEBACKS_PER_STAGE = 1
-"""Chunk errors of one stage logged with their traceback (the rest: one line each)."""
 SETTLE_TIMEOUT = 30.0
 """Seconds a run waits, before ``complete``, for confirming sinks to answer (flush)."""
 
@@ -52,7 +54,7 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
-class Run:
+class Run(Emitter):
     """One run of a pipeline, from ``starting`` to ``complete``."""
 
     def __init__(
@@ -71,23 +73,8 @@ class Run:
         sink_buffer: int = 256,
         meter: PipelineMeter | None = None,
     ) -> None:
-        self.name = name
-        self.id = run_id or new_run_id()
-        self.source = source
-        self.transforms = tuple(transforms)
-        self.max_chunk_errors = max_chunk_errors
-        self.state: RunState = "pending"
-        self.reason: Reason | None = None
-        self.seq = 0
-        self.processed = 0
-        self.chunk_errors = 0
-        self.errors = 0
-        self.log = get_logger(pipeline=name, run=self.id)
-        self.acks = AckRunner(self.log)
-        self.meter = meter or PipelineMeter(name)
-        self.meter.chain(source.id, (t.id for t in self.transforms))
-        self._params = None if source_params is None else dict(source_params)
-        self._fanout = Fanout(
+        run_id = run_id or new_run_id()
+        fanout = Fanout(
             sinks,
             dead_letter,
             publish=publish,
@@ -95,21 +82,23 @@ class Run:
             on_reject=self._sink_rejected,
             buffer=sink_buffer,
         )
+        log = get_logger(pipeline=name, run=run_id)
+        super().__init__(name, run_id, source, transforms, fanout, log, max_chunk_errors)
+        self.state: RunState = "pending"
+        self.acks = AckRunner(self.log)
+        self.meter = meter or PipelineMeter(name)
+        self.meter.chain(source.id, (t.id for t in self.transforms))
+        self._params = None if source_params is None else dict(source_params)
         self._rejects: deque[tuple[Failure, tuple[Ack, ...]]] = deque()
         self._reject_task: asyncio.Task[None] | None = None
         self._batch: Batch | None = None
         self._publish_lines = publish_lines if publish is not None else None
         self._reader: SourceReader | None = None
         self._driver: asyncio.Task[None] | None = None
-        self._halt: tuple[Reason, str, BaseException] | None = None
         self._stopping = False
         self._stop_reason: Reason = "shutdown"
         self._aborted: Reason | None = None
         self._abandon = asyncio.Event()
-        self._abandoned = False
-        self._started = 0.0
-        self._ended = 0.0
-        self._tracebacks: dict[str, int] = {}
         self.done = asyncio.Event()
 
     # -- control ---------------------------------------------------------------------
@@ -334,115 +323,6 @@ class Run:
         self.state = "failed" if self.reason == "error" else "completed"
         self.done.set()
 
-    # -- envelopes -------------------------------------------------------------------
-
-    def _next(self, status: str, **fields: Any) -> Envelope:
-        """The run's next numbered envelope (only when it will be delivered)."""
-        self.seq += 1
-        return numbered(status, self.name, self.id, self.seq, **fields)
-
-    async def _emit(self, env: Envelope, acks: tuple[Any, ...] = ()) -> None:
-        line = encode(env)
-        await self._fanout.deliver(env, line, acks)
-
-    async def _emit_item(self, item: Any) -> None:
-        if self._abandoned:  # a stage that ignored cancellation is still producing
-            raise asyncio.CancelledError
-        full = self._emit_now(item)
-        if full is not None:
-            await self._fanout.room(full)
-
-    def _emit_now(self, item: Any) -> list[Any] | None:
-        """Emit one item now (a chunk, maybe with acks, or a `Failure`); return the sinks
-        it filled (to wait for), or None."""
-        acks: tuple[Any, ...] = ()
-        if type(item) is Carry:
-            acks, item = item.acks, item.chunk
-        if type(item) is Failure:
-            return self._failure_now(item, acks)
-        env = processing(self.name, self.id, self.seq + 1, item)
-        try:
-            line = encode(env)
-        except UnencodableError as exc:
-            last = self.transforms[-1].id if self.transforms else self.source.id
-            return self._failure_now(Failure(last, type(exc).__name__, str(exc), item), acks)
-        self.seq += 1
-        self.processed += 1
-        if acks:
-            notify_all(acks, env)
-        return self._fanout.queue(env, line, acks)
-
-    async def _emit_failure(self, f: Failure, acks: tuple[Any, ...]) -> None:
-        full = self._failure_now(f, acks)
-        if full is not None:
-            await self._fanout.room(full)
-
-    def _failure_now(self, f: Failure, acks: tuple[Any, ...]) -> list[Any] | None:
-        self.chunk_errors += 1
-        self._log_failure(f)
-        error = {"type": f.type, "message": mask(f.message)}
-        env = self._next("chunk_error", stage=f.stage, error=error, chunk=f.chunk)
-        line = encode_without(env, "chunk")
-        if acks:
-            notify_all(acks, env)
-        full = self._fanout.queue(env, line, acks)
-        limit = self.max_chunk_errors
-        if limit is not None and self.chunk_errors > limit and self._halt is None:
-            msg = f"more than {limit} chunk errors (max_chunk_errors)"
-            self._halt_run(f.stage, RuntimeError(msg))
-        return full
-
-    def _log_failure(self, f: Failure) -> None:
-        """One line per chunk error; its traceback only the first time per stage (or debug)."""
-        seen = self._tracebacks.get(f.stage, 0)
-        self._tracebacks[f.stage] = seen + 1
-        full = seen < _TRACEBACKS_PER_STAGE or self.log.is_enabled_for(logging.DEBUG)
-        exc_info = f.exc if full and f.exc is not None else None
-        self.log.warning(
-            "chunk_failed", stage=f.stage, error=f.type, message=f.message, exc_info=exc_info
-        )
-
-    async def _emit_error(self, stage: str, exc: BaseException) -> None:
-        self.errors += 1
-        message = mask(str(exc)) if not isinstance(exc, TimeoutError) else "stage timed out"
-        self.log.error("run_failed", stage=stage, error=type(exc).__name__, exc_info=exc)
-        error = {"type": type(exc).__name__, "message": message}
-        await self._emit(self._next("error", stage=stage, error=error))
-
-    async def _emit_complete(self, reason: Reason) -> None:
-        self.reason = reason
-        self._ended = time.monotonic()
-        env = self._next("complete", stats=self.stats(), reason=reason)
-        await self._emit(env)
-        self.log.info("run_completed", reason=reason, **env["stats"])
-
-    @property
-    def counts(self) -> dict[str, int]:
-        """Envelopes emitted so far, per status."""
-        counts = {
-            "starting": 1 if self.seq else 0,
-            "processing": self.processed,
-            "chunk_error": self.chunk_errors,
-            "error": self.errors,
-            "complete": 1 if self.reason else 0,
-        }
-        return {k: v for k, v in counts.items() if v}
-
     def sink_queues(self) -> dict[str, int]:
         """Envelopes waiting in each sink's queue (by sink id)."""
         return self._fanout.queued()
-
-    def stats(self) -> dict[str, Any]:
-        """The run's stats so far, as in the ``complete`` envelope."""
-        return {
-            "processed": self.processed,
-            "chunk_errors": self.chunk_errors,
-            "errors": self.errors,
-            "duration_s": round(self._duration(), 6),
-        }
-
-    def _duration(self) -> float:
-        """Seconds from the start to ``complete`` (or to now, while running)."""
-        if not self._started:
-            return 0.0
-        return (self._ended or time.monotonic()) - self._started
