@@ -27,9 +27,10 @@ from starlette.websockets import WebSocket
 from pipeline.log import get_logger
 from pipeline.server import dashboard
 from pipeline.server.auth import Refusal
+from pipeline.server.framings import SSEStream, WebSocketStream
 from pipeline.server.ingest import IngestRefused, receive
 from pipeline.server.state import SEND_TIMEOUT, NothingNew, ServerState, make_hub, retention
-from pipeline.server.streams import JSONLStream, NDJSONStream, SSEStream, WebSocketStream
+from pipeline.server.streams import JSONLStream, NDJSONStream
 
 __all__ = ["SEND_TIMEOUT", "ServerState", "create_app", "error", "make_hub", "retention"]
 

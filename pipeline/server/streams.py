@@ -1,4 +1,5 @@
-"""Stream bodies for the HTTP server: NDJSON, SSE and WebSocket, written straight to ASGI.
+"""Stream bodies for the HTTP server: NDJSON (here), SSE and WebSocket (`framings`),
+written straight to ASGI.
 
 Each stream is a small ASGI callable, not a ``StreamingResponse`` behind middleware, so:
 
@@ -19,7 +20,7 @@ Each stream is a small ASGI callable, not a ``StreamingResponse`` behind middlew
   client that has acknowledged nothing for `STALL_BEATS` heartbeats (at least
   `STALL_MIN` s) while bytes were waiting for it (``stalled``): its window stays
   shut, whatever the pipeline's pace.
-- **an idle stream can be evicted:** `_Stream.evict` (called by the server when it is
+- **an idle stream can be evicted:** `Stream.evict` (called by the server when it is
   full, see `pipeline.server.state.ServerState.open_stream`) ends the stream with a
   ``lagged(reason=evicted)`` notice carrying the ``resume`` token (for SSE also as the
   event ``id``, so ``EventSource`` resumes from it); ``StreamOptions.active_at`` is when
@@ -41,17 +42,17 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from pipeline.envelope import encode, encode_sse, heartbeat, lagged
-from pipeline.hub.hub import Hub, Item, Subscription
+from pipeline.envelope import encode, heartbeat, lagged
+from pipeline.hub.hub import Hub, Subscription
 from pipeline.log import get_logger
 from pipeline.server.protocol import CONNECTION, Connection
 
 __all__ = [
+    "SSE_RETRY_MS",
     "JSONLStream",
     "NDJSONStream",
-    "SSEStream",
+    "Stream",
     "StreamOptions",
-    "WebSocketStream",
     "install_cut_filter",
 ]
 
@@ -119,7 +120,7 @@ class StreamOptions:
         """Set while the stream serves: end it with a ``lagged(reason=evicted)`` notice."""
 
 
-class _Stream(Response):
+class Stream(Response):
     """Shared machinery: subscribe, start the run, pump vs disconnect, cut stuck writes."""
 
     media_type = "application/x-ndjson"
@@ -358,7 +359,7 @@ class _Stream(Response):
         return encode(lagged(hub.name, hub.run, missed, "slow_client", resume=last)), last
 
 
-class NDJSONStream(_Stream):
+class NDJSONStream(Stream):
     """``application/x-ndjson``: the encoded lines as they are, one write per batch."""
 
 
@@ -366,56 +367,3 @@ class JSONLStream(NDJSONStream):
     """The same stream, labelled ``application/jsonl`` for clients that ask for that."""
 
     media_type = "application/jsonl"
-
-
-class SSEStream(_Stream):
-    """``text/event-stream``: ``id: RUN:SEQ`` and ``data: <envelope>`` (default events)."""
-
-    media_type = "text/event-stream"
-
-    async def _pump(self, sub: Subscription, send: Send) -> None:
-        await self._write(send, b"retry: %d\n\n" % SSE_RETRY_MS)
-        async for items in sub.items():
-            if items:
-                self.opts.active_at = self._loop.time()
-            await self._write(send, _frames(items) if items else b": keepalive\n\n")
-        if sub.dropped or self.evicted:
-            line, resume = self._lagged_line(sub)
-            run, _, seq = (resume or "").rpartition(":")
-            at = int(seq) if self.evicted and resume else None  # EventSource resumes from it
-            await self._write(send, encode_sse(line, run, at))
-            if sub.dropped and not await self._settled():
-                return
-        await self._end(send)
-
-
-def _frames(items: list[Item]) -> bytes:
-    return b"".join(encode_sse(i.line, i.run, i.seq) for i in items)
-
-
-class WebSocketStream(_Stream):
-    """WebSocket: one text frame per envelope; the socket closes (1000) after the last."""
-
-    websocket = True
-
-    async def _start(self, scope: Scope, receive: Receive, send: Send) -> bool:
-        message = await receive()
-        if message["type"] != "websocket.connect":
-            return False
-        await send({"type": "websocket.accept"})
-        return True
-
-    async def _text(self, send: Send, line: bytes) -> None:
-        await self._send(send, {"type": "websocket.send", "text": line[:-1].decode()})
-
-    async def _pump(self, sub: Subscription, send: Send) -> None:
-        async for items in sub.items():
-            if not items:
-                await self._text(send, self._heartbeat())
-            else:
-                self.opts.active_at = self._loop.time()
-            for item in items:
-                await self._text(send, item.line)
-        if sub.dropped or self.evicted:
-            await self._text(send, self._lagged_line(sub)[0])
-        await self._send(send, {"type": "websocket.close", "code": 1000})

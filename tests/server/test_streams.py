@@ -17,8 +17,9 @@ import pytest
 
 from pipeline.envelope import encode
 from pipeline.hub.hub import Hub
+from pipeline.server.framings import SSEStream, WebSocketStream
 from pipeline.server.protocol import CONNECTION
-from pipeline.server.streams import NDJSONStream, SSEStream, StreamOptions, WebSocketStream
+from pipeline.server.streams import NDJSONStream, StreamOptions
 
 pytestmark = pytest.mark.anyio
 
