@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import os
 import re
@@ -300,6 +301,11 @@ def serve(
     install_cut_filter()
     for handler in logging.getLogger().handlers:  # every record: uvicorn, httpx, ...
         handler.addFilter(scrub)
+    # What start-up made (modules, the app, the resolved config: ~45 k objects) lives as
+    # long as the process: out of the collector's sight, a full collection takes
+    # microseconds instead of ~7 ms, a pause every stream would see in its latency.
+    gc.collect()
+    gc.freeze()
     with sock:
         server.run(sockets=[sock])
     return 0
