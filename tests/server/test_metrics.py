@@ -124,11 +124,15 @@ def test_metrics_families_and_labels(server: ServerProcess) -> None:
 def test_sink_queue_is_listed_per_sink(server: ServerProcess) -> None:
     """A slow sink's queue fills up and shows in `pipeline_sink_queue`, by sink id."""
     labels = {"pipeline": "backed_up", "sink": "sinks[0]:slow"}
-    wait_until(lambda: value(scrape(server), "pipeline_sink_queue", **labels) >= 100)
+    wait_until(lambda: value(scrape(server), "pipeline_sink_queue", **labels) >= 100, timeout=30)
     got = scrape(server)
     assert not [k for k in got if k[0] == "pipeline_sink_queue" and ("pipeline", "done") in k[1]]
-    m = httpx.get(server.url("/pipelines/backed_up")).json()["metrics"]
-    assert m["sink_queue"]["sinks[0]:slow"] >= 100
+
+    def listed() -> int:  # the queue drains while the source refills it: read on its own
+        m = httpx.get(server.url("/pipelines/backed_up")).json()["metrics"]
+        return int(m["sink_queue"]["sinks[0]:slow"])
+
+    wait_until(lambda: listed() >= 100, timeout=30)
 
 
 def test_clients_per_transport_and_counters_grow(server: ServerProcess) -> None:
