@@ -17,18 +17,9 @@ from contextlib import aclosing
 from typing import Any
 
 from pipeline.engine.acks import Ack, release_all, retain_all
-from pipeline.engine.isolate import (
-    apply_timed,
-    call_sync,
-    failed,
-    flat_caller,
-    fuse,
-    is_direct,
-    is_fast,
-    map_caller,
-    steps_of,
-)
+from pipeline.engine.isolate import call_sync, flat_caller, map_caller
 from pipeline.engine.items import Carry, Failure, unwrap
+from pipeline.engine.maps import apply_timed, failed, fuse, is_direct, is_fast, steps_of
 from pipeline.engine.source import SourceReader
 from pipeline.meter import SAMPLE_EVERY, PipelineMeter, StageMeter
 from pipeline.stage import ResolvedStage

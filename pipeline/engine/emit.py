@@ -11,7 +11,6 @@ the only subclass: the two are one object, so the per-item path has no extra hop
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -76,13 +75,6 @@ class Emitter:
     async def _emit(self, env: Envelope, acks: tuple[Any, ...] = ()) -> None:
         line = encode(env)
         await self._fanout.deliver(env, line, acks)
-
-    async def _emit_item(self, item: Any) -> None:
-        if self._abandoned:  # a stage that ignored cancellation is still producing
-            raise asyncio.CancelledError
-        full = self._emit_now(item)
-        if full is not None:
-            await self._fanout.room(full)
 
     def _emit_now(self, item: Any) -> list[Any] | None:
         """Emit one item now (a chunk, maybe with acks, or a `Failure`); return the sinks

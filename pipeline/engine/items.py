@@ -8,8 +8,8 @@ An item is one of:
 - a `Failure`: one chunk failed in one stage; it skips the remaining per-chunk stages
   and becomes a ``chunk_error`` envelope (a `Carry` may hold a `Failure` as its chunk).
 
-Only `pipeline.engine.isolate` makes failures out of a stage's exceptions; the source
-makes them out of a `pipeline.BadChunk`.
+Only `pipeline.engine.isolate` and `pipeline.engine.maps` make failures out of a stage's
+exceptions; the source makes them out of a `pipeline.BadChunk`.
 """
 
 from __future__ import annotations

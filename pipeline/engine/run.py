@@ -31,8 +31,8 @@ from pipeline.engine.batch import FLUSH_EVERY, Batch, PublishLines
 from pipeline.engine.chain import StageCrash, all_direct, build_chain
 from pipeline.engine.emit import Emitter
 from pipeline.engine.fanout import Fanout
-from pipeline.engine.isolate import failed
 from pipeline.engine.items import Failure, failure
+from pipeline.engine.maps import failed
 from pipeline.engine.resources import opened
 from pipeline.engine.source import SourceReader
 from pipeline.log import get_logger

@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 from pipeline.engine.acks import Ack, AckRunner, Probe
 from pipeline.engine.batch import Batch
-from pipeline.engine.isolate import (
+from pipeline.engine.items import Carry, failure
+from pipeline.engine.maps import (
     apply_timed,
     apply_timed_async,
     failed,
@@ -26,7 +27,6 @@ from pipeline.engine.isolate import (
     fuse_async,
     steps_of,
 )
-from pipeline.engine.items import Carry, failure
 from pipeline.meter import LATENCY_INTERVAL, SAMPLE_EVERY, PipelineMeter, current_source
 from pipeline.stage import ResolvedStage
 from pipeline.types import BadChunk, Message

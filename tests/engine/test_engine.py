@@ -749,7 +749,7 @@ def scaled(chunk: dict[str, Any], *, factor: float = 2.0, unit: str = DEFAULT_UN
 def test_bound_maps_leave_their_defaults_to_python() -> None:
     """Parameters that are the signature's own default objects, or equal immutable
     scalars (a config restating a default), are not bound (a plain call); others are."""
-    from pipeline.engine.isolate import fuse, steps_of
+    from pipeline.engine.maps import fuse, steps_of
     from pipeline.meter import PipelineMeter
 
     given = "".join(["cel", "sius-default"])  # equal to the default, another object
