@@ -2,7 +2,7 @@
 
 A `Sweep` maps a value ``x`` to a `Group` and its `Params`; `run_sweep` measures the
 group at every value (round-robin within each value, like any group) and
-`bench.report.plot_sweep` draws one curve per variant with its min-max band into
+`bench.plots.plot_sweep` draws one curve per variant with its min-max band into
 ``docs/perf/sweep-NAME.png``. Adding a curve is one `Sweep` entry in `SWEEPS`.
 
 ``transforms`` and ``concurrency`` run in-process (`bench.scaling`) and are part of the
