@@ -77,6 +77,30 @@ async def test_leading_sync_maps_are_derived_exactly() -> None:
     assert 0 < m.stages["evens"].seconds.count <= 100 // SAMPLE_EVERY + 1
 
 
+async def async_no_64(chunk: dict[str, int]) -> dict[str, int] | None:
+    return None if chunk["n"] == 64 else chunk
+
+
+async def test_leading_async_maps_timed_and_counted() -> None:
+    """Plain async maps run by the source reader, mixed with a sync one: the sampled chunks
+    (the first one raises, chunk 64 is dropped) count and time like the others."""
+    r = await run(
+        make_stage(numbers, "source", params={"count": 200}),
+        [
+            make_stage(async_no_sevens, id="a7"),
+            make_stage(evens, id="evens"),
+            make_stage(async_no_64, id="a64"),
+        ],
+    )
+    m = r.meter
+    assert outcomes(m, "a7") == (200, 171, 0, 29)  # 0, 7, ..., 196
+    assert outcomes(m, "evens") == (171, 85, 86, 0)
+    assert outcomes(m, "a64") == (85, 84, 1, 0)
+    assert r.processed == 84 and r.chunk_errors == 29
+    for sid in ("a7", "evens", "a64"):
+        assert 1 <= m.stages[sid].seconds.count <= 200 // SAMPLE_EVERY + 1
+
+
 @pytest.mark.parametrize("concurrency", [1, 4])
 async def test_async_maps_count_calls_errors_and_retries(concurrency: int) -> None:
     """An async map with retries, alone or concurrent: every outcome and retry attempt."""
