@@ -30,6 +30,7 @@ __all__ = [
     "failed",
     "fuse",
     "fuse_async",
+    "fuse_timed_async",
     "is_direct",
     "is_fast",
     "special_map",
@@ -146,6 +147,50 @@ def fuse_async(steps: list[Step], awaited: list[bool]) -> Callable[[Any], Awaita
 
     names.update(fail=fail, drop=drop)
     exec(compile("\n".join(lines), f"<async maps {len(steps)}>", "exec"), names)
+    apply: Callable[[Any], Awaitable[Any]] = names["apply"]
+    return apply
+
+
+def fuse_timed_async(steps: list[Step], awaited: list[bool]) -> Callable[[Any], Awaitable[Any]]:
+    """`apply_timed_async` for a plain chunk as straight-line code made for this chain:
+    each map awaited (or called) in turn, its time observed, the checks inline (no
+    wrapper coroutine, list or zip per map). A `Carry` or `Failure` goes to
+    `apply_timed_async`."""
+    names: dict[str, Any] = {"Carry": Carry, "Failure": Failure, "slow": apply_timed_async}
+    names.update(steps=steps, awaited=awaited, clock=time.perf_counter)
+    lines = [
+        "async def apply(item):",
+        "    kind = type(item)",
+        "    if kind is Carry or kind is Failure:",
+        "        return await slow(item, steps, awaited)",
+    ]
+    for i, (fn, _, m) in enumerate(steps):
+        names[f"f{i}"], names[f"t{i}"] = fn, m.seconds.observe
+        call = f"await f{i}(item)" if awaited[i] else f"f{i}(item)"
+        lines += [
+            "    started = clock()",
+            "    try:",
+            f"        result = {call}",
+            "    except Exception as exc:",
+            f"        t{i}(clock() - started)",
+            f"        return fail({i}, exc, item)",
+            f"    t{i}(clock() - started)",
+            "    if result is None:",
+            f"        return drop({i})",
+            "    item = result",
+        ]
+    lines.append("    return item")
+
+    def fail(i: int, exc: Exception, item: Any) -> Failure:
+        _, sid, m = steps[i]
+        m.errors += 1
+        return failure(sid, exc, item)
+
+    def drop(i: int) -> None:
+        steps[i][2].dropped += 1
+
+    names.update(fail=fail, drop=drop)
+    exec(compile("\n".join(lines), f"<timed async maps {len(steps)}>", "exec"), names)
     apply: Callable[[Any], Awaitable[Any]] = names["apply"]
     return apply
 

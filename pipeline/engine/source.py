@@ -12,20 +12,19 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable
 from contextlib import aclosing
 from typing import Any, Literal
 
 from pipeline.engine.acks import Ack, AckRunner, Probe
 from pipeline.engine.batch import Batch
-from pipeline.engine.items import Carry, Failure, failure
+from pipeline.engine.items import Carry, failure
 from pipeline.engine.maps import (
-    Step,
     apply_timed,
-    apply_timed_async,
     failed,
     fuse,
     fuse_async,
+    fuse_timed_async,
     steps_of,
 )
 from pipeline.meter import LATENCY_INTERVAL, SAMPLE_EVERY, PipelineMeter, current_source
@@ -45,50 +44,6 @@ FAIRNESS_SECONDS = 0.001
 _CHECK_EVERY = 16
 _SAMPLE_TICKS = SAMPLE_EVERY // _CHECK_EVERY
 """One check in this many times the maps on its chunk (one chunk in `SAMPLE_EVERY`)."""
-
-
-def _fuse_timed_async(steps: list[Step], awaited: list[bool]) -> Callable[[Any], Awaitable[Any]]:
-    """`apply_timed_async` for a plain chunk as straight-line code made for this chain:
-    each map awaited (or called) in turn, its time observed, the checks inline (no
-    wrapper coroutine, list or zip per map). A `Carry` or `Failure` goes to
-    `apply_timed_async`."""
-    names: dict[str, Any] = {"Carry": Carry, "Failure": Failure, "slow": apply_timed_async}
-    names.update(steps=steps, awaited=awaited, clock=time.perf_counter)
-    lines = [
-        "async def apply(item):",
-        "    kind = type(item)",
-        "    if kind is Carry or kind is Failure:",
-        "        return await slow(item, steps, awaited)",
-    ]
-    for i, (fn, _, m) in enumerate(steps):
-        names[f"f{i}"], names[f"t{i}"] = fn, m.seconds.observe
-        call = f"await f{i}(item)" if awaited[i] else f"f{i}(item)"
-        lines += [
-            "    started = clock()",
-            "    try:",
-            f"        result = {call}",
-            "    except Exception as exc:",
-            f"        t{i}(clock() - started)",
-            f"        return fail({i}, exc, item)",
-            f"    t{i}(clock() - started)",
-            "    if result is None:",
-            f"        return drop({i})",
-            "    item = result",
-        ]
-    lines.append("    return item")
-
-    def fail(i: int, exc: Exception, item: Any) -> Failure:
-        _, sid, m = steps[i]
-        m.errors += 1
-        return failure(sid, exc, item)
-
-    def drop(i: int) -> None:
-        steps[i][2].dropped += 1
-
-    names.update(fail=fail, drop=drop)
-    exec(compile("\n".join(lines), f"<timed async maps {len(steps)}>", "exec"), names)
-    apply: Callable[[Any], Awaitable[Any]] = names["apply"]
-    return apply
 
 
 def _open(stage: ResolvedStage, params: dict[str, Any]) -> AsyncIterator[Any]:
@@ -189,7 +144,7 @@ class SourceReader:
         awaited = [s.calling == "async" for s in maps]
         apply = fuse(steps) if steps and not any(awaited) else None
         apply_async = fuse_async(steps, awaited) if any(awaited) else None
-        timed_async = _fuse_timed_async(steps, awaited) if any(awaited) else None
+        timed_async = fuse_timed_async(steps, awaited) if any(awaited) else None
         counts = self.counts
         upstream: Any = counts
         for _, _, m in steps:  # their calls are derived, not counted one by one
