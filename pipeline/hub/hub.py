@@ -194,7 +194,7 @@ class Hub:
             ring.marks[ring.head] = status
             run.counts[status] = run.counts.get(status, 0) + 1
         ring.head = head = ring.head + 1
-        if ring.waiters:
+        if ring.waiters or ring.pushers:
             ring.wake()
         if head >= ring.check_pos or total >= ring.check_bytes:
             self._settle()
@@ -221,7 +221,7 @@ class Hub:
         ring.data += b"".join(lines)
         ring.seqs += range(seq, seq + len(lines))
         ring.head = head = ring.head + len(lines)
-        if ring.waiters:
+        if ring.waiters or ring.pushers:
             ring.wake()
         if head >= ring.check_pos or total >= ring.check_bytes:
             self._settle()

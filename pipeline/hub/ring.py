@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from bisect import bisect_right
+from collections.abc import Callable
 
 __all__ = ["PROCESSING", "SEGMENT_BYTES", "Ring", "RunSpan"]
 
@@ -77,6 +78,8 @@ class Ring:
         "marks",
         "max_bytes",
         "offs",
+        "push_due",
+        "pushers",
         "seg_bases",
         "seg_starts",
         "segs",
@@ -101,6 +104,9 @@ class Ring:
         self.check_pos = 0
         self.check_bytes = 0
         self.waiters: set[asyncio.Future[None]] = set()
+        # Readers that write for themselves when they can: their wait -> their push.
+        self.pushers: dict[asyncio.Future[None], Callable[[], bool]] = {}
+        self.push_due = False
         self.closed = False
         self.settle()
 
@@ -213,11 +219,23 @@ class Ring:
         return self.seqs[start - self.first : stop - self.first]
 
     def wake(self) -> None:
-        """Wake every reader waiting for more."""
+        """Wake every reader waiting for more; a pushing reader is first offered what is
+        ready from one callback at the loop's next turn (`push`), for all of them."""
         for fut in self.waiters:
             if not fut.done():
                 fut.set_result(None)
         self.waiters.clear()
+        if self.pushers and not self.push_due:
+            self.push_due = True
+            next(iter(self.pushers)).get_loop().call_soon(self.push)
+
+    def push(self) -> None:
+        """Let every pushing reader write what is ready itself; wake those that cannot
+        (a backlog, a full socket, the end of a run...): their task takes over."""
+        self.push_due = False
+        for fut, push in list(self.pushers.items()):
+            if not fut.done() and not push() and not fut.done():  # (a drop wakes it)
+                fut.set_result(None)
 
     def close(self) -> None:
         """No more lines will come: wake every reader so it can drain and end."""

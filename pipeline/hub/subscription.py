@@ -93,6 +93,7 @@ class Subscription:
         "_buffer_bytes",
         "_closed",
         "_cursor",
+        "_direct",
         "_dropped",
         "_fut",
         "_last",
@@ -132,6 +133,7 @@ class Subscription:
         self._more = False
         self._nudged = False
         self._last: tuple[str, int] | None = None
+        self._direct: Callable[[bytes], bool] | None = None
 
     @property
     def dropped(self) -> bool:
@@ -176,6 +178,38 @@ class Subscription:
         fut = self._fut
         if fut is not None and not fut.done():
             fut.set_result(None)
+
+    def write_directly(self, write: Callable[[bytes], bool] | None) -> None:
+        """While the bytes reader (``async for batch in sub``) waits, offer each new
+        batch to ``write`` from the hub's one callback per publish batch, instead of
+        waking the reader's task: ``write`` returns whether it took the batch (it
+        writes it at once, or declines: the reader's task then gets it). Only a
+        caught-up client's live lines go this way; a backlog, a ``lagged`` notice, a
+        heartbeat, the end of a run or of the stream always wake the task. None: off.
+        """
+        self._direct = write
+
+    def _push(self) -> bool:
+        """Offer what is ready to the direct writer; return whether it took it."""
+        ring, run, write = self._ring, self._run, self._direct
+        if (
+            write is None
+            or run is None
+            or run.end is not None
+            or self._notice is not None
+            or self._nudged
+            or self._more
+            or ring.closed
+            or self._closed
+            or self._dropped
+            or self._cursor == ring.head
+        ):
+            return False
+        start, stop = self._span()
+        if stop <= start or self._more or not write(self._ring.read(start, stop)):
+            return False
+        self._advance(start, stop)
+        return True
 
     def __aiter__(self) -> Self:
         return self
@@ -288,11 +322,16 @@ class Subscription:
     async def _wait(self) -> None:
         fut = asyncio.get_running_loop().create_future()
         self._fut = fut
-        self._ring.waiters.add(fut)
+        ring = self._ring
+        if self._direct is None:
+            ring.waiters.add(fut)
+        else:
+            ring.pushers[fut] = self._push
         try:
             await fut
         finally:
-            self._ring.waiters.discard(fut)
+            ring.waiters.discard(fut)
+            ring.pushers.pop(fut, None)
             self._fut = None
 
 

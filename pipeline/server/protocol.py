@@ -128,6 +128,31 @@ class Connection:
             return None
         return cast(Callable[[Any], Awaitable[None]], cycle.send)
 
+    def body_writer(self, scope: Any) -> Callable[[bytes], bool] | None:
+        """Write one chunk of the body of ``scope``'s (chunked) response now, as
+        uvicorn's ``send`` would, if that needs no wait: the transport holds nothing
+        unsent and is not paused. Returns whether it wrote (None: not that request).
+        """
+        cycle = getattr(self._protocol, "cycle", None)
+        if not isinstance(cycle, RequestResponseCycle) or cycle.scope is not scope:
+            return None
+        transport = cycle.transport
+
+        def write(body: bytes) -> bool:
+            if (
+                cycle.disconnected
+                or cycle.response_complete
+                or not cycle.chunked_encoding
+                or cycle.flow.write_paused
+                or transport.get_write_buffer_size()
+                or transport.is_closing()
+            ):
+                return False
+            transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+            return True
+
+        return write
+
     def unsent(self) -> int:
         """Bytes written for the client and not yet acknowledged by it (ours + the kernel's)."""
         if self.closed:

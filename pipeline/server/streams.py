@@ -142,6 +142,7 @@ class Stream(Response):
         self._reason = "send_timeout"  # ... and why
         self._last_write = 0.0
         self._stall_timer: asyncio.TimerHandle | None = None
+        self._writer: Callable[[bytes], bool] | None = None
         self.evicted = False
         self.cut: str | None = None
         headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -193,7 +194,12 @@ class Stream(Response):
         loop = self._loop
         self._sub = sub
         if self.conn is not None and not self.websocket:  # the start went through the app
-            send = self.conn.body_send(scope) or send
+            body_send = self.conn.body_send(scope)
+            if body_send is not None:  # uvicorn's: a plain NDJSON body may skip the task
+                send = body_send
+                if type(self)._pump is Stream._pump and not self.opts.gzip:
+                    self._writer = self.conn.body_writer(scope)
+                    sub.write_directly(self._write_now if self._writer else None)
         pump = self._pump_task = loop.create_task(self._pump(sub, send))
         watch = loop.create_task(self._watch(receive))
         self._check_progress(None, loop.time())
@@ -308,6 +314,17 @@ class Stream(Response):
             await send(message)
         finally:
             self._deadline = None
+
+    def _write_now(self, batch: bytes) -> bool:
+        """A caught-up client's batch written straight from the hub's callback (no task
+        switch), unless a write is under way or the transport is not free: the pump's
+        task takes it then."""
+        if self._deadline is not None or self.cut is not None or self._writer is None:
+            return False
+        if not self._writer(batch):
+            return False
+        self._last_write = self.opts.active_at = self._loop.time()
+        return True
 
     async def _write(self, send: Send, data: bytes) -> None:
         if self.opts.gzip:
