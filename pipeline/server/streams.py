@@ -5,6 +5,10 @@ Each stream is a small ASGI callable, not a ``StreamingResponse`` behind middlew
 
 - **one ``send`` per ready batch.** The hub's `Subscription` already coalesces whatever
   is ready into one batch; a lone envelope goes out at once, a backlog in one piece;
+- **no task switch for a caught-up client** (plain NDJSON over uvicorn's HTTP/1.1): its
+  live batch is written straight to the transport from the hub's one callback per
+  publish batch (`Subscription.write_directly`), when nothing is buffered for it; else
+  (a backlog, a notice, a heartbeat, a full socket, the end) its pump task writes it;
 - **a disconnect is noticed at once.** The body is pumped by one task while another
   waits for ``http.disconnect``; whichever ends first cancels the other, and the
   subscription (and, for ``trigger: request``, the run) is closed before we return;
