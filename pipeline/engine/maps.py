@@ -77,77 +77,14 @@ def fuse(steps: list[Step]) -> Callable[[Any], Any]:
     (no loop, no tuple unpacking per step): measured at about 60% of `apply_steps`'s
     own cost per chunk for three maps. A `Carry` or `Failure` goes to `apply_steps`.
     """
-    names: dict[str, Any] = {"Carry": Carry, "Failure": Failure, "slow": apply_steps}
-    names["steps"] = steps
-    lines = [
-        "def apply(item):",
-        "    kind = type(item)",
-        "    if kind is Carry or kind is Failure:",
-    ]
-    lines.append("        return slow(item, steps)")
-    for i, (fn, _, _) in enumerate(steps):
-        names[f"f{i}"] = fn
-        lines += [
-            "    try:",
-            f"        result = f{i}(item)",
-            "    except Exception as exc:",
-            f"        return fail({i}, exc, item)",
-            "    if result is None:",
-            f"        return drop({i})",
-            "    item = result",
-        ]
-    lines.append("    return item")
-
-    def fail(i: int, exc: Exception, item: Any) -> Failure:
-        _, sid, m = steps[i]
-        m.errors += 1
-        return failure(sid, exc, item)
-
-    def drop(i: int) -> None:
-        steps[i][2].dropped += 1
-
-    names.update(fail=fail, drop=drop)
-    exec(compile("\n".join(lines), f"<maps {len(steps)}>", "exec"), names)
-    apply: Callable[[Any], Any] = names["apply"]
+    apply: Callable[[Any], Any] = _straight_line(steps, None, timed=False)
     return apply
 
 
 def fuse_async(steps: list[Step], awaited: list[bool]) -> Callable[[Any], Awaitable[Any]]:
     """`fuse` for a chain with plain ``async def`` maps (``awaited[i]``): one coroutine
     per chunk, each async map awaited right in it (no wrapper coroutine, no layer)."""
-    names: dict[str, Any] = {"Carry": Carry, "Failure": Failure, "slow": apply_steps_async}
-    names.update(steps=steps, awaited=awaited)
-    lines = [
-        "async def apply(item):",
-        "    kind = type(item)",
-        "    if kind is Carry or kind is Failure:",
-    ]
-    lines.append("        return await slow(item, steps, awaited)")
-    for i, (fn, _, _) in enumerate(steps):
-        names[f"f{i}"] = fn
-        call = f"await f{i}(item)" if awaited[i] else f"f{i}(item)"
-        lines += [
-            "    try:",
-            f"        result = {call}",
-            "    except Exception as exc:",
-            f"        return fail({i}, exc, item)",
-            "    if result is None:",
-            f"        return drop({i})",
-            "    item = result",
-        ]
-    lines.append("    return item")
-
-    def fail(i: int, exc: Exception, item: Any) -> Failure:
-        _, sid, m = steps[i]
-        m.errors += 1
-        return failure(sid, exc, item)
-
-    def drop(i: int) -> None:
-        steps[i][2].dropped += 1
-
-    names.update(fail=fail, drop=drop)
-    exec(compile("\n".join(lines), f"<async maps {len(steps)}>", "exec"), names)
-    apply: Callable[[Any], Awaitable[Any]] = names["apply"]
+    apply: Callable[[Any], Awaitable[Any]] = _straight_line(steps, awaited, timed=False)
     return apply
 
 
@@ -156,25 +93,52 @@ def fuse_timed_async(steps: list[Step], awaited: list[bool]) -> Callable[[Any], 
     each map awaited (or called) in turn, its time observed, the checks inline (no
     wrapper coroutine, list or zip per map). A `Carry` or `Failure` goes to
     `apply_timed_async`."""
-    names: dict[str, Any] = {"Carry": Carry, "Failure": Failure, "slow": apply_timed_async}
+    apply: Callable[[Any], Awaitable[Any]] = _straight_line(steps, awaited, timed=True)
+    return apply
+
+
+def _straight_line(steps: list[Step], awaited: list[bool] | None, *, timed: bool) -> Any:
+    """The function `fuse`, `fuse_async` and `fuse_timed_async` return: ``apply(item)``
+    calling each map in turn, written out for this chain. ``awaited`` None: a plain
+    function (sync maps); else a coroutine function awaiting the maps it names.
+    ``timed``: each map's time is observed in its stage's histogram."""
+    if awaited is None:
+        head, slow, label = "def", "slow(item, steps)", "maps"
+        fallback: Any = apply_steps
+    else:
+        head, slow = "async def", "await slow(item, steps, awaited)"
+        fallback = apply_timed_async if timed else apply_steps_async
+        label = "timed async maps" if timed else "async maps"
+    names: dict[str, Any] = {"Carry": Carry, "Failure": Failure, "slow": fallback}
     names.update(steps=steps, awaited=awaited, clock=time.perf_counter)
     lines = [
-        "async def apply(item):",
+        f"{head} apply(item):",
         "    kind = type(item)",
         "    if kind is Carry or kind is Failure:",
-        "        return await slow(item, steps, awaited)",
+        f"        return {slow}",
     ]
     for i, (fn, _, m) in enumerate(steps):
-        names[f"f{i}"], names[f"t{i}"] = fn, m.seconds.observe
-        call = f"await f{i}(item)" if awaited[i] else f"f{i}(item)"
+        names[f"f{i}"] = fn
+        call = f"await f{i}(item)" if awaited is not None and awaited[i] else f"f{i}(item)"
+        if timed:
+            names[f"t{i}"] = m.seconds.observe
+            lines += [
+                "    started = clock()",
+                "    try:",
+                f"        result = {call}",
+                "    except Exception as exc:",
+                f"        t{i}(clock() - started)",
+                f"        return fail({i}, exc, item)",
+                f"    t{i}(clock() - started)",
+            ]
+        else:
+            lines += [
+                "    try:",
+                f"        result = {call}",
+                "    except Exception as exc:",
+                f"        return fail({i}, exc, item)",
+            ]
         lines += [
-            "    started = clock()",
-            "    try:",
-            f"        result = {call}",
-            "    except Exception as exc:",
-            f"        t{i}(clock() - started)",
-            f"        return fail({i}, exc, item)",
-            f"    t{i}(clock() - started)",
             "    if result is None:",
             f"        return drop({i})",
             "    item = result",
@@ -190,9 +154,8 @@ def fuse_timed_async(steps: list[Step], awaited: list[bool]) -> Callable[[Any], 
         steps[i][2].dropped += 1
 
     names.update(fail=fail, drop=drop)
-    exec(compile("\n".join(lines), f"<timed async maps {len(steps)}>", "exec"), names)
-    apply: Callable[[Any], Awaitable[Any]] = names["apply"]
-    return apply
+    exec(compile("\n".join(lines), f"<{label} {len(steps)}>", "exec"), names)
+    return names["apply"]
 
 
 async def apply_steps_async(item: Any, steps: list[Step], awaited: list[bool]) -> Any:
