@@ -22,7 +22,19 @@ import orjson
 
 from bench import parsers
 from bench.hostile_stages import write_stages
-from bench.probe_kit import CANARY, PY, Row, fds, frozen, get, rss_mib, run_to_end, server, wait
+from bench.probe_kit import (
+    CANARY,
+    PY,
+    Row,
+    client_connections,
+    fds,
+    frozen,
+    get,
+    rss_mib,
+    run_to_end,
+    server,
+    wait,
+)
 from bench.probe_report import Probe, run_probes
 
 CONFIG = """
@@ -82,13 +94,12 @@ def huge_header(folder: Path) -> Row:
 def frozen_clients(folder: Path, clients: int = 50) -> Row:
     """``clients`` streams that never read: are they dropped *and* closed?"""
     with server(folder, "live") as (proc, port, _log):
-        base = fds(proc.pid)
         socks = [frozen(port, "live") for _ in range(clients)]
-        wait(lambda: fds(proc.pid) >= base + clients, 30)  # every client connected
+        wait(lambda: client_connections(proc.pid, port) >= clients, 30)  # all connected
         t0 = time.monotonic()
-        closed = wait(lambda: fds(proc.pid) <= base + 1, 60)
+        closed = wait(lambda: client_connections(proc.pid, port) == 0, 60)
         took = time.monotonic() - t0
-        left = fds(proc.pid) - base
+        left = client_connections(proc.pid, port)
         for s in socks:
             s.close()
     return {
