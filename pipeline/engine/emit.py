@@ -64,8 +64,9 @@ class Emitter:
         self._tracebacks: dict[str, int] = {}
 
     def _halt_run(self, stage: str, exc: BaseException) -> None:
-        """Stop the run with ``error`` (`pipeline.engine.run.Run` stops its stages)."""
-        raise NotImplementedError
+        """Stop the run with ``error``: the subclass `pipeline.engine.run.Run` does it (it
+        owns the stages to stop); an `Emitter` alone is never used."""
+        raise NotImplementedError  # abstract: overridden by Run
 
     def _next(self, status: str, **fields: Any) -> Envelope:
         """The run's next numbered envelope (only when it will be delivered)."""

@@ -265,11 +265,4 @@ def is_direct(stage: ResolvedStage) -> bool:
 
 def is_fast(stage: ResolvedStage) -> bool:
     """Whether a stage is a plain sync map: no timeout, retry, thread or concurrency."""
-    return (
-        stage.kind == "map"
-        and stage.concurrency == 1
-        and stage.timeout is None
-        and stage.retry.attempts <= 1
-        and not stage.blocking
-        and stage.calling != "async"
-    )
+    return is_direct(stage) and stage.calling != "async"
