@@ -10,7 +10,12 @@ the lines with one call per sink; an item that is not a plain chunk (a chunk wit
 a `Failure`, a chunk that needs the fallback encoding) takes the run's one-by-one path in
 its place, so order and ``seq`` are those of a chunk-by-chunk run.
 
-The reader also flushes every 16 chunks, so it never holds more than that. A flush never
+The reader also flushes once it holds `Batch.every` chunks, so it never holds more than
+that: `FLUSH_MAX` when no sink queue takes them (the hub alone, or nothing), else a
+quarter of the smallest sink buffer, at least `FLUSH_EVERY`, so a queue overshoots its
+bound by at most a quarter. Fewer, larger flushes pay the per-batch steps (the hub's
+append, the sinks' hand-off, the envelope loop's set-up) once for more chunks; nothing
+waits longer for them, as the batch goes out at the loop's next turn anyway. A flush never
 waits: the sinks it filled are kept, `due` turns true, and the reader waits for their
 room (`wait`) before it reads more, so a slow sink holds the source back.
 """
@@ -26,14 +31,17 @@ from pipeline.engine.items import Carry, Failure
 from pipeline.envelope import processing_batch
 from pipeline.types import Envelope
 
-__all__ = ["FLUSH_EVERY", "Batch", "Counters", "PublishLines"]
+__all__ = ["FLUSH_EVERY", "FLUSH_MAX", "Batch", "Counters", "PublishLines"]
 
 PublishLines = Callable[[str, int, list[bytes]], None]
 """``(run id, seq of the first, lines)``: ``processing`` lines with consecutive seqs, the
 hub's `pipeline.hub.hub.Hub.publish_lines` (the run's ``publish`` gets the others)."""
 
 FLUSH_EVERY = 16
-"""A reader holds at most this many chunks before it flushes them itself."""
+"""A reader flushes at least every this many chunks (see `Batch.every`)."""
+FLUSH_MAX = 256
+"""... and at most every this many: the source reader's fairness turn
+(`pipeline.engine.source.FAIRNESS_EVERY`) comes no later."""
 
 
 class Counters(Protocol):
@@ -67,6 +75,11 @@ class Batch:
         self._make = processing_batch(name, run_id, (Carry, Failure))
         self._fanout = fanout
         self._sinks = fanout.line_sinks()
+        smallest = fanout.smallest_buffer
+        self.every = (
+            FLUSH_MAX if smallest is None else max(FLUSH_EVERY, min(FLUSH_MAX, smallest // 4))
+        )
+        """The reader flushes itself once it holds this many chunks."""
         self._run_id = run_id
         self._lines = publish_lines if self._sinks is not None else None
         self._envs = self._sinks is None or (fanout.publish is not None and self._lines is None)

@@ -74,6 +74,11 @@ class Fanout:
                 Worker(dead_letter, dead_letter=True, buffer=buffer, on_reject=on_reject)
             )
 
+    @property
+    def smallest_buffer(self) -> int | None:
+        """The fewest envelopes a sink's queue holds before it is full (None: no sink)."""
+        return min((w.limit for w in self._workers), default=None)
+
     def hurry(self, grace: float) -> None:
         """From now on, sinks get ``grace`` seconds in all: a sink still busy then is
         given up (cancelled; its cleanup runs) instead of being waited for. Waits already

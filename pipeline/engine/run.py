@@ -27,7 +27,7 @@ from contextlib import aclosing
 from typing import Any, Literal
 
 from pipeline.engine.acks import Ack, AckRunner
-from pipeline.engine.batch import FLUSH_EVERY, Batch, PublishLines
+from pipeline.engine.batch import Batch, PublishLines
 from pipeline.engine.chain import StageCrash, all_direct, build_chain
 from pipeline.engine.emit import Emitter
 from pipeline.engine.fanout import Fanout
@@ -294,13 +294,13 @@ class Run(Emitter):
             batch.close()
 
     async def _pump_chain(self, chain: Any, batch: Batch) -> None:
-        chunks, arm = batch.chunks, batch.arm
+        chunks, arm, every = batch.chunks, batch.arm, batch.every
         async with aclosing(chain):
             async for item in chain:
                 if not chunks:
                     arm()
                 chunks.append(item)
-                if len(chunks) >= FLUSH_EVERY or (batch.failures_stop and failed(item)):
+                if len(chunks) >= every or (batch.failures_stop and failed(item)):
                     batch.flush()
                 if batch.due:
                     await batch.wait()

@@ -160,6 +160,7 @@ class SourceReader:
         step = source.__anext__
         chunks: list[Any] = [] if out is None else out.chunks
         arm = None if out is None else out.arm
+        flush_at = 0 if out is None else out.every
         urgent = out is not None and out.failures_stop  # a failure goes out at once
         clock = asyncio.get_running_loop().time
         every, ticks = _CHECK_EVERY, 0
@@ -232,7 +233,8 @@ class SourceReader:
                         ticks += 1
                         timed = ticks % _SAMPLE_TICKS == 0
                         if out is not None:  # hand the batch on; wait if a sink is full
-                            out.flush()
+                            if len(chunks) >= flush_at:
+                                out.flush()
                             if out.due:
                                 self._waiting = None
                                 await out.wait()

@@ -11,6 +11,7 @@ import anyio
 import orjson
 import pytest
 
+from pipeline.engine.batch import FLUSH_EVERY, FLUSH_MAX
 from pipeline.engine.run import Run
 from pipeline.testing import make_stage, run_pipeline
 
@@ -100,11 +101,12 @@ async def test_hub_takes_processing_lines_in_batches() -> None:
     """With ``publish_lines``, processing lines go there with the seq of the first (the
     same bytes and numbers as one by one); other envelopes still go to ``publish`` (and a
     chunk carrying a latency probe, one by one)."""
+    COUNT = 3 * FLUSH_MAX + 40  # noqa: N806
     published: list[tuple[str, int]] = []
     batches: list[tuple[int, list[bytes]]] = []
 
     async def burst() -> AsyncIterator[dict[str, int]]:
-        for n in range(40):
+        for n in range(COUNT):
             yield {"n": n}
 
     run = Run(
@@ -117,11 +119,41 @@ async def test_hub_takes_processing_lines_in_batches() -> None:
     )
     assert await run.execute() == "finished"
     assert published[0] == ("starting", 1)
-    assert published[-1] == ("complete", 42)
+    assert published[-1] == ("complete", COUNT + 2)
     assert {status for status, _ in published[1:-1]} <= {"processing"}
     decoded = [orjson.loads(line) for _, lines in batches for line in lines]
     assert [d["seq"] for d in decoded] == [seq + i for seq, ls in batches for i in range(len(ls))]
     seqs = sorted([d["seq"] for d in decoded] + [seq for _, seq in published[1:-1]])
-    assert seqs == list(range(2, 42))
+    assert seqs == list(range(2, COUNT + 2))
     assert all(d["data"] == {"n": d["seq"] - 2, "tagged": True} for d in decoded)
-    assert len(batches) > 1  # flushed every 16 chunks at least
+    # one burst, no sink: flushed each time the reader holds FLUSH_MAX chunks
+    assert len(batches) > 1
+    assert max(len(lines) for _, lines in batches) <= FLUSH_MAX
+
+
+@pytest.mark.parametrize("buffer", [8, 64, 256, 2048])
+async def test_a_sink_queue_overshoots_its_buffer_by_a_quarter_at_most(buffer: int) -> None:
+    """The reader flushes once it holds a quarter of the smallest sink buffer (at least
+    FLUSH_EVERY, at most FLUSH_MAX chunks), so a full queue holds at most that much more
+    than its buffer."""
+    count = 3 * buffer + 1000
+    most: list[int] = [0]
+    got: list[int] = []
+
+    async def burst() -> AsyncIterator[dict[str, int]]:
+        for n in range(count):
+            yield {"n": n}
+
+    async def slow(envelope: dict[str, Any]) -> None:
+        most[0] = max(most[0], sum(run.sink_queues().values()))
+        got.append(envelope["seq"])
+        if len(got) % 50 == 0:
+            await asyncio.sleep(0.001)
+
+    run = Run("p", make_stage(burst, "source"), [], [make_stage(slow, "sink")], sink_buffer=buffer)
+    with anyio.fail_after(60):
+        assert await run.execute() == "finished"
+    every = max(FLUSH_EVERY, min(FLUSH_MAX, buffer // 4))
+    assert got == list(range(1, count + 3))
+    assert buffer <= most[0] + 1
+    assert most[0] <= buffer + every
