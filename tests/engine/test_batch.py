@@ -101,7 +101,7 @@ async def test_hub_takes_processing_lines_in_batches() -> None:
     """With ``publish_lines``, processing lines go there with the seq of the first (the
     same bytes and numbers as one by one); other envelopes still go to ``publish`` (and a
     chunk carrying a latency probe, one by one)."""
-    COUNT = 3 * FLUSH_MAX + 40  # noqa: N806
+    COUNT = 3 * FLUSH_MAX + 40
     published: list[tuple[str, int]] = []
     batches: list[tuple[int, list[bytes]]] = []
 
