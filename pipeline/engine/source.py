@@ -143,6 +143,7 @@ class SourceReader:
         steps = steps_of(maps, self.meter)
         awaited = [s.calling == "async" for s in maps]
         apply = fuse(steps) if steps and not any(awaited) else None
+        plain = None if apply is None else fuse(steps, plain=True)
         apply_async = fuse_async(steps, awaited) if any(awaited) else None
         timed_async = fuse_timed_async(steps, awaited) if any(awaited) else None
         counts = self.counts
@@ -195,7 +196,10 @@ class SourceReader:
                         task.uncancel()  # the source caught the stop: tell it again at its yield
                         self._told = ""
                     kind = type(raw)
-                    item = self._item(raw) if kind is Message or kind is BadChunk else raw
+                    if kind is Message or kind is BadChunk:
+                        item, maps_now = self._item(raw), apply
+                    else:  # what the source made: no `Carry` or `Failure` to look for
+                        item, maps_now = raw, plain
                     if budget == every:  # one chunk in 16: maybe a latency probe; timed in 64
                         started = time.perf_counter()
                         if apply_async is not None:
@@ -210,8 +214,8 @@ class SourceReader:
                         item = self._probed(item, started)
                         if item is None and self._probe_tries:
                             budget += 1  # dropped while a probe is due: the next one is sampled
-                    elif apply is not None:
-                        item = apply(item)
+                    elif maps_now is not None:
+                        item = maps_now(item)
                     elif apply_async is not None:  # async maps: not waiting for the source
                         self._waiting = None
                         item = await apply_async(item)

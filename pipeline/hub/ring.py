@@ -204,6 +204,18 @@ class Ring:
             a, i = end, i + 1
         return b"".join(parts)
 
+    def view(self, start: int, stop: int) -> memoryview | bytes:
+        """The lines at positions ``start`` to ``stop`` without a copy where they lie in
+        one segment: a view of it, which the caller releases before anything more is
+        published (a view keeps the open segment from growing); else `read`."""
+        a, b = self.offset(start), self.offset(stop)
+        i = bisect_right(self.seg_bases, a) - 1
+        base = self.seg_bases[i]
+        seg = self.segs[i]
+        if b - base <= len(seg):
+            return memoryview(seg)[a - base : b - base]
+        return self.read(start, stop)
+
     def lines(self, start: int, stop: int) -> list[bytes]:
         """The lines at positions ``start`` to ``stop``, one ``bytes`` each."""
         data = self.read(start, stop)

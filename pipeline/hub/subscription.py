@@ -133,7 +133,7 @@ class Subscription:
         self._more = False
         self._nudged = False
         self._last: tuple[str, int] | None = None
-        self._direct: Callable[[bytes], bool] | None = None
+        self._direct: Callable[[bytes | memoryview], bool] | None = None
 
     @property
     def dropped(self) -> bool:
@@ -179,11 +179,12 @@ class Subscription:
         if fut is not None and not fut.done():
             fut.set_result(None)
 
-    def write_directly(self, write: Callable[[bytes], bool] | None) -> None:
+    def write_directly(self, write: Callable[[bytes | memoryview], bool] | None) -> None:
         """While the bytes reader (``async for batch in sub``) waits, offer each new
         batch to ``write`` from the hub's one callback per publish batch, instead of
         waking the reader's task: ``write`` returns whether it took the batch (it
-        writes it at once, or declines: the reader's task then gets it). Only a
+        writes it at once, or declines: the reader's task then gets it). The batch is
+        ``bytes``, or a view of the ring that ``write`` must not keep. Only a
         caught-up client's live lines go this way; a backlog, a ``lagged`` notice, a
         heartbeat, the end of a run or of the stream always wake the task. None: off.
         """
@@ -206,8 +207,15 @@ class Subscription:
         ):
             return False
         start, stop = self._span()
-        if stop <= start or self._more or not write(self._ring.read(start, stop)):
+        if stop <= start or self._more:
             return False
+        batch = self._ring.view(start, stop)
+        try:
+            if not write(batch):
+                return False
+        finally:
+            if type(batch) is memoryview:
+                batch.release()
         self._advance(start, stop)
         return True
 

@@ -128,7 +128,7 @@ class Connection:
             return None
         return cast(Callable[[Any], Awaitable[None]], cycle.send)
 
-    def body_writer(self, scope: Any) -> Callable[[bytes], bool] | None:
+    def body_writer(self, scope: Any) -> Callable[[bytes | memoryview], bool] | None:
         """Write one chunk of the body of ``scope``'s (chunked) response now, as
         uvicorn's ``send`` would, if that needs no wait: the transport holds nothing
         unsent and is not paused. Returns whether it wrote (None: not that request).
@@ -138,7 +138,7 @@ class Connection:
             return None
         transport = cycle.transport
 
-        def write(body: bytes) -> bool:
+        def write(body: bytes | memoryview) -> bool:
             if (
                 cycle.disconnected
                 or cycle.response_complete
@@ -148,7 +148,7 @@ class Connection:
                 or transport.is_closing()
             ):
                 return False
-            transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+            transport.write(b"".join((b"%x\r\n" % len(body), body, b"\r\n")))  # one copy
             return True
 
         return write

@@ -146,7 +146,7 @@ class Stream(Response):
         self._reason = "send_timeout"  # ... and why
         self._last_write = 0.0
         self._stall_timer: asyncio.TimerHandle | None = None
-        self._writer: Callable[[bytes], bool] | None = None
+        self._writer: Callable[[bytes | memoryview], bool] | None = None
         self.evicted = False
         self.cut: str | None = None
         headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -319,7 +319,7 @@ class Stream(Response):
         finally:
             self._deadline = None
 
-    def _write_now(self, batch: bytes) -> bool:
+    def _write_now(self, batch: bytes | memoryview) -> bool:
         """A caught-up client's batch written straight from the hub's callback (no task
         switch), unless a write is under way or the transport is not free: the pump's
         task takes it then."""

@@ -32,9 +32,9 @@ async def test_a_caught_up_reader_gets_live_batches_through_its_writer_else_its_
     written: list[bytes] = []
     taking = [True]
 
-    def write(batch: bytes) -> bool:
+    def write(batch: bytes | memoryview) -> bool:
         if taking[0]:
-            written.append(batch)
+            written.append(bytes(batch))  # a view of the ring is not to be kept
         return taking[0]
 
     got: list[bytes] = []
@@ -78,3 +78,31 @@ async def test_a_lapped_direct_reader_is_dropped_and_its_task_ends() -> None:
         pub(hub, seq)
     assert await asyncio.wait_for(task, 5) == []
     assert (sub.dropped, hub.dropped_clients, hub.clients) == (True, 1, 0)
+
+
+async def test_a_writer_gets_a_view_of_the_ring_released_after_its_write() -> None:
+    """Lines in one segment reach the writer without a copy: a view, released once the
+    write returns, so the hub can append to that segment again."""
+    hub = Hub("p", retain=10, client_buffer=100)
+    pub(hub, 1)
+    kept: list[bytes | memoryview] = []
+    sub = hub.subscribe()
+    sub.write_directly(lambda batch: kept.append(batch) is None)
+
+    async def read() -> None:
+        async for _ in sub:
+            pass
+
+    task = asyncio.get_running_loop().create_task(read())
+    await turns()
+    pub(hub, 2)
+    await turns()
+    assert len(kept) == 1 and isinstance(kept[0], memoryview)
+    with pytest.raises(ValueError, match="released"):
+        bytes(kept[0])
+    pub(hub, 3)  # the segment grows again: no view holds it
+    await turns()
+    assert len(kept) == 2
+    pub(hub, 4, "complete")
+    hub.end_run()
+    await asyncio.wait_for(task, 5)
