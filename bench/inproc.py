@@ -95,13 +95,22 @@ class LineSink:
         if len(self.buf) > SINK_RESET:
             self.buf = bytearray()
 
+    def publish_lines(self, run: str, seq: int, lines: list[bytes]) -> None:
+        """The hub's hook for a batch of ``processing`` lines (``Run(publish_lines=...)``,
+        what the server gives its hub); other envelopes come through `publish`."""
+        self.buf += b"".join(lines)
+        self.count += len(lines)
+        if len(self.buf) > SINK_RESET:
+            self.buf = bytearray()
+
 
 def engine_runner(transforms: tuple[Any, ...] = (transform,)) -> Callable[[int], Awaitable[int]]:
     """Return ``run(n) -> envelopes`` driving the framework's engine, or raise `Skip`.
 
     PLUG POINT: the same work as `plain` (the same source, one transform adding
-    ``value_f``), run by ``pipeline.engine.run.Run`` with a ``publish`` hook that appends each
-    encoded line to a ``bytearray``. It counts ``processing`` envelopes. Any import or
+    ``value_f``), run by ``pipeline.engine.run.Run`` with the hooks the server gives its hub
+    (``publish``, and ``publish_lines`` for batches of ``processing`` lines) appending the
+    encoded lines to a ``bytearray``. It counts ``processing`` envelopes. Any import or
     API mismatch skips the variant with the reason instead of failing the suite.
     """
     try:
@@ -123,6 +132,7 @@ def engine_runner(transforms: tuple[Any, ...] = (transform,)) -> Callable[[int],
             [make_stage(t, "transform", id=f"t{i}") for i, t in enumerate(transforms)],
             [],
             publish=sink.publish,
+            publish_lines=sink.publish_lines,
             source_params={"count": n},
         )
         await engine_run.execute()

@@ -205,7 +205,7 @@ async def _plain_async_k(n: int, k: int) -> int:
     return seq
 
 
-async def _engine_k(n: int, fns: list[Any], publish: Callable[[Any, bytes], None]) -> None:
+async def _engine_k(n: int, fns: list[Any], sink: LineSink) -> None:
     Run, make_stage = _api()
 
     run = Run(
@@ -213,7 +213,8 @@ async def _engine_k(n: int, fns: list[Any], publish: Callable[[Any, bytes], None
         make_stage(_readings, "source"),
         [make_stage(fn, "transform", id=f"t{i}") for i, fn in enumerate(fns)],
         [],
-        publish=publish,
+        publish=sink.publish,
+        publish_lines=sink.publish_lines,  # as the server hands its hub the lines
         source_params={"count": n},
     )
     await run.execute()
@@ -236,7 +237,7 @@ def transforms(mode: str, n: int, k: int) -> Result:
             if mode == "engine-async":
                 fns = [_as_async(f) for f in fns]
             sink = LineSink()
-            await _engine_k(n, fns, sink.publish)
+            await _engine_k(n, fns, sink)
             count = sink.count
         return count, time.perf_counter() - t0
 

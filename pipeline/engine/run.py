@@ -19,6 +19,7 @@ the base class of `Run`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections import deque
@@ -54,6 +55,26 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+HEAP_SETTLE = 1 << 20
+"""Bytes of the allocation `settle_heap` makes and frees (glibc maps it: > 128 KiB)."""
+
+
+@functools.cache  # once per process
+def settle_heap() -> None:
+    """Allocate and free one block of `HEAP_SETTLE` bytes, once per process.
+
+    glibc's malloc hands a block this big out by ``mmap``; freeing it raises its mmap
+    threshold to the block's size and its heap trim threshold to twice that (mallopt(3),
+    "dynamic mmap threshold"). Without it, the heap's top is given back to the system
+    after each batch of lines is written (one 128 KiB trim threshold) and faulted in again
+    by the next: ``pipeline run`` of 1 M envelopes took 150-220 k minor page faults, about
+    0.3 s of system time (8 k faults with this). A `Run` calls it when made, so an
+    engine embedded in another program gets it too. The cost: up to 2 MiB of free heap
+    may stay with the process.
+    """
+    bytearray(HEAP_SETTLE)
+
+
 class Run(Emitter):
     """One run of a pipeline, from ``starting`` to ``complete``."""
 
@@ -73,6 +94,7 @@ class Run(Emitter):
         sink_buffer: int = 256,
         meter: PipelineMeter | None = None,
     ) -> None:
+        settle_heap()
         run_id = run_id or new_run_id()
         fanout = Fanout(
             sinks,

@@ -11,12 +11,11 @@ batch of ``processing`` lines at once) and extra sinks (stdout, under plain
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pipeline.engine.run import ABORT_GRACE, Run
+from pipeline.engine.run import ABORT_GRACE, Run, settle_heap
 from pipeline.engine.watchdog import Watchdog
 from pipeline.inlet import Inlet, inlet_parameter
 from pipeline.log import get_logger, mask
@@ -59,25 +58,6 @@ class _Slot:
     inlet: tuple[str, Inlet] | None = None
     successor: tuple[PipelineSpec, Feed | None, bool] | None = None  # spec, feed, start
     meter: PipelineMeter = field(default_factory=lambda: PipelineMeter(""))
-
-
-HEAP_SETTLE = 1 << 20
-"""Bytes of the allocation `settle_heap` makes and frees (glibc maps it: > 128 KiB)."""
-
-
-@functools.cache  # once per process
-def settle_heap() -> None:
-    """Allocate and free one block of `HEAP_SETTLE` bytes, once per process.
-
-    glibc's malloc hands a block this big out by ``mmap``; freeing it raises its mmap
-    threshold to the block's size and its heap trim threshold to twice that (mallopt(3),
-    "dynamic mmap threshold"). Without it, the heap's top is given back to the system
-    after each batch of lines is written (one 128 KiB trim threshold) and faulted in again
-    by the next: ``pipeline run`` of 1 M envelopes took 150-220 k minor page faults, about
-    0.3 s of system time (8 k faults with this). The cost: up to 2 MiB of free heap may
-    stay with the process.
-    """
-    bytearray(HEAP_SETTLE)
 
 
 class Supervisor:
