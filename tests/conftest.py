@@ -48,13 +48,25 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
+INSTALLED = (sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parent.parent / "pipeline"))
+"""Where the interpreter's, the installed packages' and our own modules come from."""
+
+
 @pytest.fixture
 def isolated_imports() -> Iterator[None]:
-    """Undo the loader's changes to sys.path and sys.modules after the test."""
+    """Undo the loader's changes to sys.path and sys.modules after the test.
+
+    Only the modules loaded from elsewhere (the test's own stage files) are forgotten:
+    dropping a library's module that happened to be imported first during the test
+    would give its next importer a second copy, with exception classes of its own
+    (httpx would no longer recognise httpcore's errors, say).
+    """
     path, modules, no_pyc = list(sys.path), set(sys.modules), sys.dont_write_bytecode
     sys.dont_write_bytecode = True  # leave no __pycache__ beside the test configs
     yield
     sys.dont_write_bytecode = no_pyc
     sys.path[:] = path
     for name in set(sys.modules) - modules:
-        del sys.modules[name]
+        origin = getattr(sys.modules[name], "__file__", None) or ""
+        if not origin.startswith(INSTALLED):
+            del sys.modules[name]
