@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pipeline.engine.run import ABORT_GRACE, Run, settle_heap
+from pipeline.engine.run import ABORT_GRACE, Run
 from pipeline.engine.watchdog import Watchdog
 from pipeline.inlet import Inlet, inlet_parameter
 from pipeline.log import get_logger, mask
@@ -83,7 +83,6 @@ class Supervisor:
         self.shutdown_timeout = shutdown_timeout
         self.shutting_down = False
         self.log = get_logger()
-        settle_heap()
         self.watchdog = Watchdog(())
         """The event loop's lag (``watchdog.lag_s``, ``watchdog.max_lag_s``, seconds)."""
 

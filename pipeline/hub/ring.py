@@ -186,35 +186,32 @@ class Ring:
         return self.marks.get(pos, PROCESSING)
 
     def read(self, start: int, stop: int) -> bytes:
-        """The lines at positions ``start`` to ``stop`` as one ``bytes`` (one slice per
-        segment they span, joined)."""
-        a, b = self.offset(start), self.offset(stop)
-        i = bisect_right(self.seg_bases, a) - 1
-        base = self.seg_bases[i]
-        seg = self.segs[i]
-        if b - base <= len(seg):  # within one segment: one copy
-            with memoryview(seg) as view:
-                return view[a - base : b - base].tobytes()
-        parts: list[bytes] = []
-        while a < b:
-            seg, base = self.segs[i], self.seg_bases[i]
-            end = min(b, base + len(seg))
-            with memoryview(seg) as view:
-                parts.append(view[a - base : end - base].tobytes())
-            a, i = end, i + 1
-        return b"".join(parts)
+        """The lines at positions ``start`` to ``stop`` as one ``bytes`` (one copy)."""
+        got = self.view(start, stop)
+        if type(got) is memoryview:
+            with got:
+                return got.tobytes()
+        return got
 
     def view(self, start: int, stop: int) -> memoryview | bytes:
         """The lines at positions ``start`` to ``stop`` without a copy where they lie in
         one segment: a view of it, which the caller releases before anything more is
-        published (a view keeps the open segment from growing); else `read`."""
+        published (a view keeps the open segment from growing); else one slice per
+        segment they span, joined."""
         a, b = self.offset(start), self.offset(stop)
         i = bisect_right(self.seg_bases, a) - 1
         base = self.seg_bases[i]
         seg = self.segs[i]
         if b - base <= len(seg):
             return memoryview(seg)[a - base : b - base]
-        return self.read(start, stop)
+        parts: list[bytes] = []
+        while a < b:
+            seg, base = self.segs[i], self.seg_bases[i]
+            end = min(b, base + len(seg))
+            with memoryview(seg) as whole:
+                parts.append(whole[a - base : end - base].tobytes())
+            a, i = end, i + 1
+        return b"".join(parts)
 
     def lines(self, start: int, stop: int) -> list[bytes]:
         """The lines at positions ``start`` to ``stop``, one ``bytes`` each."""
